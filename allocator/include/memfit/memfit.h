@@ -1,0 +1,322 @@
+/* memfit.h — the public C API of memfit's caching allocator.
+ *
+ * A device-agnostic caching allocator whose every live block carries a tag
+ * {category, layer, phase}, so that stats answer "which layer and which kind of
+ * tensor holds this memory". Intended use:
+ *
+ *     mf_allocator *a;
+ *     if (mf_allocator_create("backend:virtual,capacity:8GiB", &a) != MF_OK)
+ *         fprintf(stderr, "%s\n", mf_last_error());
+ *     mf_tag_push(mf_layer_intern("blocks.0"), MF_PHASE_FORWARD, MF_CAT_ACTIVATION);
+ *     void *p = mf_malloc(a, 0, 1 << 20, 0);          // NULL on OOM: see mf_oom_report()
+ *     mf_tag_pop();
+ *     mf_free(a, p);
+ *     mf_allocator_destroy(a);
+ *
+ * Conventions: functions that can fail return an mf_status and leave a message
+ * in the calling thread's mf_last_error(). Nothing in the library aborts the
+ * process for a condition the caller can handle.
+ */
+#ifndef MEMFIT_MEMFIT_H
+#define MEMFIT_MEMFIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MEMFIT_BUILDING) && defined(__GNUC__)
+#define MF_API __attribute__((visibility("default")))
+#else
+#define MF_API
+#endif
+
+#define MF_VERSION_MAJOR 0
+#define MF_VERSION_MINOR 1
+#define MF_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum mf_status {
+  MF_OK = 0,
+  MF_ERR_INVALID = 1,     /* bad argument: unknown pointer, bad option, ... */
+  MF_ERR_OOM = 2,         /* out of memory after the whole OOM ladder */
+  MF_ERR_BACKEND = 3,     /* the backend failed (driver error, ...) */
+  MF_ERR_NO_DEVICE = 4,   /* backend unavailable: no driver, no device */
+  MF_ERR_HOST_MEMORY = 5, /* host metadata could not be allocated */
+  MF_ERR_CORRUPT = 6,     /* mf_check found a broken invariant */
+  MF_ERR_IO = 7           /* a file could not be written */
+} mf_status;
+
+/* The calling thread's message for the last failed call ("" if none). */
+MF_API const char *mf_last_error(void);
+MF_API const char *mf_status_name(mf_status s);
+MF_API const char *mf_version(void);
+
+/* ------------------------------------------------------------------ tags */
+
+/* Categories follow PyTorch's memory profiler. Keep MF_CAT_COUNT last. */
+typedef enum mf_category {
+  MF_CAT_PARAMETER = 0,
+  MF_CAT_GRADIENT,
+  MF_CAT_OPTIMIZER_STATE,
+  MF_CAT_ACTIVATION,
+  MF_CAT_TEMPORARY,
+  MF_CAT_INPUT,
+  MF_CAT_OTHER,
+  MF_CAT_COUNT
+} mf_category;
+
+typedef enum mf_phase {
+  MF_PHASE_NONE = 0,
+  MF_PHASE_FORWARD,
+  MF_PHASE_BACKWARD,
+  MF_PHASE_OPTIMIZER,
+  MF_PHASE_RECOMPUTE, /* a checkpointed layer's forward run again in backward */
+  MF_PHASE_COUNT
+} mf_phase;
+
+typedef struct mf_tag {
+  uint32_t layer; /* an id from mf_layer_intern; 0 is "no layer" */
+  uint8_t category;
+  uint8_t phase;
+} mf_tag;
+
+MF_API const char *mf_category_name(mf_category c);
+MF_API const char *mf_phase_name(mf_phase p);
+/* Parse a category / phase name ("activation", "forward"); -1 if unknown. */
+MF_API int mf_category_from_name(const char *name);
+MF_API int mf_phase_from_name(const char *name);
+
+/* Layer names are interned process-wide: the same name gives the same id.
+ * Returns 0 (the "no layer" id) and sets mf_last_error on failure. */
+MF_API uint32_t mf_layer_intern(const char *name);
+/* The name of a layer id, or NULL if unknown. Id 0 is "". */
+MF_API const char *mf_layer_name(uint32_t layer);
+MF_API uint32_t mf_layer_count(void);
+
+/* The calling thread's tag context: new blocks take the tag on top of its
+ * stack ({0, MF_CAT_OTHER, MF_PHASE_NONE} when empty). The stack holds
+ * MF_TAG_STACK_DEPTH entries; push fails with MF_ERR_INVALID beyond it, pop
+ * fails on an empty stack. */
+#define MF_TAG_STACK_DEPTH 64
+MF_API mf_status mf_tag_push(uint32_t layer, mf_phase phase, mf_category category);
+MF_API mf_status mf_tag_pop(void);
+MF_API mf_tag mf_tag_current(void);
+MF_API int mf_tag_depth(void);
+
+/* ---------------------------------------------------------------- options */
+
+/* One table of options. Every allocator has its own copy, filled from the
+ * defaults, then from the string given to mf_allocator_create. Sizes accept
+ * B, K/KiB, M/MiB, G/GiB, T/TiB; booleans true/false/1/0/yes/no/on/off.
+ * See allocator/README.md for the table. */
+typedef struct mf_options mf_options;
+
+MF_API mf_options *mf_options_new(void); /* defaults; NULL if out of host memory */
+MF_API void mf_options_free(mf_options *o);
+MF_API mf_options *mf_options_clone(const mf_options *o);
+/* Set one key. An unknown key or a bad value is MF_ERR_INVALID naming it. */
+MF_API mf_status mf_options_set(mf_options *o, const char *key, const char *value);
+/* Parse "key:value,key:value". Stops at the first error. */
+MF_API mf_status mf_options_parse(mf_options *o, const char *conf);
+/* Parse the MEMFIT_CONF environment variable, if set. */
+MF_API mf_status mf_options_parse_env(mf_options *o);
+/* Read one option as text into buf. */
+MF_API mf_status mf_options_get(const mf_options *o, const char *key, char *buf, size_t len);
+/* Number of option keys and their names/descriptions, for help screens. */
+MF_API int mf_options_count(void);
+MF_API const char *mf_options_key(int i);
+MF_API const char *mf_options_help(int i);
+/* Parse a size such as "1.5GiB" or "512". */
+MF_API mf_status mf_parse_size(const char *text, uint64_t *out);
+
+/* ---------------------------------------------------------------- backend */
+
+/* A backend maps and unmaps segments of device memory and provides events.
+ * The vtable is public so that tests and embedders can supply their own. All
+ * functions return mf_status; a backend never aborts. */
+typedef struct mf_backend mf_backend;
+typedef struct mf_backend_ops {
+  const char *name;
+  int (*device_count)(mf_backend *b);
+  /* Total memory of the device in bytes (what a capacity of 0 means). */
+  mf_status (*total_memory)(mf_backend *b, int device, uint64_t *bytes);
+  /* Map a segment. MF_ERR_OOM when the device has no room. */
+  mf_status (*map)(mf_backend *b, int device, size_t size, uintptr_t *addr);
+  mf_status (*unmap)(mf_backend *b, int device, uintptr_t addr, size_t size);
+  /* Events: record on a stream, query, wait. */
+  mf_status (*event_record)(mf_backend *b, int device, uintptr_t stream, void **event);
+  mf_status (*event_query)(mf_backend *b, int device, void *event, bool *complete);
+  mf_status (*event_synchronize)(mf_backend *b, int device, void *event);
+  void (*event_destroy)(mf_backend *b, int device, void *event);
+  /* Wait for all work on the device (before memory goes back). May be NULL. */
+  mf_status (*synchronize)(mf_backend *b, int device);
+  void (*destroy)(mf_backend *b);
+} mf_backend_ops;
+
+struct mf_backend {
+  const mf_backend_ops *ops;
+};
+
+/* Addresses only: nothing is touched, so traces larger than this machine's
+ * memory replay. capacity 0 means 1 TiB per device. */
+MF_API mf_status mf_backend_virtual_create(int devices, uint64_t capacity, mf_backend **out);
+/* Real host memory from jemalloc (loaded at run time), capped at capacity
+ * (0: the machine's physical memory) to simulate a device budget. */
+MF_API mf_status mf_backend_host_create(int devices, uint64_t capacity, mf_backend **out);
+/* CUDA through the driver API loaded at run time (dlopen libcuda.so.1).
+ * MF_ERR_NO_DEVICE where there is no driver or no device, or where memfit was
+ * built without the CUDA headers. */
+MF_API mf_status mf_backend_cuda_create(mf_backend **out);
+MF_API void mf_backend_destroy(mf_backend *b);
+
+/* The simulated backends (virtual, host) complete their events by hand:
+ * mf_backend_sim_complete(b, device, stream) completes every event recorded so
+ * far on that stream; stream UINTPTR_MAX completes all of them. */
+MF_API mf_status mf_backend_sim_complete(mf_backend *b, int device, uintptr_t stream);
+/* Fault injection for tests: the next n maps of the simulated backend fail
+ * with MF_ERR_OOM (n < 0: never fail). */
+MF_API mf_status mf_backend_sim_fail_maps(mf_backend *b, int n);
+
+/* -------------------------------------------------------------- allocator */
+
+typedef struct mf_allocator mf_allocator;
+
+/* Create an allocator from an options string (may be NULL or ""): the
+ * backend is chosen by the option "backend" (cuda by default; virtual, host). */
+MF_API mf_status mf_allocator_create(const char *conf, mf_allocator **out);
+/* Create an allocator over a given backend, which it then owns (it is
+ * destroyed with the allocator, or at once if creation fails). options may be
+ * NULL for the defaults; it is copied. */
+MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options *options,
+                                          mf_allocator **out);
+/* Releases every segment. Live blocks are forgotten (their memory returned). */
+MF_API void mf_allocator_destroy(mf_allocator *a);
+MF_API int mf_allocator_device_count(const mf_allocator *a);
+MF_API const mf_options *mf_allocator_options(const mf_allocator *a);
+MF_API mf_backend *mf_allocator_backend(mf_allocator *a);
+
+/* Allocate size bytes on device for stream. Returns NULL when the OOM ladder
+ * fails (mf_last_error and mf_oom_report say why) or on bad arguments. A
+ * request of 0 bytes gets a unique pointer of the smallest block. */
+MF_API void *mf_malloc(mf_allocator *a, int device, size_t size, uintptr_t stream);
+/* Like mf_malloc with an explicit tag instead of the thread's context. */
+MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_t stream,
+                              mf_tag tag);
+/* Free a block from mf_malloc. An unknown pointer is MF_ERR_INVALID. NULL is a no-op. */
+MF_API mf_status mf_free(mf_allocator *a, void *ptr);
+/* Mark a live block as used on another stream: when freed, it is reused only
+ * after an event recorded on that stream has completed. */
+MF_API mf_status mf_record_stream(mf_allocator *a, void *ptr, uintptr_t stream);
+/* Release every cached (free, whole) segment to the backend. */
+MF_API mf_status mf_empty_cache(mf_allocator *a);
+/* Re-tag a live block by its pointer (category, layer and phase). */
+MF_API mf_status mf_retag(mf_allocator *a, void *ptr, mf_tag tag);
+/* The tag, requested size and block size of a live block. */
+MF_API mf_status mf_block_info(mf_allocator *a, void *ptr, mf_tag *tag, size_t *requested,
+                               size_t *size);
+/* Which device a live pointer belongs to, or -1. */
+MF_API int mf_device_of(mf_allocator *a, void *ptr);
+/* Change the capacity of one device (bytes; 0: the backend's total). */
+MF_API mf_status mf_set_capacity(mf_allocator *a, int device, uint64_t bytes);
+MF_API uint64_t mf_capacity(mf_allocator *a, int device);
+
+/* Walk every segment and block of every device and check the invariants:
+ * blocks tile their segment without overlap, free neighbours are coalesced,
+ * the free-block index holds exactly the free blocks, and the stats equal the
+ * sums over live blocks. MF_ERR_CORRUPT with the first violation in
+ * mf_last_error. */
+MF_API mf_status mf_check(mf_allocator *a);
+
+/* ------------------------------------------------------------------ stats */
+
+/* A counter: current value, its peak since the last reset, and the running
+ * total of increments. */
+typedef struct mf_counter {
+  int64_t current;
+  int64_t peak;
+  int64_t total;
+} mf_counter;
+
+/* The global stats of one device. The field list is one X-macro so the
+ * struct, the printer and the JSON cannot drift apart. The struct starts with
+ * its size and version so a foreign caller (ctypes) can check the layout. */
+#define MF_STATS_COUNTERS(X)                                                        \
+  X(requested_bytes) /* sum of requested sizes of live blocks */                    \
+  X(allocated_bytes) /* sum of block sizes of live blocks (after rounding) */       \
+  X(reserved_bytes)  /* sum of mapped segments */                                   \
+  X(active_blocks)   /* live blocks */                                              \
+  X(segments)        /* mapped segments */
+
+#define MF_STATS_EVENTS(X)                                                         \
+  X(allocs)          /* successful mf_malloc calls */                              \
+  X(frees)                                                                         \
+  X(cache_hits)      /* served from a cached block */                              \
+  X(cache_misses)    /* needed a new segment */                                    \
+  X(ooms)            /* requests that failed after the whole ladder */             \
+  X(segment_maps)                                                                  \
+  X(segment_unmaps)                                                                \
+  X(ladder_releases) /* times the OOM ladder released cached segments */           \
+  X(deferred_frees)  /* frees held back by record_stream events */
+
+#define MF_STATS_VERSION 1
+typedef struct mf_stats {
+  uint32_t struct_size; /* sizeof(mf_stats) */
+  uint32_t version;     /* MF_STATS_VERSION */
+#define MF_X_COUNTER(name) mf_counter name;
+  MF_STATS_COUNTERS(MF_X_COUNTER)
+#undef MF_X_COUNTER
+#define MF_X_EVENT(name) int64_t name;
+  MF_STATS_EVENTS(MF_X_EVENT)
+#undef MF_X_EVENT
+} mf_stats;
+
+/* Per (category, layer) stats: bytes (block sizes) and requested bytes with
+ * their peaks, and the live block count. */
+typedef struct mf_tag_stats {
+  mf_counter bytes;
+  mf_counter requested;
+  mf_counter blocks;
+} mf_tag_stats;
+
+MF_API mf_status mf_get_stats(mf_allocator *a, int device, mf_stats *out);
+/* Stats of one (category, layer) pair; zero if the pair never allocated. */
+MF_API mf_status mf_get_tag_stats(mf_allocator *a, int device, mf_category category,
+                                  uint32_t layer, mf_tag_stats *out);
+/* Per-category totals over every layer. */
+MF_API mf_status mf_get_category_stats(mf_allocator *a, int device, mf_category category,
+                                       mf_tag_stats *out);
+/* Peaks restart from the current values (all devices when device < 0). */
+MF_API mf_status mf_reset_peaks(mf_allocator *a, int device);
+/* Write the stats of a device as JSON (per category and per layer too). */
+MF_API mf_status mf_stats_json(mf_allocator *a, int device, char *buf, size_t len,
+                               size_t *needed);
+
+/* ------------------------------------------------------------- OOM report */
+
+/* The report of the last OOM on this allocator (any device), "" if none:
+ * capacity, allocated by category, the 5 layers that hold the most,
+ * reserved-but-free. Copied into buf (always NUL-terminated); *needed, if not
+ * NULL, gets the full length plus one. */
+MF_API mf_status mf_oom_report(mf_allocator *a, char *buf, size_t len, size_t *needed);
+/* Write a report of the current state of a device in the same form. */
+MF_API mf_status mf_memory_report(mf_allocator *a, int device, char *buf, size_t len,
+                                  size_t *needed);
+
+/* -------------------------------------------------------------- event log */
+
+/* Log every alloc, free, segment map and unmap to a text file. The log is a
+ * trace that memfit-replay accepts ("alloc <ptr> <bytes> <stream>", "free
+ * <ptr>"), with time, device, block size and tag after a '#'; segment events
+ * are comment lines. Also started by the option event_log:PATH. */
+MF_API mf_status mf_event_log_start(mf_allocator *a, const char *path);
+MF_API mf_status mf_event_log_stop(mf_allocator *a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MEMFIT_MEMFIT_H */

@@ -1,0 +1,744 @@
+/* allocator.c — the caching core: devices, per-stream pools, best fit with
+ * splitting and coalescing, deferred reuse behind record_stream events, the OOM
+ * ladder, and the public entry points that allocate, free and re-tag.
+ *
+ * Policy, in the spirit of PyTorch's CUDACachingAllocator:
+ * - Requests are rounded up to 512 B. Each (device, stream) has a small pool
+ *   (requests up to 1 MiB, carved from 2 MiB segments) and a large pool.
+ * - A request takes the best fit (smallest free block, then lowest address)
+ *   from its pool, found in O(log n) (free_index.c). A block is split when the
+ *   remainder is worth keeping: >= 512 B in the small pool, > 1 MiB in the
+ *   large pool; blocks above max_split_size are never split, and such an
+ *   oversize block serves only requests within 20 MiB of its size.
+ * - Freed blocks coalesce with free neighbours in their segment at once and
+ *   are reusable on their own stream at once. A block used on another stream
+ *   (mf_record_stream) goes back to the pool only after an event recorded on
+ *   each of those streams has completed.
+ * - A miss maps a new segment: large requests get at least large_segment
+ *   (20 MiB) so that their neighbours can share it. See Note [Merging free
+ *   segments] for how memfit avoids the growth that slowly varying shapes
+ *   cause in PyTorch's allocator.
+ * - OOM ladder: the pool; then release cached segments that fit and retry;
+ *   then wait for pending events, release every cached segment and retry; then
+ *   fail: NULL, an OOM count, and a report (report.c). Nothing aborts.
+ *
+ * Note [Merging free segments]
+ * Training with a slowly growing batch or sequence length asks, step after
+ * step, for blocks slightly larger than the ones cached from the step before.
+ * Each such request misses, a new segment is mapped, and the old, now too
+ * small, cached segments sit unused: reserved memory creeps up while allocated
+ * memory grows only a little. On a miss in a large pool memfit therefore first
+ * releases that pool's wholly free segments (each smaller than the request, or
+ * best fit would have used it) and maps one segment of max(request, their sum):
+ * reserved grows by the deficit only, and the new segment serves the request
+ * and the neighbours that the released segments used to serve. It costs
+ * backend calls only on misses, which are rare in steady state. Option
+ * merge_segments:false turns it off.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static _Thread_local int device_hint; /* where this thread's last pointer lived */
+
+static inline size_t round_up(size_t size, size_t to) { return (size + to - 1) / to * to; }
+
+/* ------------------------------------------------------------ block metadata */
+
+static mf_block *block_new(mf_device *d) {
+  mf_block *b = d->spare_blocks;
+  if (b) {
+    d->spare_blocks = b->left;
+    b->left = NULL;
+  } else {
+    b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+  }
+  uint32_t x = d->priority_state; /* xorshift32: treap priorities */
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  d->priority_state = x;
+  b->priority = x;
+  return b;
+}
+
+static void block_recycle(mf_device *d, mf_block *b) {
+  free(b->used_streams);
+  memset(b, 0, sizeof *b);
+  b->left = d->spare_blocks;
+  d->spare_blocks = b;
+}
+
+/* ------------------------------------------------------------------- pools */
+
+static mf_stream_pools *stream_pools(mf_device *d, uintptr_t stream) {
+  for (int i = 0; i < d->stream_count; i++)
+    if (d->streams[i]->stream == stream) return d->streams[i];
+  if (d->stream_count == d->stream_cap) {
+    int cap = d->stream_cap ? d->stream_cap * 2 : 4;
+    mf_stream_pools **grown = realloc(d->streams, (size_t)cap * sizeof *grown);
+    if (!grown) return NULL;
+    d->streams = grown;
+    d->stream_cap = cap;
+  }
+  mf_stream_pools *sp = calloc(1, sizeof *sp);
+  if (!sp) return NULL;
+  sp->stream = stream;
+  sp->small = (mf_pool){.stream = stream, .small = true, .device = d};
+  sp->large = (mf_pool){.stream = stream, .small = false, .device = d};
+  d->streams[d->stream_count++] = sp;
+  return sp;
+}
+
+/* Keep the pool's list of wholly free segments in step with the segment. */
+static void update_wholly_free(mf_segment *s) {
+  bool now = s->first->state == MF_BLOCK_FREE && s->first->size == s->size;
+  if (now == s->wholly_free) return;
+  mf_pool *pool = s->pool;
+  if (now) {
+    s->free_prev = NULL;
+    s->free_next = pool->free_segments;
+    if (pool->free_segments) pool->free_segments->free_prev = s;
+    pool->free_segments = s;
+  } else {
+    if (s->free_prev) s->free_prev->free_next = s->free_next;
+    else pool->free_segments = s->free_next;
+    if (s->free_next) s->free_next->free_prev = s->free_prev;
+    s->free_prev = s->free_next = NULL;
+  }
+  s->wholly_free = now;
+}
+
+/* ---------------------------------------------------------------- segments */
+
+static mf_status map_segment(mf_device *d, mf_pool *pool, size_t size, mf_segment **out) {
+  mf_allocator *a = d->allocator;
+  if (d->capacity && (uint64_t)d->stats.reserved_bytes.current + size > d->capacity)
+    return _mf_error(MF_ERR_OOM, "capacity reached");
+  mf_segment *s = calloc(1, sizeof *s);
+  mf_block *b = block_new(d);
+  if (!s || !b) {
+    free(s);
+    if (b) block_recycle(d, b);
+    return _mf_error(MF_ERR_HOST_MEMORY, "out of host memory for segment metadata");
+  }
+  uintptr_t addr = 0;
+  mf_status st = a->backend->ops->map(a->backend, d->index, size, &addr);
+  if (st != MF_OK) {
+    free(s);
+    block_recycle(d, b);
+    return st;
+  }
+  s->addr = addr;
+  s->size = size;
+  s->pool = pool;
+  s->first = b;
+  s->next = d->segments;
+  if (d->segments) d->segments->prev = s;
+  d->segments = s;
+  b->addr = addr;
+  b->size = size;
+  b->segment = s;
+  b->state = MF_BLOCK_FREE;
+  _mf_index_insert(pool, b);
+  update_wholly_free(s);
+  _mf_counter_add(&d->stats.reserved_bytes, (int64_t)size);
+  _mf_counter_add(&d->stats.segments, 1);
+  d->stats.segment_maps++;
+  _mf_log_event(a, d->index, MF_LOG_SEGMENT_MAP, addr, size, size, pool->stream, (mf_tag){0});
+  *out = s;
+  return MF_OK;
+}
+
+/* Release a wholly free segment to the backend. */
+static mf_status unmap_segment(mf_device *d, mf_segment *s) {
+  mf_allocator *a = d->allocator;
+  mf_status st = a->backend->ops->unmap(a->backend, d->index, s->addr, s->size);
+  if (st != MF_OK) return st; /* keep it cached: still consistent */
+  mf_pool *pool = s->pool;
+  _mf_index_remove(pool, s->first);
+  s->first->state = MF_BLOCK_LIVE; /* leaves the wholly free list below */
+  update_wholly_free(s);
+  if (s->prev) s->prev->next = s->next;
+  else d->segments = s->next;
+  if (s->next) s->next->prev = s->prev;
+  _mf_counter_add(&d->stats.reserved_bytes, -(int64_t)s->size);
+  _mf_counter_add(&d->stats.segments, -1);
+  d->stats.segment_unmaps++;
+  _mf_log_event(a, d->index, MF_LOG_SEGMENT_UNMAP, s->addr, s->size, s->size, pool->stream, (mf_tag){0});
+  block_recycle(d, s->first);
+  free(s);
+  return MF_OK;
+}
+
+/* --------------------------------------------------- splitting, coalescing */
+
+static bool should_split(const mf_allocator *a, const mf_pool *pool, size_t block_size, size_t size) {
+  size_t remaining = block_size - size;
+  if (pool->small) return remaining >= MF_ROUND;
+  return block_size < a->max_split_size && remaining > MF_MIN_LARGE_SPLIT;
+}
+
+/* Take a free block out of its pool for a request of `size` rounded bytes. */
+static mf_status take_block(mf_device *d, mf_pool *pool, mf_block *b, size_t size, size_t requested, mf_tag tag) {
+  _mf_index_remove(pool, b);
+  if (should_split(d->allocator, pool, b->size, size)) {
+    mf_block *rest = block_new(d); /* without metadata the block is simply not split */
+    if (rest) {
+      rest->addr = b->addr + size;
+      rest->size = b->size - size;
+      rest->segment = b->segment;
+      rest->state = MF_BLOCK_FREE;
+      rest->prev = b;
+      rest->next = b->next;
+      if (b->next) b->next->prev = rest;
+      b->next = rest;
+      b->size = size;
+      _mf_index_insert(pool, rest);
+    }
+  }
+  b->state = MF_BLOCK_LIVE;
+  b->requested = requested;
+  if (!_mf_stats_reserve_layer(d, tag.layer)) tag.layer = 0; /* count it as "no layer" rather than fail */
+  b->tag = tag;
+  update_wholly_free(b->segment);
+  mf_status st = _mf_map_insert(&d->live, b);
+  if (st != MF_OK) return st;
+  _mf_stats_account(d, b, +1);
+  return MF_OK;
+}
+
+/* Return a block to its pool, merged with free neighbours. */
+static void release_block(mf_device *d, mf_block *b) {
+  mf_pool *pool = b->segment->pool;
+  b->state = MF_BLOCK_FREE;
+  b->requested = 0;
+  free(b->used_streams);
+  b->used_streams = NULL;
+  b->used_stream_count = b->used_stream_cap = 0;
+  mf_block *prev = b->prev;
+  if (prev && prev->state == MF_BLOCK_FREE) {
+    _mf_index_remove(pool, prev);
+    prev->size += b->size;
+    prev->next = b->next;
+    if (b->next) b->next->prev = prev;
+    block_recycle(d, b);
+    b = prev;
+  }
+  mf_block *next = b->next;
+  if (next && next->state == MF_BLOCK_FREE) {
+    _mf_index_remove(pool, next);
+    b->size += next->size;
+    b->next = next->next;
+    if (next->next) next->next->prev = b;
+    block_recycle(d, next);
+  }
+  _mf_index_insert(pool, b);
+  update_wholly_free(b->segment);
+}
+
+/* Best fit under the oversize rules. */
+static mf_block *find_block(const mf_allocator *a, const mf_pool *pool, size_t size) {
+  mf_block *b = _mf_index_lower_bound(pool, size);
+  if (!b || a->max_split_size == SIZE_MAX) return b;
+  if (size < a->max_split_size && b->size >= a->max_split_size) return NULL; /* keep oversize blocks whole */
+  if (size >= a->max_split_size && b->size >= size + MF_OVERSIZE_SLACK) return NULL; /* too wasteful */
+  return b;
+}
+
+/* ------------------------------------------------------------------ events */
+
+/* Complete the frees that waited on events; with wait, block until all have. */
+static void process_pending(mf_device *d, bool wait) {
+  mf_allocator *a = d->allocator;
+  const mf_backend_ops *ops = a->backend->ops;
+  mf_pending_event **link = &d->pending;
+  while (*link) {
+    mf_pending_event *p = *link;
+    bool complete = false;
+    mf_status st = wait ? ops->event_synchronize(a->backend, d->index, p->event)
+                        : ops->event_query(a->backend, d->index, p->event, &complete);
+    if (wait || st != MF_OK) {
+      /* A failed query would otherwise pin the block forever: wait instead. */
+      if (!wait) ops->event_synchronize(a->backend, d->index, p->event);
+      complete = true;
+    }
+    if (!complete) {
+      link = &p->next;
+      continue;
+    }
+    *link = p->next;
+    d->pending_count--;
+    ops->event_destroy(a->backend, d->index, p->event);
+    mf_block *b = p->block;
+    free(p);
+    if (--b->pending_events == 0) {
+      _mf_stats_account(d, b, -1);
+      release_block(d, b);
+    }
+  }
+}
+
+/* ------------------------------------------------------------- the ladder */
+
+static uint64_t release_segments(mf_device *d, mf_pool *only, size_t at_least_one_of, uint64_t enough);
+
+static mf_status try_map(mf_device *d, mf_pool *pool, size_t size, size_t fallback, mf_segment **out) {
+  mf_status st = map_segment(d, pool, size, out);
+  if (st == MF_ERR_OOM && fallback < size) st = map_segment(d, pool, fallback, out);
+  return st;
+}
+
+/* Sum of the wholly free segments of the large pool, all to be merged. */
+static uint64_t mergeable_bytes(const mf_allocator *a, const mf_pool *pool) {
+  uint64_t total = 0;
+  for (const mf_segment *s = pool->free_segments; s; s = s->free_next)
+    if (s->size < a->max_split_size) total += s->size;
+  return total;
+}
+
+/* A request missed the pool: map a segment for it, climbing the OOM ladder. */
+static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size) {
+  mf_allocator *a = d->allocator;
+  size_t minimum = pool->small ? MF_SMALL_SEGMENT : round_up(size, MF_SEGMENT_ROUND);
+  size_t wanted = minimum;
+  if (!pool->small && size < a->max_split_size) {
+    wanted = round_up(size > a->large_segment ? size : a->large_segment, MF_SEGMENT_ROUND);
+    if (a->merge_segments && pool->free_segments) {
+      uint64_t merged = mergeable_bytes(a, pool);
+      uint64_t released = release_segments(d, pool, 0, merged);
+      if (released > wanted) wanted = round_up((size_t)released, MF_SEGMENT_ROUND);
+    }
+  }
+  mf_segment *s = NULL;
+  mf_status st = try_map(d, pool, wanted, minimum, &s);
+  if (st == MF_ERR_OOM) {
+    /* Step 2: release cached segments that would make room, then retry. */
+    if (release_segments(d, NULL, minimum, minimum) > 0) {
+      d->stats.ladder_releases++;
+      st = try_map(d, pool, wanted, minimum, &s);
+    }
+  }
+  if (st == MF_ERR_OOM) {
+    /* Step 3: wait for deferred frees, release everything cached, retry. */
+    process_pending(d, true);
+    if (release_segments(d, NULL, 0, UINT64_MAX) > 0) d->stats.ladder_releases++;
+    st = try_map(d, pool, wanted, minimum, &s);
+  }
+  if (st != MF_OK) return NULL;
+  return s->first;
+}
+
+/* Release wholly free segments of one pool (only) or of every pool. With
+ * at_least_one_of > 0, first look for the smallest single segment of at least
+ * that size; otherwise (or if none) release largest first until `enough`
+ * bytes went back. Returns the bytes released. */
+static uint64_t release_segments(mf_device *d, mf_pool *only, size_t at_least_one_of, uint64_t enough) {
+  uint64_t released = 0;
+  if (at_least_one_of) {
+    mf_segment *best = NULL;
+    for (mf_segment *s = d->segments; s; s = s->next)
+      if (s->wholly_free && (!only || s->pool == only) && s->size >= at_least_one_of &&
+          (!best || s->size < best->size))
+        best = s;
+    if (best) {
+      size_t size = best->size;
+      return unmap_segment(d, best) == MF_OK ? size : 0;
+    }
+  }
+  while (released < enough) {
+    mf_segment *largest = NULL;
+    for (mf_segment *s = d->segments; s; s = s->next)
+      if (s->wholly_free && (!only || s->pool == only) && (!largest || s->size > largest->size)) largest = s;
+    if (!largest) break;
+    size_t size = largest->size;
+    if (unmap_segment(d, largest) != MF_OK) break;
+    released += size;
+  }
+  return released;
+}
+
+/* ---------------------------------------------------------- create, destroy */
+
+static mf_status make_backend(const mf_options *o, mf_backend **out) {
+  const char *name = _mf_opt_str(o, MF_OPT_BACKEND);
+  int devices = (int)_mf_opt_u64(o, MF_OPT_DEVICES);
+  uint64_t capacity = _mf_opt_u64(o, MF_OPT_CAPACITY);
+  if (strcmp(name, "virtual") == 0) return mf_backend_virtual_create(devices, capacity, out);
+  if (strcmp(name, "host") == 0) return mf_backend_host_create(devices, capacity, out);
+  if (strcmp(name, "cuda") == 0) return mf_backend_cuda_create(out);
+  return _mf_error(MF_ERR_INVALID, "option backend: bad value '%s' (expected cuda, host or virtual)", name);
+}
+
+MF_API mf_status mf_allocator_create(const char *conf, mf_allocator **out) {
+  if (!out) return _mf_error(MF_ERR_INVALID, "mf_allocator_create: NULL out");
+  *out = NULL;
+  mf_options *o = mf_options_new();
+  if (!o) return MF_ERR_HOST_MEMORY;
+  mf_status st = mf_options_parse(o, conf);
+  mf_backend *backend = NULL;
+  if (st == MF_OK) st = make_backend(o, &backend);
+  if (st == MF_OK) st = mf_allocator_create_with(backend, o, out);
+  mf_options_free(o);
+  return st;
+}
+
+MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options *options, mf_allocator **out) {
+  if (!out) return _mf_error(MF_ERR_INVALID, "mf_allocator_create_with: NULL out");
+  *out = NULL;
+  if (!backend || !backend->ops) return _mf_error(MF_ERR_INVALID, "mf_allocator_create_with: NULL backend");
+  int count = backend->ops->device_count(backend);
+  if (count <= 0) {
+    backend->ops->destroy(backend);
+    return _mf_error(MF_ERR_NO_DEVICE, "backend %s has no device", backend->ops->name);
+  }
+  mf_allocator *a = calloc(1, sizeof *a);
+  mf_options *o = mf_options_clone(options);
+  mf_device *devices = calloc((size_t)count, sizeof *devices);
+  if (!a || !o || !devices) {
+    free(a);
+    mf_options_free(o);
+    free(devices);
+    backend->ops->destroy(backend);
+    return _mf_error(MF_ERR_HOST_MEMORY, "mf_allocator_create: out of host memory");
+  }
+  a->backend = backend;
+  a->options = o;
+  a->device_count = count;
+  a->devices = devices;
+  uint64_t max_split = _mf_opt_u64(o, MF_OPT_MAX_SPLIT_SIZE);
+  a->max_split_size = max_split ? (size_t)max_split : SIZE_MAX;
+  a->large_segment = (size_t)_mf_opt_u64(o, MF_OPT_LARGE_SEGMENT);
+  a->merge_segments = _mf_opt_bool(o, MF_OPT_MERGE_SEGMENTS);
+  a->check_every_op = _mf_opt_bool(o, MF_OPT_CHECK);
+  pthread_mutex_init(&a->report_lock, NULL);
+  pthread_mutex_init(&a->log_lock, NULL);
+  uint64_t capacity = _mf_opt_u64(o, MF_OPT_CAPACITY);
+  for (int i = 0; i < count; i++) {
+    mf_device *d = &devices[i];
+    pthread_mutex_init(&d->lock, NULL);
+    d->index = i;
+    d->allocator = a;
+    d->priority_state = 2463534242u + (uint32_t)i;
+    d->stats.struct_size = sizeof(mf_stats);
+    d->stats.version = MF_STATS_VERSION;
+    d->capacity = capacity;
+    if (!capacity && backend->ops->total_memory(backend, i, &d->capacity) != MF_OK) d->capacity = 0;
+  }
+  const char *log_path = _mf_opt_str(o, MF_OPT_EVENT_LOG);
+  if (*log_path) {
+    mf_status st = mf_event_log_start(a, log_path);
+    if (st != MF_OK) {
+      mf_allocator_destroy(a);
+      return st;
+    }
+  }
+  *out = a;
+  return MF_OK;
+}
+
+MF_API void mf_allocator_destroy(mf_allocator *a) {
+  if (!a) return;
+  for (int i = 0; i < a->device_count; i++) {
+    mf_device *d = &a->devices[i];
+    pthread_mutex_lock(&d->lock);
+    while (d->pending) {
+      mf_pending_event *p = d->pending;
+      d->pending = p->next;
+      a->backend->ops->event_destroy(a->backend, i, p->event);
+      free(p);
+    }
+    while (d->segments) {
+      mf_segment *s = d->segments;
+      d->segments = s->next;
+      a->backend->ops->unmap(a->backend, i, s->addr, s->size);
+      for (mf_block *b = s->first; b;) {
+        mf_block *next = b->next;
+        free(b->used_streams);
+        free(b);
+        b = next;
+      }
+      free(s);
+    }
+    while (d->spare_blocks) {
+      mf_block *b = d->spare_blocks;
+      d->spare_blocks = b->left;
+      free(b);
+    }
+    for (int j = 0; j < d->stream_count; j++) free(d->streams[j]);
+    free(d->streams);
+    _mf_map_free(&d->live);
+    free(d->tag_stats);
+    pthread_mutex_unlock(&d->lock);
+    pthread_mutex_destroy(&d->lock);
+  }
+  mf_event_log_stop(a);
+  a->backend->ops->destroy(a->backend);
+  mf_options_free(a->options);
+  free(a->oom_report);
+  pthread_mutex_destroy(&a->report_lock);
+  pthread_mutex_destroy(&a->log_lock);
+  free(a->devices);
+  free(a);
+}
+
+MF_API int mf_allocator_device_count(const mf_allocator *a) { return a ? a->device_count : 0; }
+MF_API const mf_options *mf_allocator_options(const mf_allocator *a) { return a ? a->options : NULL; }
+MF_API mf_backend *mf_allocator_backend(mf_allocator *a) { return a ? a->backend : NULL; }
+
+/* --------------------------------------------------------- malloc and free */
+
+static void record_oom(mf_device *d, size_t size, size_t requested, uintptr_t stream) {
+  mf_allocator *a = d->allocator;
+  d->stats.ooms++;
+  char wanted[32], cap[32], headline[256];
+  snprintf(headline, sizeof headline,
+           "memfit: out of memory on device %d: tried to allocate %s (%zu bytes requested) on stream 0x%llx, "
+           "capacity %s",
+           d->index, _mf_format_size(size, wanted, sizeof wanted), requested, (unsigned long long)stream,
+           _mf_format_size(d->capacity, cap, sizeof cap));
+  mf_sbuf report = {0};
+  _mf_report_build(d, &report, headline);
+  pthread_mutex_lock(&a->report_lock);
+  free(a->oom_report);
+  a->oom_report = report.data; /* ownership moves */
+  pthread_mutex_unlock(&a->report_lock);
+  _mf_error(MF_ERR_OOM, "%s", headline);
+}
+
+static void after_operation(mf_device *d) {
+  if (MF_UNLIKELY(d->allocator->check_every_op) && _mf_check_device(d) != MF_OK) {
+    char why[1024];
+    snprintf(why, sizeof why, "%s", mf_last_error());
+    fprintf(stderr, "memfit: check failed after an operation: %s\n", why);
+  }
+}
+
+MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_t stream, mf_tag tag) {
+  if (MF_UNLIKELY(!a)) {
+    _mf_error(MF_ERR_INVALID, "mf_malloc: NULL allocator");
+    return NULL;
+  }
+  if (MF_UNLIKELY(device < 0 || device >= a->device_count)) {
+    _mf_error(MF_ERR_INVALID, "mf_malloc: device %d out of range (the allocator has %d)", device,
+              a->device_count);
+    return NULL;
+  }
+  if (MF_UNLIKELY(size > SIZE_MAX / 2)) {
+    _mf_error(MF_ERR_INVALID, "mf_malloc: size %zu is not a possible allocation", size);
+    return NULL;
+  }
+  if (MF_UNLIKELY(tag.category >= MF_CAT_COUNT || tag.phase >= MF_PHASE_COUNT)) {
+    _mf_error(MF_ERR_INVALID, "mf_malloc: bad tag (category %u, phase %u)", tag.category, tag.phase);
+    return NULL;
+  }
+  size_t rounded = size ? round_up(size, MF_ROUND) : MF_ROUND; /* 0 bytes: a unique smallest block */
+  mf_device *d = &a->devices[device];
+  pthread_mutex_lock(&d->lock);
+  if (d->pending_count) process_pending(d, false);
+  void *result = NULL;
+  mf_stream_pools *sp = stream_pools(d, stream);
+  if (!sp) {
+    _mf_error(MF_ERR_HOST_MEMORY, "mf_malloc: out of host memory for a stream's pools");
+    goto out;
+  }
+  mf_pool *pool = rounded <= MF_SMALL_REQUEST ? &sp->small : &sp->large;
+  mf_block *b = find_block(a, pool, rounded);
+  if (b) {
+    d->stats.cache_hits++;
+  } else {
+    d->stats.cache_misses++;
+    b = grow_pool(d, pool, rounded);
+    if (!b) {
+      record_oom(d, rounded, size, stream);
+      goto out;
+    }
+  }
+  if (take_block(d, pool, b, rounded, size, tag) != MF_OK) {
+    release_block(d, b);
+    goto out;
+  }
+  d->stats.allocs++;
+  _mf_log_event(a, device, MF_LOG_ALLOC, b->addr, size, b->size, stream, tag);
+  result = (void *)b->addr;
+  device_hint = device;
+out:
+  after_operation(d);
+  pthread_mutex_unlock(&d->lock);
+  return result;
+}
+
+MF_API void *mf_malloc(mf_allocator *a, int device, size_t size, uintptr_t stream) {
+  return mf_malloc_tagged(a, device, size, stream, mf_tag_current());
+}
+
+/* Find the device holding a live pointer and return with its lock held. */
+static mf_device *lock_owner(mf_allocator *a, uintptr_t addr, mf_block **block) {
+  int n = a->device_count, start = device_hint < n ? device_hint : 0;
+  for (int k = 0; k < n; k++) {
+    mf_device *d = &a->devices[(start + k) % n];
+    pthread_mutex_lock(&d->lock);
+    mf_block *b = _mf_map_find(&d->live, addr);
+    if (b) {
+      *block = b;
+      device_hint = d->index;
+      return d;
+    }
+    pthread_mutex_unlock(&d->lock);
+  }
+  return NULL;
+}
+
+MF_API mf_status mf_free(mf_allocator *a, void *ptr) {
+  if (!ptr) return MF_OK;
+  if (!a) return _mf_error(MF_ERR_INVALID, "mf_free: NULL allocator");
+  mf_block *b;
+  mf_device *d = lock_owner(a, (uintptr_t)ptr, &b);
+  if (!d)
+    return _mf_error(MF_ERR_INVALID, "mf_free: %p is not a live block of this allocator (double free or foreign pointer)",
+                     ptr);
+  _mf_map_remove(&d->live, b->addr);
+  d->stats.frees++;
+  _mf_log_event(a, d->index, MF_LOG_FREE, b->addr, b->requested, b->size, b->segment->pool->stream, b->tag);
+  const mf_backend_ops *ops = a->backend->ops;
+  for (uint16_t i = 0; i < b->used_stream_count; i++) {
+    mf_pending_event *p = malloc(sizeof *p);
+    void *event = NULL;
+    if (!p || ops->event_record(a->backend, d->index, b->used_streams[i], &event) != MF_OK) {
+      /* Without an event the only safe order is to wait for the device. */
+      free(p);
+      if (ops->synchronize) ops->synchronize(a->backend, d->index);
+      continue;
+    }
+    p->event = event;
+    p->block = b;
+    p->next = d->pending;
+    d->pending = p;
+    d->pending_count++;
+    b->pending_events++;
+  }
+  if (b->pending_events) {
+    b->state = MF_BLOCK_PENDING;
+    d->stats.deferred_frees++;
+  } else {
+    _mf_stats_account(d, b, -1);
+    release_block(d, b);
+  }
+  after_operation(d);
+  pthread_mutex_unlock(&d->lock);
+  return MF_OK;
+}
+
+MF_API mf_status mf_record_stream(mf_allocator *a, void *ptr, uintptr_t stream) {
+  if (!a || !ptr) return _mf_error(MF_ERR_INVALID, "mf_record_stream: NULL argument");
+  mf_block *b;
+  mf_device *d = lock_owner(a, (uintptr_t)ptr, &b);
+  if (!d) return _mf_error(MF_ERR_INVALID, "mf_record_stream: %p is not a live block of this allocator", ptr);
+  mf_status st = MF_OK;
+  bool known = stream == b->segment->pool->stream;
+  for (uint16_t i = 0; !known && i < b->used_stream_count; i++) known = b->used_streams[i] == stream;
+  if (!known) {
+    if (b->used_stream_count == b->used_stream_cap) {
+      uint16_t cap = b->used_stream_cap ? (uint16_t)(b->used_stream_cap * 2) : 2;
+      uintptr_t *grown = cap > b->used_stream_cap ? realloc(b->used_streams, cap * sizeof *grown) : NULL;
+      if (!grown) {
+        st = _mf_error(MF_ERR_HOST_MEMORY, "mf_record_stream: out of host memory");
+        goto out;
+      }
+      b->used_streams = grown;
+      b->used_stream_cap = cap;
+    }
+    b->used_streams[b->used_stream_count++] = stream;
+  }
+out:
+  pthread_mutex_unlock(&d->lock);
+  return st;
+}
+
+MF_API mf_status mf_empty_cache(mf_allocator *a) {
+  if (!a) return _mf_error(MF_ERR_INVALID, "mf_empty_cache: NULL allocator");
+  for (int i = 0; i < a->device_count; i++) {
+    mf_device *d = &a->devices[i];
+    pthread_mutex_lock(&d->lock);
+    process_pending(d, true);
+    release_segments(d, NULL, 0, UINT64_MAX);
+    after_operation(d);
+    pthread_mutex_unlock(&d->lock);
+  }
+  return MF_OK;
+}
+
+MF_API mf_status mf_retag(mf_allocator *a, void *ptr, mf_tag tag) {
+  if (!a || !ptr) return _mf_error(MF_ERR_INVALID, "mf_retag: NULL argument");
+  if (tag.category >= MF_CAT_COUNT || tag.phase >= MF_PHASE_COUNT || tag.layer >= mf_layer_count())
+    return _mf_error(MF_ERR_INVALID, "mf_retag: bad tag (category %u, phase %u, layer %u)", tag.category, tag.phase,
+                     tag.layer);
+  mf_block *b;
+  mf_device *d = lock_owner(a, (uintptr_t)ptr, &b);
+  if (!d) return _mf_error(MF_ERR_INVALID, "mf_retag: %p is not a live block of this allocator", ptr);
+  if (!_mf_stats_reserve_layer(d, tag.layer)) tag.layer = 0;
+  _mf_stats_account(d, b, -1);
+  b->tag = tag;
+  _mf_stats_account(d, b, +1);
+  pthread_mutex_unlock(&d->lock);
+  return MF_OK;
+}
+
+MF_API mf_status mf_block_info(mf_allocator *a, void *ptr, mf_tag *tag, size_t *requested, size_t *size) {
+  if (!a || !ptr) return _mf_error(MF_ERR_INVALID, "mf_block_info: NULL argument");
+  mf_block *b;
+  mf_device *d = lock_owner(a, (uintptr_t)ptr, &b);
+  if (!d) return _mf_error(MF_ERR_INVALID, "mf_block_info: %p is not a live block of this allocator", ptr);
+  if (tag) *tag = b->tag;
+  if (requested) *requested = b->requested;
+  if (size) *size = b->size;
+  pthread_mutex_unlock(&d->lock);
+  return MF_OK;
+}
+
+MF_API int mf_device_of(mf_allocator *a, void *ptr) {
+  if (!a || !ptr) return -1;
+  mf_block *b;
+  mf_device *d = lock_owner(a, (uintptr_t)ptr, &b);
+  if (!d) return -1;
+  int index = d->index;
+  pthread_mutex_unlock(&d->lock);
+  return index;
+}
+
+MF_API mf_status mf_set_capacity(mf_allocator *a, int device, uint64_t bytes) {
+  if (!a || device < 0 || device >= a->device_count)
+    return _mf_error(MF_ERR_INVALID, "mf_set_capacity: bad allocator or device %d", device);
+  if (!bytes) {
+    mf_status st = a->backend->ops->total_memory(a->backend, device, &bytes);
+    if (st != MF_OK) return st;
+  }
+  mf_device *d = &a->devices[device];
+  pthread_mutex_lock(&d->lock);
+  d->capacity = bytes;
+  pthread_mutex_unlock(&d->lock);
+  return MF_OK;
+}
+
+MF_API uint64_t mf_capacity(mf_allocator *a, int device) {
+  if (!a || device < 0 || device >= a->device_count) return 0;
+  mf_device *d = &a->devices[device];
+  pthread_mutex_lock(&d->lock);
+  uint64_t c = d->capacity;
+  pthread_mutex_unlock(&d->lock);
+  return c;
+}
+
+MF_API mf_status mf_check(mf_allocator *a) {
+  if (!a) return _mf_error(MF_ERR_INVALID, "mf_check: NULL allocator");
+  for (int i = 0; i < a->device_count; i++) {
+    mf_device *d = &a->devices[i];
+    pthread_mutex_lock(&d->lock);
+    mf_status st = _mf_check_device(d);
+    pthread_mutex_unlock(&d->lock);
+    if (st != MF_OK) return st;
+  }
+  return MF_OK;
+}

@@ -1,0 +1,211 @@
+/* internal.h — declarations shared between memfit's source files, grouped by
+ * the file that defines them. Nothing here is exported from libmemfit.so;
+ * everything not listed here is static to its file. */
+#ifndef MEMFIT_INTERNAL_H
+#define MEMFIT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "memfit/memfit.h"
+
+#if defined(__GNUC__)
+#define MF_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define MF_LIKELY(x) __builtin_expect(!!(x), 1)
+#define MF_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MF_PRINTF(f, a)
+#define MF_LIKELY(x) (x)
+#define MF_UNLIKELY(x) (x)
+#endif
+
+#define MF_KiB ((size_t)1024)
+#define MF_MiB ((size_t)1024 * 1024)
+#define MF_GiB ((size_t)1024 * 1024 * 1024)
+
+/* Policy constants, each with its reason. */
+#define MF_ROUND 512                     /* device kernels like 512 B alignment; keeps block count low */
+#define MF_SMALL_REQUEST (1 * MF_MiB)    /* requests up to this come from the small pool */
+#define MF_SMALL_SEGMENT (2 * MF_MiB)    /* small pool segments: many small tensors per map */
+#define MF_SEGMENT_ROUND (2 * MF_MiB)    /* large segments are multiples of the driver's page */
+#define MF_MIN_LARGE_SPLIT (1 * MF_MiB)  /* a large block keeps a remainder only above this */
+#define MF_OVERSIZE_SLACK (20 * MF_MiB)  /* an oversize block may serve a request this much smaller */
+
+/* ---------------------------------------------------------------- errors.c */
+/* Set the calling thread's last error and return status. */
+mf_status _mf_error(mf_status status, const char *fmt, ...) MF_PRINTF(2, 3);
+void _mf_clear_error(void);
+
+/* --------------------------------------------------------------- options.c */
+typedef enum mf_option_id {
+  MF_OPT_BACKEND,          /* string: virtual | host | cuda */
+  MF_OPT_DEVICES,          /* int: devices of a simulated backend */
+  MF_OPT_CAPACITY,         /* size: budget per device, 0 = backend total */
+  MF_OPT_MAX_SPLIT_SIZE,   /* size: cached blocks above it are not split */
+  MF_OPT_LARGE_SEGMENT,    /* size: minimum segment for a large request */
+  MF_OPT_MERGE_SEGMENTS,   /* bool: merge free whole segments on a miss */
+  MF_OPT_EVENT_LOG,        /* string: path of the event log, "" = off */
+  MF_OPT_CHECK,            /* bool: run mf_check after every operation */
+  MF_OPT_COUNT
+} mf_option_id;
+
+uint64_t _mf_opt_u64(const mf_options *o, mf_option_id id);
+bool _mf_opt_bool(const mf_options *o, mf_option_id id);
+const char *_mf_opt_str(const mf_options *o, mf_option_id id);
+/* Format a size for people: "1.50 GiB". buf needs 32 bytes. */
+const char *_mf_format_size(uint64_t bytes, char *buf, size_t len);
+
+/* ------------------------------------------------------------------ tags.c */
+/* A snapshot of layer names for reports, read under the intern lock. */
+const char *_mf_layer_name_or(uint32_t layer, const char *fallback);
+
+/* --------------------------------------------------------- string builder */
+typedef struct mf_sbuf {
+  char *data;
+  size_t len, cap;
+  bool failed; /* out of host memory: contents are truncated */
+} mf_sbuf;
+void _mf_sbuf_printf(mf_sbuf *s, const char *fmt, ...) MF_PRINTF(2, 3);
+void _mf_sbuf_free(mf_sbuf *s);
+/* Copy into a caller buffer with the public (buf, len, needed) convention. */
+mf_status _mf_sbuf_export(const mf_sbuf *s, char *buf, size_t len, size_t *needed);
+
+
+/* ------------------------------------------------------ the core's structs */
+typedef struct mf_segment mf_segment;
+typedef struct mf_pool mf_pool;
+typedef struct mf_device mf_device;
+
+typedef enum { MF_BLOCK_FREE = 0, MF_BLOCK_LIVE = 1, MF_BLOCK_PENDING = 2 } mf_block_state;
+
+/* Block metadata lives on the host, never in device memory. */
+typedef struct mf_block {
+  uintptr_t addr;
+  size_t size;                 /* block size: a multiple of MF_ROUND */
+  size_t requested;            /* live/pending: the caller's size */
+  mf_segment *segment;
+  struct mf_block *prev, *next; /* address neighbours inside the segment */
+  struct mf_block *left, *right; /* free index (treap) children, or free-list link */
+  struct mf_block *map_next;   /* pointer-map chain */
+  uintptr_t *used_streams;     /* streams from mf_record_stream (rare: heap array) */
+  uint32_t priority;           /* treap heap priority */
+  uint16_t used_stream_count, used_stream_cap;
+  uint16_t pending_events;     /* events still to complete before reuse */
+  uint8_t state;               /* mf_block_state */
+  mf_tag tag;
+} mf_block;
+
+struct mf_segment {
+  uintptr_t addr;
+  size_t size;
+  mf_pool *pool;
+  mf_block *first;
+  mf_segment *prev, *next;           /* all segments of the device */
+  mf_segment *free_prev, *free_next; /* the pool's list of wholly free segments */
+  bool wholly_free;
+};
+
+struct mf_pool {
+  mf_block *root;          /* free blocks ordered by (size, addr) */
+  size_t free_blocks;
+  uint64_t free_bytes;
+  mf_segment *free_segments; /* wholly free segments: candidates to release or merge */
+  uintptr_t stream;
+  bool small;
+  mf_device *device;
+};
+
+typedef struct mf_stream_pools {
+  uintptr_t stream;
+  mf_pool small, large;
+} mf_stream_pools;
+
+typedef struct mf_pending_event {
+  void *event;
+  mf_block *block;
+  struct mf_pending_event *next;
+} mf_pending_event;
+
+typedef struct mf_block_map {
+  mf_block **buckets;
+  size_t bucket_count; /* a power of two */
+  size_t count;
+} mf_block_map;
+
+struct mf_device {
+  pthread_mutex_t lock;
+  int index;
+  mf_allocator *allocator;
+  uint64_t capacity;        /* effective budget in bytes */
+  mf_stream_pools **streams;
+  int stream_count, stream_cap;
+  mf_block_map live;        /* live blocks by address */
+  mf_segment *segments;
+  mf_pending_event *pending; /* frees waiting on record_stream events */
+  size_t pending_count;
+  mf_block *spare_blocks;   /* recycled metadata: no host allocation in steady state */
+  uint32_t priority_state;  /* xorshift state for treap priorities */
+  mf_stats stats;
+  mf_tag_stats *tag_stats;  /* [layer * MF_CAT_COUNT + category] */
+  uint32_t tag_layers;      /* layers the table has room for */
+  mf_tag_stats category_stats[MF_CAT_COUNT];
+};
+
+struct mf_allocator {
+  mf_backend *backend;
+  mf_options *options;
+  int device_count;
+  mf_device *devices;
+  size_t max_split_size;    /* SIZE_MAX when unlimited */
+  size_t large_segment;
+  bool merge_segments;
+  bool check_every_op;
+  pthread_mutex_t report_lock;
+  char *oom_report;         /* last OOM report, owned */
+  pthread_mutex_t log_lock;
+  FILE *log;
+  uint64_t log_start_ns;
+};
+
+/* ------------------------------------------------------------ free_index.c */
+void _mf_index_insert(mf_pool *pool, mf_block *block);
+void _mf_index_remove(mf_pool *pool, mf_block *block);
+/* The best fit: the smallest free block of at least size (ties: lowest address). */
+mf_block *_mf_index_lower_bound(const mf_pool *pool, size_t size);
+/* Visit every block in order; stops early when fn returns false. */
+bool _mf_index_walk(const mf_pool *pool, bool (*fn)(const mf_block *b, void *ctx), void *ctx);
+
+/* ------------------------------------------------------------- block_map.c */
+mf_status _mf_map_insert(mf_block_map *m, mf_block *block);
+mf_block *_mf_map_find(const mf_block_map *m, uintptr_t addr);
+mf_block *_mf_map_remove(mf_block_map *m, uintptr_t addr);
+void _mf_map_free(mf_block_map *m);
+
+/* ----------------------------------------------------------------- stats.c */
+static inline void _mf_counter_add(mf_counter *c, int64_t delta) {
+  c->current += delta;
+  if (delta > 0) c->total += delta;
+  if (c->current > c->peak) c->peak = c->current;
+}
+/* Account a block entering (+1) or leaving (-1) the live set under its tag. */
+void _mf_stats_account(mf_device *d, const mf_block *b, int sign);
+/* Make the tag table hold layer; false if host memory ran out. */
+bool _mf_stats_reserve_layer(mf_device *d, uint32_t layer);
+mf_tag_stats *_mf_stats_tag(mf_device *d, uint32_t layer, unsigned category);
+
+/* ---------------------------------------------------------------- report.c */
+/* Build the human-readable report of a device's state (lock held). */
+void _mf_report_build(mf_device *d, mf_sbuf *out, const char *headline);
+
+/* ------------------------------------------------------------- event_log.c */
+typedef enum { MF_LOG_ALLOC, MF_LOG_FREE, MF_LOG_SEGMENT_MAP, MF_LOG_SEGMENT_UNMAP } mf_log_kind;
+void _mf_log_event(mf_allocator *a, int device, mf_log_kind kind, uintptr_t addr, size_t requested,
+                   size_t size, uintptr_t stream, mf_tag tag);
+
+/* ----------------------------------------------------------------- check.c */
+mf_status _mf_check_device(mf_device *d);
+
+#endif /* MEMFIT_INTERNAL_H */
