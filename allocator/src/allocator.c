@@ -563,7 +563,7 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
   d->stats.allocs++;
   _mf_log_event(a, device, MF_LOG_ALLOC, b->addr, size, b->size, stream, tag);
   result = (void *)b->addr;
-  device_hint = device;
+  if (a->device_count > 1) device_hint = device;
 out:
   after_operation(d);
   pthread_mutex_unlock(&d->lock);
@@ -576,14 +576,15 @@ MF_API void *mf_malloc(mf_allocator *a, int device, size_t size, uintptr_t strea
 
 /* Find the device holding a live pointer and return with its lock held. */
 static mf_device *lock_owner(mf_allocator *a, uintptr_t addr, mf_block **block) {
-  int n = a->device_count, start = device_hint < n ? device_hint : 0;
+  int n = a->device_count, start = n > 1 && device_hint < n ? device_hint : 0;
   for (int k = 0; k < n; k++) {
-    mf_device *d = &a->devices[(start + k) % n];
+    int i = start + k < n ? start + k : start + k - n;
+    mf_device *d = &a->devices[i];
     pthread_mutex_lock(&d->lock);
     mf_block *b = _mf_map_find(&d->live, addr);
     if (b) {
       *block = b;
-      device_hint = d->index;
+      if (n > 1) device_hint = d->index;
       return d;
     }
     pthread_mutex_unlock(&d->lock);

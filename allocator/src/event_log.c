@@ -36,9 +36,8 @@ MF_API mf_status mf_event_log_stop(mf_allocator *a) {
   return MF_OK;
 }
 
-void _mf_log_event(mf_allocator *a, int device, mf_log_kind kind, uintptr_t addr, size_t requested, size_t size,
+void _mf_log_write(mf_allocator *a, int device, mf_log_kind kind, uintptr_t addr, size_t requested, size_t size,
                    uintptr_t stream, mf_tag tag) {
-  if (MF_LIKELY(!__atomic_load_n(&a->log, __ATOMIC_ACQUIRE))) return;
   pthread_mutex_lock(&a->log_lock);
   FILE *f = a->log;
   if (f) {

@@ -190,6 +190,15 @@ static inline void _mf_counter_add(mf_counter *c, int64_t delta) {
   if (delta > 0) c->total += delta;
   if (c->current > c->peak) c->peak = c->current;
 }
+/* The hot-path halves of _mf_counter_add: growth moves peak and total, a
+ * decrease only the current value. */
+static inline void _mf_counter_inc(mf_counter *c, int64_t delta) {
+  int64_t current = c->current + delta;
+  c->current = current;
+  c->total += delta;
+  c->peak = current > c->peak ? current : c->peak;
+}
+static inline void _mf_counter_dec(mf_counter *c, int64_t delta) { c->current -= delta; }
 /* Account a block entering (+1) or leaving (-1) the live set under its tag. */
 void _mf_stats_account(mf_device *d, const mf_block *b, int sign);
 /* Make the tag table hold layer; false if host memory ran out. */
@@ -202,8 +211,14 @@ void _mf_report_build(mf_device *d, mf_sbuf *out, const char *headline);
 
 /* ------------------------------------------------------------- event_log.c */
 typedef enum { MF_LOG_ALLOC, MF_LOG_FREE, MF_LOG_SEGMENT_MAP, MF_LOG_SEGMENT_UNMAP } mf_log_kind;
-void _mf_log_event(mf_allocator *a, int device, mf_log_kind kind, uintptr_t addr, size_t requested,
+void _mf_log_write(mf_allocator *a, int device, mf_log_kind kind, uintptr_t addr, size_t requested,
                    size_t size, uintptr_t stream, mf_tag tag);
+/* Log an event if the log is on: one relaxed load when it is off. */
+#define _mf_log_event(a, ...)                                        \
+  do {                                                               \
+    if (MF_UNLIKELY(__atomic_load_n(&(a)->log, __ATOMIC_RELAXED)))   \
+      _mf_log_write((a), __VA_ARGS__);                               \
+  } while (0)
 
 /* ----------------------------------------------------------------- check.c */
 mf_status _mf_check_device(mf_device *d);

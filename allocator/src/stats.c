@@ -23,20 +23,36 @@ mf_tag_stats *_mf_stats_tag(mf_device *d, uint32_t layer, unsigned category) {
   return &d->tag_stats[(size_t)layer * MF_CAT_COUNT + category];
 }
 
-static inline void account_tag(mf_tag_stats *t, int64_t size, int64_t requested, int sign) {
-  _mf_counter_add(&t->bytes, sign * size);
-  _mf_counter_add(&t->requested, sign * requested);
-  _mf_counter_add(&t->blocks, sign);
+static inline void tag_inc(mf_tag_stats *t, int64_t size, int64_t requested) {
+  _mf_counter_inc(&t->bytes, size);
+  _mf_counter_inc(&t->requested, requested);
+  _mf_counter_inc(&t->blocks, 1);
+}
+
+static inline void tag_dec(mf_tag_stats *t, int64_t size, int64_t requested) {
+  _mf_counter_dec(&t->bytes, size);
+  _mf_counter_dec(&t->requested, requested);
+  _mf_counter_dec(&t->blocks, 1);
 }
 
 void _mf_stats_account(mf_device *d, const mf_block *b, int sign) {
-  int64_t size = (int64_t)b->size, requested = (int64_t)b->requested;
-  _mf_counter_add(&d->stats.allocated_bytes, sign * size);
-  _mf_counter_add(&d->stats.requested_bytes, sign * requested);
-  _mf_counter_add(&d->stats.active_blocks, sign);
+  const int64_t size = (int64_t)b->size, requested = (int64_t)b->requested;
+  mf_stats *s = &d->stats;
   mf_tag_stats *t = _mf_stats_tag(d, b->tag.layer, b->tag.category);
-  if (t) account_tag(t, size, requested, sign);
-  account_tag(&d->category_stats[b->tag.category], size, requested, sign);
+  mf_tag_stats *c = &d->category_stats[b->tag.category];
+  if (sign > 0) {
+    _mf_counter_inc(&s->allocated_bytes, size);
+    _mf_counter_inc(&s->requested_bytes, requested);
+    _mf_counter_inc(&s->active_blocks, 1);
+    if (t) tag_inc(t, size, requested);
+    tag_inc(c, size, requested);
+  } else {
+    _mf_counter_dec(&s->allocated_bytes, size);
+    _mf_counter_dec(&s->requested_bytes, requested);
+    _mf_counter_dec(&s->active_blocks, 1);
+    if (t) tag_dec(t, size, requested);
+    tag_dec(c, size, requested);
+  }
 }
 
 static mf_device *locked_device(mf_allocator *a, int device, const char *what) {

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds memfit and runs every test: the GoogleTest suite and the memfit-replay
+# tests through ctest, once in a normal build and once under AddressSanitizer +
+# UndefinedBehaviorSanitizer (MEMFIT_SKIP_ASAN=1 skips the second).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+status=0
+
+run_suite() { # build-dir, extra cmake args...
+  local dir=$1; shift
+  mkdir -p "$dir"
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$dir/configure.log" 2>&1 ||
+    { cat "$dir/configure.log"; return 1; }
+  cmake --build "$dir" -j"$jobs" >"$dir/build.log" 2>&1 || { tail -50 "$dir/build.log"; return 1; }
+  (cd "$dir" && ctest --output-on-failure -j"$jobs" --timeout 600)
+}
+
+echo "== memfit tests (RelWithDebInfo) =="
+run_suite build || status=1
+if [ "${MEMFIT_SKIP_ASAN:-0}" != "1" ]; then
+  echo "== memfit tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
+  ASAN_OPTIONS=detect_leaks=1 run_suite build-asan -DMEMFIT_SANITIZE=ON || status=1
+fi
+exit $status
