@@ -14,8 +14,8 @@
  *   are reusable on their own stream at once. A block used on another stream
  *   (mf_record_stream) goes back to the pool only after an event recorded on
  *   each of those streams has completed.
- * - A miss maps a new segment: large requests get at least large_segment
- *   (20 MiB) so that their neighbours can share it. See Note [Merging free
+ * - A miss maps a new segment: 2 MiB for the small pool; for a large request
+ *   its size rounded to 2 MiB (at least large_segment). See Note [Merging free
  *   segments] for how memfit avoids the growth that slowly varying shapes
  *   cause in PyTorch's allocator.
  * - OOM ladder: the pool; then release cached segments that fit and retry;
@@ -33,7 +33,11 @@
  * reserved grows by the deficit only, and the new segment serves the request
  * and the neighbours that the released segments used to serve. It costs
  * backend calls only on misses, which are rare in steady state. Option
- * merge_segments:false turns it off.
+ * merge_segments:false turns it off. With merging, segments sized to the
+ * request (large_segment 2 MiB) waste less than PyTorch's 20 MiB minimum, since
+ * the merge itself, not a padded segment, is what lets neighbours share space:
+ * on the bundled traces, peak reserved / peak allocated was 1.046-1.051 with
+ * 2 MiB against 1.053-1.094 with 20 MiB (benchmarks/results/).
  */
 #include <stdlib.h>
 #include <string.h>

@@ -28,8 +28,9 @@ static const opt_row option_table[MF_OPT_COUNT] = {
                          "memory budget per device; reserved memory never exceeds it (0: the device's total)"},
     [MF_OPT_MAX_SPLIT_SIZE] = {"max_split_size", OPT_SIZE, "0",
                                "cached blocks larger than this are never split (0: no limit)"},
-    [MF_OPT_LARGE_SEGMENT] = {"large_segment", OPT_SIZE, "20MiB",
-                              "smallest segment mapped for a large request, so neighbours can share it"},
+    [MF_OPT_LARGE_SEGMENT] = {"large_segment", OPT_SIZE, "2MiB",
+                              "smallest segment mapped for a large request (PyTorch uses 20MiB for 1-10MiB "
+                              "requests); with merge_segments, 2MiB wastes least"},
     [MF_OPT_MERGE_SEGMENTS] = {"merge_segments", OPT_BOOL, "true",
                                "on a cache miss, release this pool's whole free segments and map one "
                                "segment that covers them and the request"},
