@@ -182,7 +182,7 @@ static mf_status unmap_segment(mf_device *d, mf_segment *s) {
 static bool should_split(const mf_allocator *a, const mf_pool *pool, size_t block_size, size_t size) {
   size_t remaining = block_size - size;
   if (pool->small) return remaining >= MF_ROUND;
-  return block_size < a->max_split_size && remaining > MF_MIN_LARGE_SPLIT;
+  return block_size <= a->max_split_size && remaining > MF_MIN_LARGE_SPLIT;
 }
 
 /* Take a free block out of its pool for a request of `size` rounded bytes. */
@@ -247,8 +247,8 @@ static void release_block(mf_device *d, mf_block *b) {
 static mf_block *find_block(const mf_allocator *a, const mf_pool *pool, size_t size) {
   mf_block *b = _mf_index_lower_bound(pool, size);
   if (!b || a->max_split_size == SIZE_MAX) return b;
-  if (size < a->max_split_size && b->size >= a->max_split_size) return NULL; /* keep oversize blocks whole */
-  if (size >= a->max_split_size && b->size >= size + MF_OVERSIZE_SLACK) return NULL; /* too wasteful */
+  if (size <= a->max_split_size && b->size > a->max_split_size) return NULL; /* keep oversize blocks whole */
+  if (size > a->max_split_size && b->size >= size + MF_OVERSIZE_SLACK) return NULL; /* too wasteful */
   return b;
 }
 
@@ -278,10 +278,7 @@ static void process_pending(mf_device *d, bool wait) {
     ops->event_destroy(a->backend, d->index, p->event);
     mf_block *b = p->block;
     free(p);
-    if (--b->pending_events == 0) {
-      _mf_stats_account(d, b, -1);
-      release_block(d, b);
-    }
+    if (--b->pending_events == 0) release_block(d, b);
   }
 }
 
@@ -295,24 +292,28 @@ static mf_status try_map(mf_device *d, mf_pool *pool, size_t size, size_t fallba
   return st;
 }
 
-/* Sum of the wholly free segments of the large pool, all to be merged. */
-static uint64_t mergeable_bytes(const mf_allocator *a, const mf_pool *pool) {
-  uint64_t total = 0;
-  for (const mf_segment *s = pool->free_segments; s; s = s->free_next)
-    if (s->size < a->max_split_size) total += s->size;
-  return total;
+/* Release the large pool's wholly free segments that may be merged (oversize
+ * ones stay cached whole); returns the bytes released. */
+static uint64_t release_mergeable(mf_device *d, mf_pool *pool) {
+  uint64_t released = 0;
+  for (mf_segment *s = pool->free_segments, *next; s; s = next) {
+    next = s->free_next;
+    size_t size = s->size;
+    if (size <= d->allocator->max_split_size && unmap_segment(d, s) == MF_OK) released += size;
+  }
+  return released;
 }
 
-/* A request missed the pool: map a segment for it, climbing the OOM ladder. */
-static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size) {
+/* A request missed the pool: map a segment for it, climbing the OOM ladder.
+ * On failure *status says whether it was an OOM or a backend/host failure. */
+static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *status) {
   mf_allocator *a = d->allocator;
   size_t minimum = pool->small ? MF_SMALL_SEGMENT : round_up(size, MF_SEGMENT_ROUND);
   size_t wanted = minimum;
-  if (!pool->small && size < a->max_split_size) {
+  if (!pool->small && size <= a->max_split_size) {
     wanted = round_up(size > a->large_segment ? size : a->large_segment, MF_SEGMENT_ROUND);
     if (a->merge_segments && pool->free_segments) {
-      uint64_t merged = mergeable_bytes(a, pool);
-      uint64_t released = release_segments(d, pool, 0, merged);
+      uint64_t released = release_mergeable(d, pool);
       if (released > wanted) wanted = round_up((size_t)released, MF_SEGMENT_ROUND);
     }
   }
@@ -331,8 +332,8 @@ static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size) {
     if (release_segments(d, NULL, 0, UINT64_MAX) > 0) d->stats.ladder_releases++;
     st = try_map(d, pool, wanted, minimum, &s);
   }
-  if (st != MF_OK) return NULL;
-  return s->first;
+  *status = st;
+  return st == MF_OK ? s->first : NULL;
 }
 
 /* Release wholly free segments of one pool (only) or of every pool. With
@@ -553,12 +554,13 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
   if (b) {
     d->stats.cache_hits++;
   } else {
-    d->stats.cache_misses++;
-    b = grow_pool(d, pool, rounded);
+    mf_status st;
+    b = grow_pool(d, pool, rounded, &st);
     if (!b) {
-      record_oom(d, rounded, size, stream);
+      if (st == MF_ERR_OOM) record_oom(d, rounded, size, stream); /* else the backend's message stands */
       goto out;
     }
+    d->stats.cache_misses++;
   }
   if (take_block(d, pool, b, rounded, size, tag) != MF_OK) {
     release_block(d, b);
@@ -605,6 +607,7 @@ MF_API mf_status mf_free(mf_allocator *a, void *ptr) {
     return _mf_error(MF_ERR_INVALID, "mf_free: %p is not a live block of this allocator (double free or foreign pointer)",
                      ptr);
   _mf_map_remove(&d->live, b->addr);
+  _mf_stats_account(d, b, -1); /* no longer allocated, even if its reuse must wait */
   d->stats.frees++;
   _mf_log_event(a, d->index, MF_LOG_FREE, b->addr, b->requested, b->size, b->segment->pool->stream, b->tag);
   const mf_backend_ops *ops = a->backend->ops;
@@ -628,7 +631,6 @@ MF_API mf_status mf_free(mf_allocator *a, void *ptr) {
     b->state = MF_BLOCK_PENDING;
     d->stats.deferred_frees++;
   } else {
-    _mf_stats_account(d, b, -1);
     release_block(d, b);
   }
   after_operation(d);

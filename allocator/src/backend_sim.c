@@ -177,7 +177,8 @@ static void sim_event_destroy(mf_backend *b, int device, void *event) {
 
 static void sim_destroy(mf_backend *b) {
   sim_backend *s = (sim_backend *)b;
-  if (s->jemalloc) dlclose(s->jemalloc);
+  /* jemalloc stays loaded: unloading an allocator whose blocks or thread
+   * caches may still be referenced is not safe. */
   pthread_mutex_destroy(&s->lock);
   free(s->mapped);
   free(s->next_addr);
@@ -247,7 +248,12 @@ MF_API mf_status mf_backend_host_create(int devices, uint64_t capacity, mf_backe
   sim_backend *s;
   mf_status st = sim_create(devices, capacity, &s);
   if (st != MF_OK) return st;
-  /* RTLD_LOCAL: jemalloc's malloc must not replace the host process's malloc. */
+  /* RTLD_LOCAL: jemalloc's malloc must not replace the host process's malloc.
+   * Debian's jemalloc uses initial-exec TLS, which glibc can only give a
+   * dlopen'ed library from its small static TLS surplus: in a process started
+   * without GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536 (or with
+   * jemalloc already preloaded) the dlopen may fail, and the backend then
+   * uses posix_memalign and names itself "host-libc". */
   s->jemalloc = dlopen("libjemalloc.so.2", RTLD_NOW | RTLD_LOCAL);
   if (s->jemalloc) {
     *(void **)&s->mallocx = dlsym(s->jemalloc, "mallocx");

@@ -9,8 +9,10 @@
 #define MF_ERROR_LEN 1024
 
 static _Thread_local char last_error[MF_ERROR_LEN];
+static _Thread_local mf_status last_status;
 
 mf_status _mf_error(mf_status status, const char *fmt, ...) {
+  last_status = status;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(last_error, sizeof last_error, fmt, ap);
@@ -18,9 +20,13 @@ mf_status _mf_error(mf_status status, const char *fmt, ...) {
   return status;
 }
 
-void _mf_clear_error(void) { last_error[0] = '\0'; }
+void _mf_clear_error(void) {
+  last_error[0] = '\0';
+  last_status = MF_OK;
+}
 
 MF_API const char *mf_last_error(void) { return last_error; }
+MF_API mf_status mf_last_status(void) { return last_status; }
 
 MF_API const char *mf_status_name(mf_status s) {
   switch (s) {

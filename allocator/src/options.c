@@ -64,6 +64,16 @@ MF_API mf_status mf_parse_size(const char *text, uint64_t *out) {
   double number = strtod(p, &end);
   if (errno || end == p || !isfinite(number) || number < 0)
     return _mf_error(MF_ERR_INVALID, "bad size '%s': expected a number such as 512, 64MiB or 1.5GiB", text);
+  /* Integers are read exactly: a double has only 53 bits. */
+  bool integer = true;
+  for (const char *q = p; q < end; q++) integer &= isdigit((unsigned char)*q) != 0;
+  uint64_t whole = 0;
+  if (integer) {
+    errno = 0;
+    unsigned long long n = strtoull(p, NULL, 10);
+    if (errno == ERANGE) return _mf_error(MF_ERR_INVALID, "bad size '%s': larger than 2^64 bytes", text);
+    whole = n;
+  }
   while (isspace((unsigned char)*end)) end++;
   static const struct { const char *suffix; double scale; } units[] = {
       {"", 1},       {"b", 1},          {"k", 1024.0},     {"kib", 1024.0},
@@ -82,6 +92,12 @@ MF_API mf_status mf_parse_size(const char *text, uint64_t *out) {
   if (*rest) return _mf_error(MF_ERR_INVALID, "bad size '%s': trailing text", text);
   for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
     if (strcmp(suffix, units[i].suffix) == 0) {
+      uint64_t scale = (uint64_t)units[i].scale;
+      if (integer) {
+        if (whole > UINT64_MAX / scale) return _mf_error(MF_ERR_INVALID, "bad size '%s': larger than 2^64 bytes", text);
+        *out = whole * scale;
+        return MF_OK;
+      }
       double bytes = number * units[i].scale;
       if (bytes >= 18446744073709551616.0)
         return _mf_error(MF_ERR_INVALID, "bad size '%s': larger than 2^64 bytes", text);

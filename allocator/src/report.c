@@ -66,10 +66,15 @@ void _mf_report_build(mf_device *d, mf_sbuf *out, const char *headline) {
       _mf_sbuf_printf(out, ")\n");
     }
   }
-  if (d->capacity)
-    _mf_sbuf_printf(out, "to fit: profile the job and run `memfit-plan PROFILE.json --budget %lluMiB` for the "
-                         "largest batch and the layers to checkpoint\n",
-                    (unsigned long long)(d->capacity >> 20));
+  if (d->capacity) {
+    /* A budget the planner's parser reads back, never above the capacity. */
+    char budget[32];
+    if (d->capacity % MF_GiB == 0) snprintf(budget, sizeof budget, "%lluGiB", (unsigned long long)(d->capacity / MF_GiB));
+    else if (d->capacity >= MF_MiB) snprintf(budget, sizeof budget, "%lluMiB", (unsigned long long)(d->capacity / MF_MiB));
+    else snprintf(budget, sizeof budget, "%llu", (unsigned long long)d->capacity);
+    _mf_sbuf_printf(out, "to fit: profile the job and run `memfit-plan PROFILE.json --budget %s` for the largest "
+                         "batch and the layers to checkpoint\n", budget);
+  }
 }
 
 MF_API mf_status mf_oom_report(mf_allocator *a, char *buf, size_t len, size_t *needed) {

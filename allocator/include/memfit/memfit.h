@@ -53,6 +53,9 @@ typedef enum mf_status {
 
 /* The calling thread's message for the last failed call ("" if none). */
 MF_API const char *mf_last_error(void);
+/* The status that goes with mf_last_error(): tells an OOM (MF_ERR_OOM) from a
+ * backend failure after mf_malloc returned NULL. */
+MF_API mf_status mf_last_status(void);
 MF_API const char *mf_status_name(mf_status s);
 MF_API const char *mf_version(void);
 
@@ -255,8 +258,8 @@ typedef struct mf_counter {
 #define MF_STATS_EVENTS(X)                                                         \
   X(allocs)          /* successful mf_malloc calls */                              \
   X(frees)                                                                         \
-  X(cache_hits)      /* served from a cached block */                              \
-  X(cache_misses)    /* needed a new segment */                                    \
+  X(cache_hits)      /* allocations served from a cached block */                  \
+  X(cache_misses)    /* allocations that needed a new segment */                   \
   X(ooms)            /* requests that failed after the whole ladder */             \
   X(segment_maps)                                                                  \
   X(segment_unmaps)                                                                \

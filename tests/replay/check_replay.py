@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Run memfit-replay once and check what it did, for ctest.
+
+    check_replay.py [checks...] -- COMMAND [ARGS...]
+
+Exits 0 when every check holds, 1 with the reasons when one does not, and 77
+(ctest's SKIP_RETURN_CODE in tests.cmake) when --skip-if-stderr matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+SKIP = 77
+
+
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
+    argv = sys.argv[1:]
+    if "--" not in argv:
+        sys.exit("check_replay.py: missing '--' before the command")
+    cut = argv.index("--")
+    parser = argparse.ArgumentParser(prog="check_replay.py")
+    parser.add_argument("--exit", type=int, default=0, help="expected exit status")
+    parser.add_argument("--stdout", action="append", default=[], help="regex stdout must match")
+    parser.add_argument("--stderr", action="append", default=[], help="regex stderr must match")
+    parser.add_argument("--stdin", help="file to feed on standard input")
+    parser.add_argument("--json", action="store_true", help="stdout is exactly one JSON object")
+    parser.add_argument("--invariants", action="store_true",
+                        help="peak reserved >= allocated >= requested, and sane figures")
+    parser.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
+                        help="a JSON field must equal VALUE (compared as JSON)")
+    parser.add_argument("--has", action="append", default=[], metavar="KEY",
+                        help="a JSON field that must be present")
+    parser.add_argument("--ldd-lacks", help="the command's executable must not load this library")
+    parser.add_argument("--skip-if-stderr", help="regex: skip the test (exit 77) if stderr matches")
+    parser.add_argument("--timeout", type=float, default=120)
+    return parser.parse_args(argv[:cut]), argv[cut + 1:]
+
+
+def check_invariants(doc: dict[str, Any], problems: list[str]) -> None:
+    req, alloc, res = (doc.get(k) for k in
+                       ("peak_requested_bytes", "peak_allocated_bytes", "peak_reserved_bytes"))
+    if not all(isinstance(v, int) for v in (req, alloc, res)):
+        problems.append(f"peaks are not integers: {req!r} {alloc!r} {res!r}")
+        return
+    if not res >= alloc >= req:
+        problems.append(f"expected reserved {res} >= allocated {alloc} >= requested {req}")
+    # One device: memfit's peak must be the replayer's exactly. Several: memfit's
+    # is a sum of per-device peaks, at least the peak of the sum.
+    stats_req = doc.get("stats_peak_requested_bytes")
+    exact = doc.get("devices", 1) == 1
+    if not isinstance(stats_req, int) or (stats_req != req if exact else stats_req < req):
+        problems.append(f"memfit's requested peak {stats_req!r} does not agree with the "
+                        f"replayer's {req} ({doc.get('devices', 1)} devices)")
+    if alloc > 0:
+        frag = doc.get("fragmentation")
+        if not isinstance(frag, (int, float)) or abs(frag - res / alloc) > 1e-4:
+            problems.append(f"fragmentation {frag!r} is not reserved/allocated = {res / alloc}")
+    for key in ("events", "ns_per_op", "cache_hits", "cache_misses", "ooms"):
+        if not isinstance(doc.get(key), (int, float)) or doc[key] < 0:
+            problems.append(f"{key} missing or negative: {doc.get(key)!r}")
+    if doc.get("events", 0) > 0 and not doc.get("ns_per_op", 0) > 0:
+        problems.append("ns_per_op is not positive")
+    if doc.get("ooms") != 0:
+        problems.append(f"ooms is {doc.get('ooms')!r} in a run that succeeded")
+
+
+def main() -> int:
+    args, command = parse_args()
+    problems: list[str] = []
+    stdin = open(args.stdin, "rb") if args.stdin else subprocess.DEVNULL
+    try:
+        run = subprocess.run(command, stdin=stdin, capture_output=True, timeout=args.timeout)
+    finally:
+        if args.stdin:
+            stdin.close()
+    out = run.stdout.decode(errors="replace")
+    err = run.stderr.decode(errors="replace")
+
+    if args.skip_if_stderr and re.search(args.skip_if_stderr, err, re.M):
+        print(f"skipped: {err.strip()}")
+        return SKIP
+    if run.returncode != args.exit:
+        problems.append(f"exit status {run.returncode}, expected {args.exit}")
+    for pattern in args.stdout:
+        if not re.search(pattern, out, re.M):
+            problems.append(f"stdout does not match {pattern!r}")
+    for pattern in args.stderr:
+        if not re.search(pattern, err, re.M):
+            problems.append(f"stderr does not match {pattern!r}")
+
+    if args.json or args.invariants or args.field or args.has:
+        try:
+            doc = json.loads(out)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            problems.append(f"stdout is not one JSON object: {e}")
+            doc = {}
+        if args.invariants and doc:
+            check_invariants(doc, problems)
+        for key in args.has:
+            if key not in doc:
+                problems.append(f"JSON has no {key!r}")
+        for item in args.field:
+            key, _, value = item.partition("=")
+            if doc.get(key) != json.loads(value):
+                problems.append(f"JSON {key} is {doc.get(key)!r}, expected {value}")
+
+    if args.ldd_lacks:
+        ldd = subprocess.run(["ldd", command[0]], capture_output=True, text=True)
+        if args.ldd_lacks in ldd.stdout:
+            problems.append(f"{command[0]} loads {args.ldd_lacks}:\n{ldd.stdout}")
+
+    if problems:
+        print("command:", " ".join(command))
+        print("problems:\n  " + "\n  ".join(problems))
+        print(f"--- stdout ---\n{out}--- stderr ---\n{err}")
+        return 1
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
