@@ -134,7 +134,7 @@ MF_API mf_status mf_options_get(const mf_options *o, const char *key, char *buf,
 MF_API int mf_options_count(void);
 MF_API const char *mf_options_key(int i);
 MF_API const char *mf_options_help(int i);
-/* Parse a size such as "1.5GiB" or "512". */
+/* Parse a size such as "1.5GiB" or "512" (integers exactly, up to 2^64-1). */
 MF_API mf_status mf_parse_size(const char *text, uint64_t *out);
 
 /* ---------------------------------------------------------------- backend */
@@ -179,7 +179,8 @@ MF_API void mf_backend_destroy(mf_backend *b);
 
 /* The simulated backends (virtual, host) complete their events by hand:
  * mf_backend_sim_complete(b, device, stream) completes every event recorded so
- * far on that stream; stream UINTPTR_MAX completes all of them. */
+ * far on that stream of that device; stream UINTPTR_MAX: on every stream of
+ * that device. */
 MF_API mf_status mf_backend_sim_complete(mf_backend *b, int device, uintptr_t stream);
 /* Fault injection for tests: the next n maps of the simulated backend fail
  * with MF_ERR_OOM (n < 0: never fail). */
