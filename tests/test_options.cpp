@@ -301,7 +301,7 @@ TEST(Options, ParseSizeIsExactUpToTheLargestValue) {
 
 TEST(Options, ParseSizeRejectsBadText) {
   for (const char *bad : {"", "-1", "-0.5GiB", "abc", "GiB", "12XB", "1.2.3GiB", "1GiBs", "99999999999TiB",
-                          "1e30", "5 6"})
+                          "1e30", "1e3", "0x100", "5 6"})
     expect_invalid_size(bad);
   uint64_t out;
   EXPECT_EQ(mf_parse_size(nullptr, &out), MF_ERR_INVALID);

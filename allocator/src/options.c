@@ -64,9 +64,14 @@ MF_API mf_status mf_parse_size(const char *text, uint64_t *out) {
   double number = strtod(p, &end);
   if (errno || end == p || !isfinite(number) || number < 0)
     return _mf_error(MF_ERR_INVALID, "bad size '%s': expected a number such as 512, 64MiB or 1.5GiB", text);
-  /* Integers are read exactly: a double has only 53 bits. */
+  /* Plain decimal only (strtod would also take hex and exponents); integers
+   * are read exactly, since a double has only 53 bits. */
   bool integer = true;
-  for (const char *q = p; q < end; q++) integer &= isdigit((unsigned char)*q) != 0;
+  for (const char *q = p; q < end; q++) {
+    if (*q != '.' && !isdigit((unsigned char)*q))
+      return _mf_error(MF_ERR_INVALID, "bad size '%s': expected a decimal number such as 512, 64MiB or 1.5GiB", text);
+    integer &= *q != '.';
+  }
   uint64_t whole = 0;
   if (integer) {
     errno = 0;
