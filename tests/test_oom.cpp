@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
+#include "test_util.h"
+
 #include <cctype>
 #include <cstdint>
 #include <cstdio>
@@ -15,29 +17,10 @@
 
 namespace {
 
-constexpr size_t KiB = 1024;
-constexpr size_t MiB = 1024 * KiB;
+using namespace memfit_test;
+
 constexpr uint64_t TiB = (uint64_t)1 << 40;
 constexpr uintptr_t kS1 = 0x1001, kS2 = 0x2002;
-
-struct AllocatorDeleter {
-  void operator()(mf_allocator *a) const { mf_allocator_destroy(a); }
-};
-using Allocator = std::unique_ptr<mf_allocator, AllocatorDeleter>;
-
-Allocator create(const char *conf) {
-  mf_allocator *a = nullptr;
-  mf_status s = mf_allocator_create(conf, &a);
-  EXPECT_EQ(s, MF_OK) << conf << ": " << mf_last_error();
-  return Allocator(s == MF_OK ? a : nullptr);
-}
-
-mf_stats stats(mf_allocator *a, int device = 0) {
-  mf_stats s;
-  memset(&s, 0xA5, sizeof s);
-  EXPECT_EQ(mf_get_stats(a, device, &s), MF_OK) << mf_last_error();
-  return s;
-}
 
 void *must_malloc(mf_allocator *a, size_t size, uintptr_t stream = 0, int device = 0) {
   void *p = mf_malloc(a, device, size, stream);

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
+#include "test_util.h"
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +16,8 @@
 
 namespace {
 
+using namespace memfit_test;
+
 constexpr uint64_t KiB = 1024;
 constexpr uint64_t MiB = 1024 * KiB;
 constexpr uint64_t GiB = 1024 * MiB;
@@ -23,11 +27,6 @@ struct OptionsDeleter {
   void operator()(mf_options *o) const { mf_options_free(o); }
 };
 using Options = std::unique_ptr<mf_options, OptionsDeleter>;
-
-struct AllocatorDeleter {
-  void operator()(mf_allocator *a) const { mf_allocator_destroy(a); }
-};
-using Allocator = std::unique_ptr<mf_allocator, AllocatorDeleter>;
 
 Options fresh() {
   Options o(mf_options_new());

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
+#include "test_util.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
@@ -14,8 +16,8 @@
 
 namespace {
 
-constexpr size_t KiB = 1024;
-constexpr size_t MiB = 1024 * KiB;
+using namespace memfit_test;
+
 // Policy constants of allocator/src/internal.h (not exported by the library).
 constexpr size_t kRound = 512;
 constexpr size_t kSmallSegment = 2 * MiB;
@@ -23,25 +25,6 @@ constexpr size_t kSmallSegment = 2 * MiB;
 // With large_segment:2MiB and no merging, every large miss maps exactly
 // round_up(size, 2 MiB), so that reserved bytes and segment counts are exact.
 constexpr const char *kConf = "backend:virtual,large_segment:2MiB,merge_segments:false";
-
-struct AllocatorDeleter {
-  void operator()(mf_allocator *a) const { mf_allocator_destroy(a); }
-};
-using Allocator = std::unique_ptr<mf_allocator, AllocatorDeleter>;
-
-Allocator create(const char *conf) {
-  mf_allocator *a = nullptr;
-  mf_status s = mf_allocator_create(conf, &a);
-  EXPECT_EQ(s, MF_OK) << conf << ": " << mf_last_error();
-  return Allocator(s == MF_OK ? a : nullptr);
-}
-
-mf_stats stats(mf_allocator *a, int device = 0) {
-  mf_stats s;
-  memset(&s, 0xA5, sizeof s);
-  EXPECT_EQ(mf_get_stats(a, device, &s), MF_OK) << mf_last_error();
-  return s;
-}
 
 // Cached bytes: reserved but not in live blocks.
 int64_t free_bytes(const mf_stats &s) { return s.reserved_bytes.current - s.allocated_bytes.current; }

@@ -4,35 +4,18 @@
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
+#include "test_util.h"
+
 #include <cstdint>
 #include <cstring>
 #include <memory>
 
 namespace {
 
-constexpr size_t KiB = 1024;
-constexpr size_t MiB = 1024 * KiB;
+using namespace memfit_test;
+
 constexpr uintptr_t kS1 = 0x1001, kS2 = 0x2002, kS3 = 0x3003;
 constexpr const char *kConf = "backend:virtual,large_segment:2MiB,merge_segments:false";
-
-struct AllocatorDeleter {
-  void operator()(mf_allocator *a) const { mf_allocator_destroy(a); }
-};
-using Allocator = std::unique_ptr<mf_allocator, AllocatorDeleter>;
-
-Allocator create(const char *conf) {
-  mf_allocator *a = nullptr;
-  mf_status s = mf_allocator_create(conf, &a);
-  EXPECT_EQ(s, MF_OK) << conf << ": " << mf_last_error();
-  return Allocator(s == MF_OK ? a : nullptr);
-}
-
-mf_stats stats(mf_allocator *a, int device = 0) {
-  mf_stats s;
-  memset(&s, 0xA5, sizeof s);
-  EXPECT_EQ(mf_get_stats(a, device, &s), MF_OK) << mf_last_error();
-  return s;
-}
 
 uintptr_t U(const void *p) { return reinterpret_cast<uintptr_t>(p); }
 

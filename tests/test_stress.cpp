@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
+#include "test_util.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -15,8 +17,7 @@
 
 namespace {
 
-constexpr size_t KiB = 1024;
-constexpr size_t MiB = 1024 * KiB;
+using namespace memfit_test;
 
 // memfit.h: the stats are sums over live blocks, and a freed block is no longer
 // live (mf_block_info and mf_free reject it) even while record_stream events
@@ -24,11 +25,6 @@ constexpr size_t MiB = 1024 * KiB;
 // their events complete, set this to false: the check then only bounds the
 // difference by the bytes freed behind events since the last empty_cache.
 constexpr bool kDeferredFreesLeaveTheStatsAtOnce = true;
-
-struct AllocatorDeleter {
-  void operator()(mf_allocator *a) const { mf_allocator_destroy(a); }
-};
-using Allocator = std::unique_ptr<mf_allocator, AllocatorDeleter>;
 
 struct Rng {  // splitmix64: the same sequence on every platform
   uint64_t s;

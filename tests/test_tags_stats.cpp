@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
+#include "test_util.h"
+
 #include <cctype>
 #include <cstdint>
 #include <cstring>
@@ -15,28 +17,9 @@
 
 namespace {
 
-constexpr size_t KiB = 1024;
-constexpr size_t MiB = 1024 * KiB;
+using namespace memfit_test;
+
 constexpr const char *kConf = "backend:virtual,large_segment:2MiB,merge_segments:false";
-
-struct AllocatorDeleter {
-  void operator()(mf_allocator *a) const { mf_allocator_destroy(a); }
-};
-using Allocator = std::unique_ptr<mf_allocator, AllocatorDeleter>;
-
-Allocator create(const char *conf) {
-  mf_allocator *a = nullptr;
-  mf_status s = mf_allocator_create(conf, &a);
-  EXPECT_EQ(s, MF_OK) << conf << ": " << mf_last_error();
-  return Allocator(s == MF_OK ? a : nullptr);
-}
-
-mf_stats stats(mf_allocator *a, int device = 0) {
-  mf_stats s;
-  memset(&s, 0xA5, sizeof s);
-  EXPECT_EQ(mf_get_stats(a, device, &s), MF_OK) << mf_last_error();
-  return s;
-}
 
 mf_tag_stats tag_stats(mf_allocator *a, mf_category c, uint32_t layer, int device = 0) {
   mf_tag_stats t;
