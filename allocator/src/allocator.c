@@ -96,9 +96,8 @@ static mf_stream_pools *stream_pools(mf_device *d, uintptr_t stream) {
   return sp;
 }
 
-/* Keep the pool's list of wholly free segments in step with the segment. */
-static void update_wholly_free(mf_segment *s) {
-  bool now = s->first->state == MF_BLOCK_FREE && s->first->size == s->size;
+/* Put a segment on, or take it off, its pool's list of wholly free segments. */
+static void set_wholly_free(mf_segment *s, bool now) {
   if (now == s->wholly_free) return;
   mf_pool *pool = s->pool;
   if (now) {
@@ -113,6 +112,11 @@ static void update_wholly_free(mf_segment *s) {
     s->free_prev = s->free_next = NULL;
   }
   s->wholly_free = now;
+}
+
+/* Keep the list in step with the segment's first block. */
+static void update_wholly_free(mf_segment *s) {
+  set_wholly_free(s, s->first->state == MF_BLOCK_FREE && s->first->size == s->size);
 }
 
 /* ---------------------------------------------------------------- segments */
@@ -163,8 +167,7 @@ static mf_status unmap_segment(mf_device *d, mf_segment *s) {
   if (st != MF_OK) return st; /* keep it cached: still consistent */
   mf_pool *pool = s->pool;
   _mf_index_remove(pool, s->first);
-  s->first->state = MF_BLOCK_LIVE; /* leaves the wholly free list below */
-  update_wholly_free(s);
+  set_wholly_free(s, false);
   if (s->prev) s->prev->next = s->next;
   else d->segments = s->next;
   if (s->next) s->next->prev = s->prev;
@@ -284,7 +287,7 @@ static void process_pending(mf_device *d, bool wait) {
 
 /* ------------------------------------------------------------- the ladder */
 
-static uint64_t release_segments(mf_device *d, mf_pool *only, size_t at_least_one_of, uint64_t enough);
+static uint64_t release_segments(mf_device *d, size_t at_least_one_of, uint64_t enough);
 
 static mf_status try_map(mf_device *d, mf_pool *pool, size_t size, size_t fallback, mf_segment **out) {
   mf_status st = map_segment(d, pool, size, out);
@@ -321,7 +324,7 @@ static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *
   mf_status st = try_map(d, pool, wanted, minimum, &s);
   if (st == MF_ERR_OOM) {
     /* Step 2: release cached segments that would make room, then retry. */
-    if (release_segments(d, NULL, minimum, minimum) > 0) {
+    if (release_segments(d, minimum, minimum) > 0) {
       d->stats.ladder_releases++;
       st = try_map(d, pool, wanted, minimum, &s);
     }
@@ -329,23 +332,23 @@ static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *
   if (st == MF_ERR_OOM) {
     /* Step 3: wait for deferred frees, release everything cached, retry. */
     process_pending(d, true);
-    if (release_segments(d, NULL, 0, UINT64_MAX) > 0) d->stats.ladder_releases++;
+    if (release_segments(d, 0, UINT64_MAX) > 0) d->stats.ladder_releases++;
     st = try_map(d, pool, wanted, minimum, &s);
   }
   *status = st;
   return st == MF_OK ? s->first : NULL;
 }
 
-/* Release wholly free segments of one pool (only) or of every pool. With
+/* Release wholly free segments of any pool of the device. With
  * at_least_one_of > 0, first look for the smallest single segment of at least
  * that size; otherwise (or if none) release largest first until `enough`
  * bytes went back. Returns the bytes released. */
-static uint64_t release_segments(mf_device *d, mf_pool *only, size_t at_least_one_of, uint64_t enough) {
+static uint64_t release_segments(mf_device *d, size_t at_least_one_of, uint64_t enough) {
   uint64_t released = 0;
   if (at_least_one_of) {
     mf_segment *best = NULL;
     for (mf_segment *s = d->segments; s; s = s->next)
-      if (s->wholly_free && (!only || s->pool == only) && s->size >= at_least_one_of &&
+      if (s->wholly_free && s->size >= at_least_one_of &&
           (!best || s->size < best->size))
         best = s;
     if (best) {
@@ -356,7 +359,7 @@ static uint64_t release_segments(mf_device *d, mf_pool *only, size_t at_least_on
   while (released < enough) {
     mf_segment *largest = NULL;
     for (mf_segment *s = d->segments; s; s = s->next)
-      if (s->wholly_free && (!only || s->pool == only) && (!largest || s->size > largest->size)) largest = s;
+      if (s->wholly_free && (!largest || s->size > largest->size)) largest = s;
     if (!largest) break;
     size_t size = largest->size;
     if (unmap_segment(d, largest) != MF_OK) break;
@@ -670,7 +673,7 @@ MF_API mf_status mf_empty_cache(mf_allocator *a) {
     mf_device *d = &a->devices[i];
     pthread_mutex_lock(&d->lock);
     process_pending(d, true);
-    release_segments(d, NULL, 0, UINT64_MAX);
+    release_segments(d, 0, UINT64_MAX);
     after_operation(d);
     pthread_mutex_unlock(&d->lock);
   }

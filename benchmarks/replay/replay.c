@@ -25,6 +25,28 @@ replay_status replay_memfit_release(mf_allocator *a, const trace *t, void **ptrs
   return REPLAY_OK;
 }
 
+/* One event through memfit; shared by the checked and the timed loop, and
+ * inlined so the timed loop pays no call for it. */
+static inline replay_status memfit_step(mf_allocator *a, const trace_op *op, void **ptrs, mf_status *error) {
+  if (op->kind == TRACE_ALLOC) {
+    /* The tagged entry point: a trace carries its tags explicitly, and an
+     * untagged event gets the same tag mf_malloc would give it. */
+    void *p = mf_malloc_tagged(a, op->device, (size_t)op->size, op->stream, op->tag);
+    if (!p) {
+      *error = mf_last_status();
+      return REPLAY_OOM;
+    }
+    ptrs[op->slot] = p;
+    return REPLAY_OK;
+  }
+  mf_status st = mf_free(a, ptrs[op->slot]);
+  if (st != MF_OK) {
+    *error = st;
+    return REPLAY_FREE_FAILED;
+  }
+  return REPLAY_OK;
+}
+
 replay_status replay_memfit(mf_allocator *a, const trace *t, void **ptrs, bool check_each,
                             replay_pass *out) {
   const trace_op *ops = t->ops;
@@ -32,31 +54,15 @@ replay_status replay_memfit(mf_allocator *a, const trace *t, void **ptrs, bool c
   out->seconds = 0;
   out->failed_op = 0;
   out->error = MF_OK;
+
   if (check_each) {
     /* A separate loop, so the timed one below has no per-event branch for it. */
     for (size_t i = 0; i < n; i++) {
-      const trace_op *op = &ops[i];
-      if (op->kind == TRACE_ALLOC) {
-        void *p = mf_malloc_tagged(a, op->device, (size_t)op->size, op->stream, op->tag);
-        if (!p) {
-          out->failed_op = i;
-          out->error = mf_last_status();
-          return REPLAY_OOM;
-        }
-        ptrs[op->slot] = p;
-      } else {
-        mf_status st = mf_free(a, ptrs[op->slot]);
-        if (st != MF_OK) {
-          out->failed_op = i;
-          out->error = st;
-          return REPLAY_FREE_FAILED;
-        }
-      }
-      mf_status st = mf_check(a);
-      if (st != MF_OK) {
+      replay_status rs = memfit_step(a, &ops[i], ptrs, &out->error);
+      if (rs == REPLAY_OK && (out->error = mf_check(a)) != MF_OK) rs = REPLAY_CORRUPT;
+      if (rs != REPLAY_OK) {
         out->failed_op = i;
-        out->error = st;
-        return REPLAY_CORRUPT;
+        return rs;
       }
     }
     return REPLAY_OK;
@@ -64,26 +70,11 @@ replay_status replay_memfit(mf_allocator *a, const trace *t, void **ptrs, bool c
 
   double start = now_seconds();
   for (size_t i = 0; i < n; i++) {
-    const trace_op *op = &ops[i];
-    if (op->kind == TRACE_ALLOC) {
-      /* The tagged entry point: a trace carries its tags explicitly, and an
-       * untagged event gets the same tag mf_malloc would give it. */
-      void *p = mf_malloc_tagged(a, op->device, (size_t)op->size, op->stream, op->tag);
-      if (!p) {
-        out->seconds = now_seconds() - start;
-        out->failed_op = i;
-        out->error = mf_last_status();
-        return REPLAY_OOM;
-      }
-      ptrs[op->slot] = p;
-    } else {
-      mf_status st = mf_free(a, ptrs[op->slot]);
-      if (st != MF_OK) {
-        out->seconds = now_seconds() - start;
-        out->failed_op = i;
-        out->error = st;
-        return REPLAY_FREE_FAILED;
-      }
+    replay_status rs = memfit_step(a, &ops[i], ptrs, &out->error);
+    if (rs != REPLAY_OK) {
+      out->seconds = now_seconds() - start;
+      out->failed_op = i;
+      return rs;
     }
   }
   out->seconds = now_seconds() - start;
