@@ -483,6 +483,7 @@ MF_API void mf_allocator_destroy(mf_allocator *a) {
     pthread_mutex_destroy(&d->lock);
   }
   mf_event_log_stop(a);
+  _mf_trace_free(a);
   a->backend->ops->destroy(a->backend);
   mf_options_free(a->options);
   free(a->oom_report);
@@ -690,8 +691,11 @@ MF_API mf_status mf_retag(mf_allocator *a, void *ptr, mf_tag tag) {
   if (!d) return _mf_error(MF_ERR_INVALID, "mf_retag: %p is not a live block of this allocator", ptr);
   if (!_mf_stats_reserve_layer(d, tag.layer)) tag.layer = 0;
   _mf_stats_account(d, b, -1);
+  mf_tag old = b->tag;
   b->tag = tag;
   _mf_stats_account(d, b, +1);
+  if (MF_UNLIKELY(__atomic_load_n(&a->log_sinks, __ATOMIC_RELAXED)))
+    _mf_log_retag(a, d->index, b->addr, b->requested, b->size, old, tag);
   pthread_mutex_unlock(&d->lock);
   return MF_OK;
 }

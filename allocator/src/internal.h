@@ -166,8 +166,12 @@ struct mf_allocator {
   pthread_mutex_t report_lock;
   char *oom_report;         /* last OOM report, owned */
   pthread_mutex_t log_lock;
+  int log_sinks;            /* MF_SINK_* bits, read without the lock on the hot path */
   FILE *log;
   uint64_t log_start_ns;
+  mf_trace_event *trace;    /* the in-memory trace (trace.c), NULL when off */
+  size_t trace_len, trace_cap, trace_dropped;
+  uint64_t trace_start_ns;
 };
 
 /* ------------------------------------------------------------ free_index.c */
@@ -210,15 +214,27 @@ mf_tag_stats *_mf_stats_tag(mf_device *d, uint32_t layer, unsigned category);
 void _mf_report_build(mf_device *d, mf_sbuf *out, const char *headline);
 
 /* ------------------------------------------------------------- event_log.c */
+/* Where events go: the text log file and the in-memory trace (trace.c). */
+enum { MF_SINK_FILE = 1, MF_SINK_TRACE = 2 };
 typedef enum { MF_LOG_ALLOC, MF_LOG_FREE, MF_LOG_SEGMENT_MAP, MF_LOG_SEGMENT_UNMAP } mf_log_kind;
 void _mf_log_write(mf_allocator *a, int device, mf_log_kind kind, uintptr_t addr, size_t requested,
                    size_t size, uintptr_t stream, mf_tag tag);
-/* Log an event if the log is on: one relaxed load when it is off. */
-#define _mf_log_event(a, ...)                                        \
-  do {                                                               \
-    if (MF_UNLIKELY(__atomic_load_n(&(a)->log, __ATOMIC_RELAXED)))   \
-      _mf_log_write((a), __VA_ARGS__);                               \
+/* Log an event if a sink is on: one relaxed load when none is. */
+#define _mf_log_event(a, ...)                                              \
+  do {                                                                     \
+    if (MF_UNLIKELY(__atomic_load_n(&(a)->log_sinks, __ATOMIC_RELAXED)))   \
+      _mf_log_write((a), __VA_ARGS__);                                     \
   } while (0)
+uint64_t _mf_now_ns(void);
+
+/* ------------------------------------------------------------------ trace.c */
+/* Append one event to the in-memory trace (log_lock held). */
+void _mf_trace_append(mf_allocator *a, uint8_t kind, int device, uintptr_t addr, size_t requested, size_t size,
+                      mf_tag tag, mf_tag old);
+/* Record a re-tag in the sinks that are on. */
+void _mf_log_retag(mf_allocator *a, int device, uintptr_t addr, size_t requested, size_t size, mf_tag old,
+                   mf_tag tag);
+void _mf_trace_free(mf_allocator *a);
 
 /* ----------------------------------------------------------------- check.c */
 mf_status _mf_check_device(mf_device *d);

@@ -320,6 +320,49 @@ MF_API mf_status mf_memory_report(mf_allocator *a, int device, char *buf, size_t
 MF_API mf_status mf_event_log_start(mf_allocator *a, const char *path);
 MF_API mf_status mf_event_log_stop(mf_allocator *a);
 
+/* ------------------------------------------------------------------ trace */
+
+/* An in-memory trace of every alloc, free, re-tag and segment map / unmap, plus
+ * marks the caller inserts (a profiler marks the start and end of each layer's
+ * forward and backward). Read back in one copy; this is what the Python
+ * profile is computed from. The events of one thread are in program order. */
+typedef enum mf_trace_kind {
+  MF_TRACE_ALLOC = 0,
+  MF_TRACE_FREE,          /* tag: the block's tag when freed */
+  MF_TRACE_RETAG,         /* tag: the new tag; old_*: the one before */
+  MF_TRACE_MARK,          /* addr: the caller's mark id; device -1 */
+  MF_TRACE_SEGMENT_MAP,   /* addr, size: the segment */
+  MF_TRACE_SEGMENT_UNMAP
+} mf_trace_kind;
+
+typedef struct mf_trace_event {
+  uint64_t t_ns;      /* since mf_trace_start */
+  uint64_t addr;      /* block or segment address; a mark's id */
+  uint64_t requested; /* requested bytes of the block */
+  uint64_t size;      /* block (allocated) bytes, or segment bytes */
+  uint32_t layer;
+  uint8_t kind;       /* mf_trace_kind */
+  uint8_t category;
+  uint8_t phase;
+  int8_t device;
+  uint32_t old_layer;
+  uint8_t old_category;
+  uint8_t old_phase;
+  uint16_t reserved;
+} mf_trace_event; /* 48 bytes, no padding: ctypes and numpy read it as is */
+
+/* Start (or restart, dropping what was recorded) a trace of at most
+ * max_events events; later events are counted as dropped, not recorded. */
+MF_API mf_status mf_trace_start(mf_allocator *a, size_t max_events);
+/* Stop recording; the events stay readable until the next start. */
+MF_API mf_status mf_trace_stop(mf_allocator *a);
+/* Insert a mark with the caller's id (recorded only while tracing). */
+MF_API mf_status mf_trace_mark(mf_allocator *a, uint64_t id);
+/* How many events are recorded and how many were dropped. */
+MF_API mf_status mf_trace_count(mf_allocator *a, size_t *events, size_t *dropped);
+/* Copy events [first, first + max) into out; *copied gets how many. */
+MF_API mf_status mf_trace_read(mf_allocator *a, size_t first, mf_trace_event *out, size_t max, size_t *copied);
+
 #ifdef __cplusplus
 }
 #endif
