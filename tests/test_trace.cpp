@@ -144,3 +144,36 @@ TEST(TraceTest, FileLogAndTraceTogether) {
   EXPECT_EQ(alloc_lines, 1);
   EXPECT_EQ(free_lines, 0);
 }
+
+TEST(TraceTest, RetagLiveMovesOnlyMatchingLiveBlocks) {
+  Allocator a = create("backend:virtual,capacity:1GiB");
+  ASSERT_TRUE(a);
+  uint32_t layer = mf_layer_intern("blocks.1");
+  mf_tag fwd_tmp = {layer, MF_CAT_TEMPORARY, MF_PHASE_FORWARD};
+  mf_tag bwd_tmp = {layer, MF_CAT_TEMPORARY, MF_PHASE_BACKWARD};
+  void *kept = mf_malloc_tagged(a.get(), 0, 2048, 0, fwd_tmp);
+  void *freed = mf_malloc_tagged(a.get(), 0, 4096, 0, fwd_tmp);
+  void *other = mf_malloc_tagged(a.get(), 0, 1024, 0, bwd_tmp);
+  ASSERT_EQ(mf_free(a.get(), freed), MF_OK);
+  ASSERT_EQ(mf_trace_start(a.get(), 16), MF_OK);
+  size_t n = 0;
+  ASSERT_EQ(mf_retag_live(a.get(), -1, MF_PHASE_FORWARD, MF_CAT_TEMPORARY, MF_CAT_ACTIVATION, &n), MF_OK);
+  EXPECT_EQ(n, 1u);
+  mf_tag t;
+  ASSERT_EQ(mf_block_info(a.get(), kept, &t, nullptr, nullptr), MF_OK);
+  EXPECT_EQ(t.category, MF_CAT_ACTIVATION);
+  ASSERT_EQ(mf_block_info(a.get(), other, &t, nullptr, nullptr), MF_OK);
+  EXPECT_EQ(t.category, MF_CAT_TEMPORARY);
+  mf_tag_stats act, tmp;
+  ASSERT_EQ(mf_get_category_stats(a.get(), 0, MF_CAT_ACTIVATION, &act), MF_OK);
+  ASSERT_EQ(mf_get_category_stats(a.get(), 0, MF_CAT_TEMPORARY, &tmp), MF_OK);
+  EXPECT_EQ(act.requested.current, 2048);
+  EXPECT_EQ(tmp.requested.current, 1024);
+  std::vector<mf_trace_event> ev = read_all(a.get());
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, MF_TRACE_RETAG);
+  EXPECT_EQ(mf_check(a.get()), MF_OK) << mf_last_error();
+  EXPECT_EQ(mf_retag_live(a.get(), 5, MF_PHASE_FORWARD, MF_CAT_TEMPORARY, MF_CAT_ACTIVATION, nullptr), MF_ERR_INVALID);
+  ASSERT_EQ(mf_free(a.get(), kept), MF_OK);
+  ASSERT_EQ(mf_free(a.get(), other), MF_OK);
+}

@@ -700,6 +700,33 @@ MF_API mf_status mf_retag(mf_allocator *a, void *ptr, mf_tag tag) {
   return MF_OK;
 }
 
+MF_API mf_status mf_retag_live(mf_allocator *a, int device, mf_phase phase, mf_category from, mf_category to,
+                               size_t *count) {
+  if (!a || device >= a->device_count || phase >= MF_PHASE_COUNT || from >= MF_CAT_COUNT || to >= MF_CAT_COUNT)
+    return _mf_error(MF_ERR_INVALID, "mf_retag_live: bad allocator, device %d, phase %d or category %d/%d", device,
+                     (int)phase, (int)from, (int)to);
+  size_t n = 0;
+  bool logging = __atomic_load_n(&a->log_sinks, __ATOMIC_RELAXED) != 0;
+  for (int i = device < 0 ? 0 : device; i < (device < 0 ? a->device_count : device + 1); i++) {
+    mf_device *d = &a->devices[i];
+    pthread_mutex_lock(&d->lock);
+    for (mf_segment *s = d->segments; s; s = s->next)
+      for (mf_block *b = s->first; b; b = b->next) {
+        if (b->state != MF_BLOCK_LIVE || b->tag.phase != phase || b->tag.category != from) continue;
+        mf_tag old = b->tag, tag = old;
+        tag.category = (uint8_t)to;
+        _mf_stats_account(d, b, -1);
+        b->tag = tag;
+        _mf_stats_account(d, b, +1);
+        if (logging) _mf_log_retag(a, d->index, b->addr, b->requested, b->size, old, tag);
+        n++;
+      }
+    pthread_mutex_unlock(&d->lock);
+  }
+  if (count) *count = n;
+  return MF_OK;
+}
+
 MF_API mf_status mf_block_info(mf_allocator *a, void *ptr, mf_tag *tag, size_t *requested, size_t *size) {
   if (!a || !ptr) return _mf_error(MF_ERR_INVALID, "mf_block_info: NULL argument");
   mf_block *b;

@@ -220,6 +220,12 @@ MF_API mf_status mf_record_stream(mf_allocator *a, void *ptr, uintptr_t stream);
 MF_API mf_status mf_empty_cache(mf_allocator *a);
 /* Re-tag a live block by its pointer (category, layer and phase). */
 MF_API mf_status mf_retag(mf_allocator *a, void *ptr, mf_tag tag);
+/* Re-tag every live block of a device (all devices when device < 0) whose
+ * phase is `phase` and category `from` to category `to`; *count, if not NULL,
+ * gets how many. A profiler calls it at the end of a forward pass: forward
+ * allocations still alive then are activations. */
+MF_API mf_status mf_retag_live(mf_allocator *a, int device, mf_phase phase, mf_category from, mf_category to,
+                               size_t *count);
 /* The tag, requested size and block size of a live block. */
 MF_API mf_status mf_block_info(mf_allocator *a, void *ptr, mf_tag *tag, size_t *requested,
                                size_t *size);
