@@ -1,0 +1,57 @@
+"""memfit: GPU memory for PyTorch training, measured by layer and category, and
+planned before the job runs.
+
+    import memfit
+    memfit.install(device="cuda")            # or PYTORCH_CUDA_ALLOC_CONF=backend:memfit
+    tracker = memfit.track(model, optimizer)  # tags by layer and category
+    prof = memfit.profile(job, device="cpu", batch_sizes=(2, 4))
+
+Importing memfit does not import torch (the autoload hook imports memfit at
+interpreter start); the torch-facing parts load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._lib import MemfitError, MemfitOutOfMemoryError, parse_size
+from .allocator import Allocator, tag
+from .install import current, install, uninstall
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Job": ("job", "Job"),
+    "load_job": ("job", "load_job"),
+    "track": ("tracking", "track"),
+    "Tracker": ("tracking", "Tracker"),
+    "profile": ("profiling", "profile"),
+    "Profile": ("profiling", "Profile"),
+    "plan": ("planning", "plan"),
+    "Plan": ("planning", "Plan"),
+    "apply": ("planning", "apply"),
+    "report": ("reporting", "report"),
+}
+
+__all__ = [
+    "Allocator",
+    "MemfitError",
+    "MemfitOutOfMemoryError",
+    "current",
+    "install",
+    "parse_size",
+    "tag",
+    "uninstall",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'memfit' has no attribute {name!r}")

@@ -1,0 +1,195 @@
+"""A Python handle on one memfit allocator: stats by category and layer, the
+tag context, re-tagging by pointer, reports and the in-memory trace."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from typing import Dict, Iterator, List, Optional
+
+from . import _lib
+from ._lib import CAT, CATEGORIES, PHASE, MemfitError, check, lib
+
+
+def layer_id(name: str) -> int:
+    """The interned id of a layer name (process-wide; "" is 0, no layer)."""
+    if not name:
+        return 0
+    layer = lib().mf_layer_intern(name.encode())
+    if layer == 0:
+        raise MemfitError(f"memfit: cannot intern layer name {name!r}: {_lib.last_error()}")
+    return layer
+
+
+def layer_name(layer: int) -> str:
+    name = lib().mf_layer_name(layer)
+    return name.decode() if name else f"<layer {layer}>"
+
+
+@contextlib.contextmanager
+def tag(layer: str = "", phase: str = "none", category: str = "other") -> Iterator[None]:
+    """Tag the calling thread's allocations inside the block."""
+    push_tag(layer_id(layer), phase, category)
+    try:
+        yield
+    finally:
+        lib().mf_tag_pop()
+
+
+def push_tag(layer: int, phase: str, category: str) -> None:
+    check(lib().mf_tag_push(layer, PHASE[phase], CAT[category]), "tag push")
+
+
+def pop_tag() -> None:
+    check(lib().mf_tag_pop(), "tag pop")
+
+
+class Allocator:
+    """One memfit allocator, owned (created here) or borrowed (PyTorch's plugin instance)."""
+
+    def __init__(self, handle: int, device: str, index: int = 0, owned: bool = False) -> None:
+        if not handle:
+            raise MemfitError("memfit: NULL allocator handle")
+        self.handle = ctypes.c_void_p(handle)
+        self.device = device  # "cpu" or "cuda"
+        self.index = index  # the device index inside the allocator
+        self._owned = owned
+
+    @classmethod
+    def create(cls, conf: str, device: str = "cpu") -> "Allocator":
+        out = ctypes.c_void_p()
+        check(lib().mf_allocator_create(conf.encode(), ctypes.byref(out)), f"creating an allocator from {conf!r}")
+        return cls(out.value, device, owned=True)
+
+    # ------------------------------------------------------------- stats
+    def stats(self, device: Optional[int] = None) -> Dict[str, object]:
+        """Global counters as {name: {current, peak, total}} and events as ints."""
+        raw = _lib.Stats()
+        check(lib().mf_get_stats(self.handle, self._dev(device), ctypes.byref(raw)), "reading stats")
+        if raw.struct_size != ctypes.sizeof(_lib.Stats) or raw.version != _lib.STATS_VERSION:
+            raise MemfitError(
+                f"memfit: libmemfit.so's stats layout (size {raw.struct_size}, version {raw.version}) "
+                f"does not match these bindings (size {ctypes.sizeof(_lib.Stats)}, version {_lib.STATS_VERSION})"
+            )
+        out: Dict[str, object] = {}
+        for name in _lib._COUNTERS:
+            c = getattr(raw, name)
+            out[name] = {"current": c.current, "peak": c.peak, "total": c.total}
+        for name in _lib._EVENTS:
+            out[name] = getattr(raw, name)
+        return out
+
+    def allocated(self) -> int:
+        return self.stats()["allocated_bytes"]["current"]  # type: ignore[index]
+
+    def category_stats(self, category: str, device: Optional[int] = None) -> Dict[str, Dict[str, int]]:
+        raw = _lib.TagStats()
+        check(
+            lib().mf_get_category_stats(self.handle, self._dev(device), CAT[category], ctypes.byref(raw)),
+            f"reading stats of category {category}",
+        )
+        return _tag_stats_dict(raw)
+
+    def categories(self, device: Optional[int] = None) -> Dict[str, Dict[str, Dict[str, int]]]:
+        return {c: self.category_stats(c, device) for c in CATEGORIES}
+
+    def tag_stats(self, category: str, layer: str, device: Optional[int] = None) -> Dict[str, Dict[str, int]]:
+        raw = _lib.TagStats()
+        check(
+            lib().mf_get_tag_stats(self.handle, self._dev(device), CAT[category], layer_id(layer), ctypes.byref(raw)),
+            f"reading stats of ({category}, {layer})",
+        )
+        return _tag_stats_dict(raw)
+
+    def layer_table(self, device: Optional[int] = None) -> List[Dict[str, object]]:
+        """Current and peak requested bytes per (layer, category), from the stats JSON."""
+        import json
+
+        data = json.loads(_lib.read_string(lib().mf_stats_json, self.handle, self._dev(device)))
+        return data.get("layers", [])
+
+    def reset_peaks(self) -> None:
+        check(lib().mf_reset_peaks(self.handle, -1), "resetting peaks")
+
+    def empty_cache(self) -> None:
+        check(lib().mf_empty_cache(self.handle), "empty_cache")
+
+    def memory_report(self, device: Optional[int] = None) -> str:
+        return _lib.read_string(lib().mf_memory_report, self.handle, self._dev(device))
+
+    def oom_report(self) -> str:
+        return _lib.read_string(lib().mf_oom_report, self.handle)
+
+    def capacity(self, device: Optional[int] = None) -> int:
+        return int(lib().mf_capacity(self.handle, self._dev(device)))
+
+    def set_capacity(self, nbytes: int, device: Optional[int] = None) -> None:
+        check(lib().mf_set_capacity(self.handle, self._dev(device), nbytes), "setting the capacity")
+
+    def check(self) -> None:
+        """Walk every block and check the allocator's invariants."""
+        check(lib().mf_check(self.handle), "invariant check")
+
+    # ------------------------------------------------------------ blocks
+    def block_info(self, ptr: int) -> Optional[Dict[str, object]]:
+        """Tag and sizes of a live block, or None if ptr is not one of this allocator's blocks."""
+        t, requested, size = _lib.Tag(), ctypes.c_size_t(), ctypes.c_size_t()
+        if lib().mf_block_info(self.handle, ctypes.c_void_p(ptr), ctypes.byref(t), ctypes.byref(requested),
+                               ctypes.byref(size)) != _lib.MF_OK:
+            return None
+        return {
+            "category": CATEGORIES[t.category],
+            "layer": layer_name(t.layer) if t.layer else "",
+            "phase": _lib.PHASES[t.phase],
+            "requested": requested.value,
+            "size": size.value,
+        }
+
+    def retag(self, ptr: int, category: str, layer: str = "", phase: str = "none") -> bool:
+        """Re-tag a live block; False if ptr is not one of this allocator's blocks."""
+        t = _lib.Tag(layer_id(layer), CAT[category], PHASE[phase])
+        return lib().mf_retag(self.handle, ctypes.c_void_p(ptr), t) == _lib.MF_OK
+
+    def retag_live(self, phase: str, from_category: str, to_category: str) -> int:
+        n = ctypes.c_size_t()
+        check(
+            lib().mf_retag_live(self.handle, -1, PHASE[phase], CAT[from_category], CAT[to_category], ctypes.byref(n)),
+            "re-tagging live blocks",
+        )
+        return n.value
+
+    # ------------------------------------------------------------- trace
+    def trace_start(self, max_events: int = 1 << 22) -> None:
+        check(lib().mf_trace_start(self.handle, max_events), "starting the trace")
+
+    def trace_mark(self, mark: int) -> None:
+        lib().mf_trace_mark(self.handle, mark)
+
+    def trace_stop(self) -> None:
+        check(lib().mf_trace_stop(self.handle), "stopping the trace")
+
+    def trace_events(self) -> "ctypes.Array[_lib.TraceEvent]":
+        n, dropped = ctypes.c_size_t(), ctypes.c_size_t()
+        check(lib().mf_trace_count(self.handle, ctypes.byref(n), ctypes.byref(dropped)), "reading the trace")
+        if dropped.value:
+            raise MemfitError(
+                f"memfit: the trace dropped {dropped.value} events (capacity {n.value}); "
+                "profile fewer steps or a smaller model"
+            )
+        buf = (_lib.TraceEvent * n.value)()
+        copied = ctypes.c_size_t()
+        check(lib().mf_trace_read(self.handle, 0, buf, n.value, ctypes.byref(copied)), "reading the trace")
+        return buf
+
+    def _dev(self, device: Optional[int]) -> int:
+        return self.index if device is None else device
+
+    def __repr__(self) -> str:
+        return f"<memfit.Allocator {self.device}:{self.index} at {self.handle.value:#x}>"
+
+
+def _tag_stats_dict(raw: "_lib.TagStats") -> Dict[str, Dict[str, int]]:
+    return {
+        f: {"current": getattr(raw, f).current, "peak": getattr(raw, f).peak, "total": getattr(raw, f).total}
+        for f in ("bytes", "requested", "blocks")
+    }

@@ -1,0 +1,170 @@
+"""Putting memfit under PyTorch: the CUDA allocator through CUDAPluggableAllocator,
+the CPU allocator through the C++ adapter (libmemfit_torch.so), and the one
+allocator the rest of the package reports on (`current()`)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Dict, List, Optional
+
+from . import _lib
+from ._lib import MemfitError
+from .allocator import Allocator
+
+_current: Optional[Allocator] = None
+_kept_alive: List[Allocator] = []  # allocators that still own tensors after a re-install
+_adapter: Optional[ctypes.CDLL] = None
+
+
+def current() -> Optional[Allocator]:
+    """The allocator memfit.install() put under PyTorch, or None."""
+    return _current
+
+
+def options_conf(options: Dict[str, object], what: str = "memfit.install") -> str:
+    """'key:value,...' from keyword options, each key checked against the allocator's table."""
+    known = _lib.option_keys()
+    parts = []
+    for key, value in options.items():
+        if key not in known:
+            raise MemfitError(f"{what}: unknown option {key!r} (memfit's options: {', '.join(known)})")
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        if any(c in text for c in ",:"):
+            raise MemfitError(f"{what}: option {key}={text!r} cannot contain ',' or ':'")
+        parts.append(f"{key}:{text}")
+    return ",".join(parts)
+
+
+def install(device: str = "cuda", **options: object) -> Allocator:
+    """Route PyTorch's allocations on `device` ("cuda" or "cpu") through memfit.
+
+    Options are the allocator's (capacity="2GiB", max_split_size=..., ...; see
+    allocator/README.md). On CUDA, call it before the first CUDA tensor: PyTorch
+    cannot change its allocator after that. On CPU, every later CPU tensor goes
+    through memfit's host backend, and going past `capacity` raises
+    torch.OutOfMemoryError with memfit's report.
+    """
+    if device not in ("cuda", "cpu"):
+        raise MemfitError(f"memfit.install: device must be 'cuda' or 'cpu', not {device!r}")
+    if "backend" in options:
+        raise MemfitError("memfit.install: 'backend' is chosen by the device (cuda: cuda, cpu: host)")
+    conf = options_conf(options)
+    if device == "cpu":
+        return _install_cpu(conf)
+    return _install_cuda(conf)
+
+
+def uninstall() -> None:
+    """Give PyTorch its own CPU allocator back (CUDA: not possible once installed)."""
+    global _current
+    if _current is None:
+        return
+    if _current.device == "cuda":
+        raise MemfitError("memfit.uninstall: PyTorch cannot change its CUDA allocator once it has been used")
+    adapter = _load_adapter()
+    if adapter.memfit_torch_cpu_uninstall() != 0:
+        raise MemfitError(f"memfit.uninstall: {adapter.memfit_torch_last_error().decode()}")
+    _current = None
+
+
+# ------------------------------------------------------------------- CPU
+
+
+def adapter_path() -> Optional[str]:
+    path = _lib.find_library("MEMFIT_TORCH_LIBRARY", "libmemfit_torch.so", "bindings/torch")
+    return str(path) if path else None
+
+
+def _load_adapter() -> ctypes.CDLL:
+    global _adapter
+    if _adapter is not None:
+        return _adapter
+    import torch
+
+    _lib.lib()  # libmemfit.so first, RTLD_GLOBAL: the adapter links against it
+    path = adapter_path()
+    if path is None:
+        raise MemfitError(
+            "memfit: the CPU allocator needs libmemfit_torch.so, which is built when CMake finds "
+            "PyTorch (python3 -c 'import torch' must work at configure time); rebuild, or set "
+            "MEMFIT_TORCH_LIBRARY to its path"
+        )
+    try:
+        adapter = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        raise MemfitError(f"memfit: cannot load {path}: {e}") from e
+    adapter.memfit_torch_built_for.restype = ctypes.c_char_p
+    adapter.memfit_torch_last_error.restype = ctypes.c_char_p
+    adapter.memfit_torch_cpu_install.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    built_for = adapter.memfit_torch_built_for().decode()
+    running = torch.__version__
+    if built_for.split("+")[0] != running.split("+")[0]:
+        raise MemfitError(
+            f"memfit: {path} was built against PyTorch {built_for} but {running} is running; "
+            "rebuild memfit (cmake --build) with this PyTorch"
+        )
+    _adapter = adapter
+    return adapter
+
+
+def _install_cpu(conf: str) -> Allocator:
+    global _current
+    adapter = _load_adapter()
+    alloc = Allocator.create("backend:host" + ("," + conf if conf else ""), "cpu")
+    if adapter.memfit_torch_cpu_install(alloc.handle, 0) != 0:
+        raise MemfitError(f"memfit.install(device='cpu'): {adapter.memfit_torch_last_error().decode()}")
+    if _current is not None:
+        _kept_alive.append(_current)  # its tensors still free through it
+    _current = alloc
+    return alloc
+
+
+# ------------------------------------------------------------------ CUDA
+
+
+def _install_cuda(conf: str) -> Allocator:
+    global _current
+    import torch
+
+    if _current is not None and _current.device == "cuda":
+        if conf:
+            raise MemfitError("memfit.install: memfit is already PyTorch's CUDA allocator; options can no longer change")
+        return _current
+    if not torch.cuda.is_available():
+        raise MemfitError("memfit.install(device='cuda'): PyTorch sees no CUDA device (torch.cuda.is_available() is False)")
+    if torch.cuda.is_initialized():
+        raise MemfitError(
+            "memfit.install: CUDA is already initialized, and PyTorch cannot change its allocator now. "
+            "Import memfit and call memfit.install() before the first CUDA tensor, or set "
+            "PYTORCH_CUDA_ALLOC_CONF=backend:memfit before starting Python."
+        )
+    if conf:  # the plugin reads MEMFIT_CONF when it creates its allocator, at the first allocation
+        previous = os.environ.get("MEMFIT_CONF", "")
+        os.environ["MEMFIT_CONF"] = f"{previous},{conf}" if previous else conf
+    path = str(_lib.library_path())
+    lib = _lib.lib()
+    pluggable = torch.cuda.memory.CUDAPluggableAllocator(path, "memfit_malloc", "memfit_free")
+    hooks = pluggable._allocator
+
+    def address(name: str) -> int:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value  # type: ignore[return-value]
+
+    hooks.set_reset_fn(address("memfit_empty_cache"))
+    if hasattr(hooks, "set_record_stream_fn"):
+        hooks.set_record_stream_fn(address("memfit_record_stream"))
+    if hasattr(hooks, "set_memory_fraction_fn"):
+        hooks.set_memory_fraction_fn(address("memfit_set_memory_fraction"))
+    torch.cuda.memory.change_current_allocator(pluggable)
+    handle = lib.memfit_plugin_allocator()
+    if not handle:
+        raise MemfitError(f"memfit.install: the plugin allocator could not be created: {_lib.last_error()}")
+    alloc = Allocator(handle, "cuda")
+    from .torch_stats import route_cuda_stats
+
+    route_cuda_stats(alloc)
+    _current = alloc
+    return alloc

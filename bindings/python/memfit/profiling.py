@@ -1,0 +1,607 @@
+"""memfit.profile: run a few real training steps per (batch size, precision),
+trace every allocation with marks at each layer's forward and backward, and
+turn the trace into the profile that planner/PROFILE.md documents."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import _lib
+from ._lib import CATEGORIES, MemfitError
+from .allocator import Allocator, layer_name, tag
+from .install import current, install
+from .job import Job, load_job
+from .tracking import Tracker, move_parameters_into_memfit, storage_ptr, tensors_in
+
+FORMAT, VERSION = "memfit-profile", 1
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+
+# Mark ids in the trace. Layer marks add the layer's index.
+STEP_START, FORWARD_END, LOSS_END, BACKWARD_END, STEP_END = 1, 2, 3, 4, 5
+FORWARD_MARK, BACKWARD_MARK = 1_000_000, 2_000_000
+TIMELINE_POINTS = 1500
+
+
+def block_list(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
+    """The model's blocks: its children, with Sequential / ModuleList / ModuleDict
+    containers expanded into their children, recursively (execution order is
+    settled by the forward pass, not by this list)."""
+    out: List[Tuple[str, torch.nn.Module]] = []
+
+    def walk(prefix: str, module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(child, CONTAINERS):
+                walk(path, child)
+            else:
+                out.append((path, child))
+
+    walk("", model)
+    if not out:
+        raise MemfitError(f"memfit.profile: the model ({type(model).__name__}) has no submodules to profile as layers")
+    return out
+
+
+def to_device(obj: Any, device: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+class Profile:
+    """A profile as a JSON-ready dict, with save / load / validation."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self.data = data
+
+    @property
+    def settings(self) -> List[Dict[str, Any]]:
+        return self.data["settings"]
+
+    def setting(self, batch_size: int, precision: str = "fp32") -> Dict[str, Any]:
+        for s in self.settings:
+            if s["batch_size"] == batch_size and s["precision"] == precision:
+                return s
+        raise KeyError(f"no setting with batch {batch_size} and precision {precision}")
+
+    def to_json(self, timeline: bool = True) -> str:
+        data = self.data
+        if not timeline:
+            data = dict(data, settings=[{k: v for k, v in s.items() if k != "timeline"} for s in self.settings])
+        return json.dumps(data, indent=1)
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "Profile":
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise MemfitError(f"memfit: cannot read profile {path}: {e}") from e
+        except json.JSONDecodeError as e:
+            raise MemfitError(f"memfit: {path} is not JSON: {e}") from e
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise MemfitError(f"memfit: {path} is not a memfit profile (format is not {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise MemfitError(f"memfit: {path} has profile version {data.get('version')}; this memfit reads {VERSION}")
+        return cls(data)
+
+    def validate(self) -> None:
+        """Check against the JSON schema (needs the jsonschema package)."""
+        from .schema import validate_profile
+
+        validate_profile(self.data)
+
+
+@dataclass
+class _StepRecord:
+    marks: List[Tuple[int, int]] = field(default_factory=list)  # (mark id, C allocated bytes at the mark)
+    outputs: Dict[int, List[Tuple[int, int]]] = field(default_factory=dict)  # layer -> [(storage ptr, nbytes)]
+    seconds: float = 0.0
+
+
+class _Profiler:
+    def __init__(self, job: Job, alloc: Allocator, device: str) -> None:
+        self.job = job
+        self.alloc = alloc
+        self.device = device
+        model = job.model.to(device)
+        move_parameters_into_memfit(model, alloc)
+        self.model = model
+        with tag("", "none", "optimizer_state"):
+            self.optimizer = job.optimizer(model.parameters())
+        self.tracker = Tracker(model, self.optimizer, alloc)
+        self.blocks = block_list(model)
+        self.index = {id(m): i for i, (_, m) in enumerate(self.blocks)}
+        self.record: Optional[_StepRecord] = None
+        self._handles = []
+        for i, (_, m) in enumerate(self.blocks):
+            self._handles.append(m.register_forward_pre_hook(self._forward_pre(i)))
+            self._handles.append(m.register_forward_hook(self._forward_post(i)))
+            self._handles.append(m.register_full_backward_pre_hook(self._backward_pre(i)))
+        self.tracker.listeners.append(self._root_listener)
+        self.seen_forward: List[int] = []
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self.tracker.remove()
+
+    # Marks: one per window boundary, with memfit's own allocated count beside it.
+    def mark(self, mark_id: int) -> None:
+        if self.record is None:
+            return
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.alloc.trace_mark(mark_id)
+        self.record.marks.append((mark_id, self.alloc.allocated()))
+
+    def _forward_pre(self, i: int):
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            if self.record is not None and i not in self.record.outputs:
+                self.mark(FORWARD_MARK + i)
+
+        return hook
+
+    def _forward_post(self, i: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if self.record is None or i in self.record.outputs:
+                return
+            seen = {}
+            for t in tensors_in(output):
+                seen[storage_ptr(t)] = t.untyped_storage().nbytes()
+            self.record.outputs[i] = list(seen.items())
+
+        return hook
+
+    def _backward_pre(self, i: int):
+        def hook(module: torch.nn.Module, grad_output: Any) -> None:
+            self.mark(BACKWARD_MARK + i)
+
+        return hook
+
+    def _root_listener(self, event: str, name: str, module: torch.nn.Module, payload: Any) -> None:
+        if event == "forward_post" and module is self.model:
+            self.mark(FORWARD_END)
+
+    def step(self, batch_size: int, precision: str, traced: bool) -> None:
+        self.record = _StepRecord() if traced else None
+        self.optimizer.zero_grad(set_to_none=True)
+        with tag("", "none", "input"):
+            batch = to_device(self.job.make_batch(batch_size), self.device)
+        t0 = time.perf_counter()
+        self.mark(STEP_START)
+        dtype = PRECISIONS[precision]
+        autocast = (
+            torch.autocast(device_type=self.device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        )
+        with tag("", "forward", "temporary"):
+            with autocast:
+                loss = self.job.loss_fn(self.model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise MemfitError("memfit.profile: the job's loss_fn must return a scalar tensor")
+        self.alloc.retag_live("forward", "temporary", "activation")
+        self.mark(LOSS_END)
+        with tag("", "backward", "temporary"):
+            loss.backward()
+        self.mark(BACKWARD_END)
+        self.optimizer.step()
+        self.mark(STEP_END)
+        if self.record is not None:
+            self.record.seconds = time.perf_counter() - t0
+        del loss, batch
+
+
+def _ensure_allocator(device: str, capacity: Optional[Union[str, int]]) -> Allocator:
+    alloc = current()
+    if alloc is not None and alloc.device != device:
+        raise MemfitError(f"memfit.profile: memfit is installed for {alloc.device}, not {device}")
+    if alloc is None:
+        options = {"capacity": capacity} if capacity is not None else {}
+        alloc = install(device, **options)
+    elif capacity is not None:
+        alloc.set_capacity(_lib.parse_size(capacity, "capacity"))
+    return alloc
+
+
+def profile(
+    job: Union[Job, str],
+    device: str = "cpu",
+    batch_sizes: Sequence[int] = (2, 4),
+    precisions: Sequence[str] = ("fp32",),
+    steps: int = 3,
+    warmup_steps: int = 1,
+    capacity: Optional[Union[str, int]] = None,
+) -> Profile:
+    """Measure `job` (a memfit.Job or 'FILE.py:FUNC') on `device` at each batch
+    size and precision; see planner/PROFILE.md for what the result holds."""
+    if device not in ("cpu", "cuda"):
+        raise MemfitError(f"memfit.profile: device must be 'cpu' or 'cuda', not {device!r}")
+    sizes = list(batch_sizes)
+    if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+        raise MemfitError(f"memfit.profile: batch_sizes must be positive integers, got {batch_sizes!r}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise MemfitError(f"memfit.profile: unknown precision {p!r} (known: {', '.join(PRECISIONS)})")
+    if steps < 1 or warmup_steps < 1:
+        raise MemfitError("memfit.profile: steps and warmup_steps must be at least 1 (the warm-up creates optimizer state)")
+    alloc = _ensure_allocator(device, capacity)
+    job_name = job if isinstance(job, str) else type(job.model).__name__
+    if isinstance(job, str):
+        job = load_job(job)
+    job.check()
+    prof = _Profiler(job, alloc, device)
+    settings = []
+    try:
+        for precision in precisions:
+            for b in sizes:
+                settings.append(_measure(prof, b, precision, steps, warmup_steps))
+    finally:
+        prof.close()
+    names = [[layer["name"] for layer in s["layers"]] for s in settings]
+    if any(n != names[0] for n in names):
+        raise MemfitError("memfit.profile: the layers ran in a different order in different settings; cannot profile")
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "memfit_version": _lib.lib().mf_version().decode(),
+        "torch_version": torch.__version__,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "job": job_name,
+        "optimizer": type(prof.optimizer).__name__,
+        "rounding_bytes": 512,
+        "warmup_steps": warmup_steps,
+        "steps": steps,
+        "settings": settings,
+    }
+    return Profile(data)
+
+
+def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int) -> Dict[str, Any]:
+    alloc = prof.alloc
+    alloc.empty_cache()
+    for _ in range(warmup):
+        prof.step(batch_size, precision, traced=False)
+    prof.tracker.retag_optimizer_state()
+    alloc.reset_peaks()
+    start_stats = alloc.stats()
+    start_categories = alloc.categories()
+    alloc.trace_start()
+    records = []
+    try:
+        for _ in range(steps):
+            prof.step(batch_size, precision, traced=True)
+            records.append(prof.record)
+            prof.record = None
+    finally:
+        alloc.trace_stop()
+    end_stats = alloc.stats()
+    events = alloc.trace_events()
+    analysis = _analyse(events, start_stats, start_categories, records)
+    layers = _layer_fields(prof, analysis, records[-1])
+    last = analysis["steps"][-1]
+    for m in last["timeline"]["marks"]:
+        m["label"] = _mark_label(prof, m["id"])
+    setting = {
+        "batch_size": batch_size,
+        "precision": precision,
+        "peak_allocated_bytes": end_stats["allocated_bytes"]["peak"],
+        "peak_reserved_bytes": end_stats["reserved_bytes"]["peak"],
+        "peak_requested_bytes": end_stats["requested_bytes"]["peak"],
+        "fixed_bytes": last["fixed"],
+        "input_bytes": last["input_bytes"],
+        "totals": last["totals"],
+        "totals_allocated": last["totals_allocated"],
+        "step_seconds": statistics.median(r.seconds for r in records),
+        "loss": last["loss"],
+        "loss_backward": last["loss_backward"],
+        "optimizer": last["optimizer"],
+        "loss_seconds": last["loss_seconds"],
+        "loss_backward_seconds": last["loss_backward_seconds"],
+        "optimizer_seconds": last["optimizer_seconds"],
+        "layers": layers,
+        "timeline": last["timeline"],
+    }
+    return setting
+
+
+def _mark_label(prof: _Profiler, mark_id: int) -> str:
+    if FORWARD_MARK <= mark_id < BACKWARD_MARK:
+        return "F " + prof.blocks[mark_id - FORWARD_MARK][0]
+    if mark_id >= BACKWARD_MARK:
+        return "B " + prof.blocks[mark_id - BACKWARD_MARK][0]
+    return {FORWARD_END: "loss", LOSS_END: "backward", BACKWARD_END: "optimizer"}.get(mark_id, "")
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def _final_tags(events: Sequence[_lib.TraceEvent]) -> Dict[int, int]:
+    """For each alloc event index, the category its block had last (at its
+    free, or at the end of the trace)."""
+    final: Dict[int, int] = {}
+    live: Dict[int, int] = {}  # addr -> alloc event index
+    for i, e in enumerate(events):
+        if e.kind == _lib.TRACE_ALLOC:
+            live[e.addr] = i
+            final[i] = e.category
+        elif e.kind == _lib.TRACE_RETAG and e.addr in live:
+            final[live[e.addr]] = e.category
+        elif e.kind == _lib.TRACE_FREE and e.addr in live:
+            final[live.pop(e.addr)] = e.category
+    return final
+
+
+def _analyse(events, start_stats, start_categories, records: List[_StepRecord]) -> Dict[str, Any]:
+    """Replay the trace: live bytes, window points and per-category timelines."""
+    final = _final_tags(events)
+    ncat = len(CATEGORIES)
+    cat_alloc = [start_categories[c]["bytes"]["current"] for c in CATEGORIES]
+    cat_req = [start_categories[c]["requested"]["current"] for c in CATEGORIES]
+    allocated = start_stats["allocated_bytes"]["current"]
+    live: Dict[int, Tuple[int, int, int, int]] = {}  # addr -> (alloc index, size, requested, final category)
+    marks: List[Dict[str, Any]] = []  # in order: id, event index, t_ns, allocated (replayed), categories
+    samples: List[Tuple[int, int, List[int]]] = []  # (t_ns, allocated, per-category allocated)
+    alloc_of: Dict[int, Tuple[int, int, int, int]] = {}
+    free_index: Dict[int, int] = {}
+    for i, e in enumerate(events):
+        k = e.kind
+        if k == _lib.TRACE_ALLOC:
+            c = final[i]
+            live[e.addr] = (i, e.size, e.requested, c)
+            alloc_of[i] = (e.size, e.requested, c, e.layer)
+            allocated += e.size
+            cat_alloc[c] += e.size
+            cat_req[c] += e.requested
+        elif k == _lib.TRACE_FREE:
+            entry = live.pop(e.addr, None)
+            allocated -= e.size
+            if entry is not None:
+                free_index[entry[0]] = i
+                c = entry[3]
+            else:  # a block from before the trace: its tag when freed
+                c = e.category
+            cat_alloc[c] -= e.size
+            cat_req[c] -= e.requested
+        elif k == _lib.TRACE_RETAG:
+            if e.addr not in live:  # blocks from before the trace move between categories when re-tagged
+                cat_alloc[e.old_category] -= e.size
+                cat_alloc[e.category] += e.size
+                cat_req[e.old_category] -= e.requested
+                cat_req[e.category] += e.requested
+        elif k == _lib.TRACE_MARK:
+            marks.append({"id": e.addr, "index": i, "t": e.t_ns, "allocated": allocated,
+                          "cat_alloc": list(cat_alloc), "cat_req": list(cat_req)})
+            continue
+        else:
+            continue
+        samples.append((e.t_ns, allocated, list(cat_alloc), list(cat_req)))
+    measured_marks = [m for r in records for m in r.marks]
+    if len(measured_marks) != len(marks):
+        raise MemfitError(f"memfit.profile: {len(marks)} marks in the trace but {len(measured_marks)} recorded")
+    for m, (mark_id, c_allocated) in zip(marks, measured_marks):
+        if m["id"] != mark_id:
+            raise MemfitError("memfit.profile: the trace's marks are out of order (allocations from another thread?)")
+        m["c_allocated"] = c_allocated
+    # Split the marks into steps, each starting at STEP_START.
+    steps: List[List[Dict[str, Any]]] = []
+    for m in marks:
+        if m["id"] == STEP_START:
+            steps.append([])
+        steps[-1].append(m)
+    ctx = {"events": events, "samples": samples, "alloc_of": alloc_of, "free_index": free_index, "final": final}
+    return {"steps": [_step_windows(s, ctx) for s in steps], "ctx": ctx}
+
+
+def _peak_between(events, start_mark: Dict[str, Any], end_mark: Dict[str, Any]) -> int:
+    value = peak = start_mark["allocated"]
+    for e in events[start_mark["index"] + 1 : end_mark["index"]]:
+        if e.kind == _lib.TRACE_ALLOC:
+            value += e.size
+            peak = max(peak, value)
+        elif e.kind == _lib.TRACE_FREE:
+            value -= e.size
+    return peak
+
+
+def _window(events, a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, int]:
+    return {"start": a["allocated"], "peak": _peak_between(events, a, b), "end": b["allocated"]}
+
+
+def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str, Any]:
+    events = ctx["events"]
+    by_id: Dict[int, Dict[str, Any]] = {}
+    for m in marks:
+        by_id.setdefault(m["id"], m)
+    for needed in (STEP_START, FORWARD_END, LOSS_END, BACKWARD_END, STEP_END):
+        if needed not in by_id:
+            raise MemfitError("memfit.profile: a training step did not reach every phase (did the model's forward run?)")
+    fwd = [m for m in marks if FORWARD_MARK <= m["id"] < BACKWARD_MARK]
+    bwd = [m for m in marks if m["id"] >= BACKWARD_MARK]
+    fwd_bounds = [by_id[STEP_START]] + fwd[1:] + [by_id[FORWARD_END]]  # the first window opens at the step's start
+    forward = {}
+    for j, m in enumerate(fwd):
+        forward[m["id"] - FORWARD_MARK] = (fwd_bounds[j], fwd_bounds[j + 1])
+    bwd_bounds = bwd + [by_id[BACKWARD_END]]
+    backward = {}
+    for j, m in enumerate(bwd):
+        layer = m["id"] - BACKWARD_MARK
+        if layer not in backward:
+            backward[layer] = (bwd_bounds[j], bwd_bounds[j + 1])
+    loss_backward_end = bwd[0] if bwd else by_id[BACKWARD_END]
+    start, end = by_id[STEP_START], by_id[STEP_END]
+
+    # Per-category peaks inside the step, from the samples (events) between the step's marks.
+    t0, t1 = start["t"], end["t"]
+    cat_peak_alloc = list(start["cat_alloc"])
+    cat_peak_req = list(start["cat_req"])
+    timeline_t: List[int] = [t0]
+    timeline_cat: List[List[int]] = [list(start["cat_alloc"])]
+    for t, _allocated, ca, cr in ctx["samples"]:
+        if t < t0 or t > t1:
+            continue
+        for i in range(len(CATEGORIES)):
+            if ca[i] > cat_peak_alloc[i]:
+                cat_peak_alloc[i] = ca[i]
+            if cr[i] > cat_peak_req[i]:
+                cat_peak_req[i] = cr[i]
+        timeline_t.append(t)
+        timeline_cat.append(ca)
+    stride = max(1, len(timeline_t) // TIMELINE_POINTS)
+    keep = list(range(0, len(timeline_t), stride))
+    if keep[-1] != len(timeline_t) - 1:
+        keep.append(len(timeline_t) - 1)
+    timeline = {
+        "t_seconds": [(timeline_t[i] - t0) / 1e9 for i in keep],
+        "allocated_bytes": {c: [timeline_cat[i][j] for i in keep] for j, c in enumerate(CATEGORIES)},
+        "marks": [
+            {"t_seconds": (m["t"] - t0) / 1e9, "id": m["id"], "allocated_bytes": m["allocated"],
+             "memfit_allocated_bytes": m["c_allocated"],
+             "category_bytes": dict(zip(CATEGORIES, m["cat_alloc"]))}
+            for m in marks
+        ],
+    }
+    seconds = lambda a, b: (b["t"] - a["t"]) / 1e9  # noqa: E731
+    return {
+        "fixed": start["allocated"],
+        "input_bytes": start["cat_req"][CATEGORIES.index("input")],
+        "totals": dict(zip(CATEGORIES, cat_peak_req)),
+        "totals_allocated": dict(zip(CATEGORIES, cat_peak_alloc)),
+        "forward": forward,
+        "backward": backward,
+        "loss": _window(events, by_id[FORWARD_END], by_id[LOSS_END]),
+        "loss_backward": _window(events, by_id[LOSS_END], loss_backward_end),
+        "optimizer": _window(events, by_id[BACKWARD_END], end),
+        "loss_seconds": seconds(by_id[FORWARD_END], by_id[LOSS_END]),
+        "loss_backward_seconds": seconds(by_id[LOSS_END], loss_backward_end),
+        "optimizer_seconds": seconds(by_id[BACKWARD_END], end),
+        "forward_end_index": by_id[FORWARD_END]["index"],
+        "loss_end_index": by_id[LOSS_END]["index"],
+        "timeline": timeline,
+    }
+
+
+def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord) -> List[Dict[str, Any]]:
+    """The per-layer fields of PROFILE.md for the last measured step, in execution order."""
+    step = analysis["steps"][-1]
+    ctx = analysis["ctx"]
+    events = ctx["events"]
+    alloc_of, free_index = ctx["alloc_of"], ctx["free_index"]
+    act, tmp, grad = (CATEGORIES.index(c) for c in ("activation", "temporary", "gradient"))
+    forward_end = step["loss_end_index"]  # the forward pass ends after the loss is computed
+    order = sorted(step["forward"], key=lambda i: step["forward"][i][0]["index"])
+    if len(order) != len(prof.blocks):
+        missing = [prof.blocks[i][0] for i in range(len(prof.blocks)) if i not in step["forward"]]
+        raise MemfitError(f"memfit.profile: these blocks did not run in the forward pass: {', '.join(missing)}")
+    owned = _state_bytes(prof)
+    layers = []
+    for i in order:
+        name, module = prof.blocks[i]
+        fa, fb = step["forward"][i]
+        window_allocs = [j for j in range(fa["index"] + 1, fb["index"]) if events[j].kind == _lib.TRACE_ALLOC]
+        activation = sum(alloc_of[j][1] for j in window_allocs if alloc_of[j][2] == act
+                         and free_index.get(j, len(events)) > forward_end)
+        temporaries = {j for j in window_allocs if free_index.get(j, len(events)) < forward_end}
+        fwd_tmp_peak = _live_peak(events, fa["index"], fb["index"], temporaries, alloc_of)
+        out_ptrs = dict(record.outputs.get(i, []))
+        out_alloc = sum(alloc_of[j][0] for j in window_allocs
+                        if events[j].addr in out_ptrs and free_index.get(j, len(events)) > fb["index"])
+        if i in step["backward"]:
+            ba, bb = step["backward"][i]
+            bwd_allocs = {j for j in range(ba["index"] + 1, bb["index"])
+                          if events[j].kind == _lib.TRACE_ALLOC and alloc_of[j][2] != grad}
+            bwd_tmp_peak = _live_peak(events, ba["index"], bb["index"], bwd_allocs, alloc_of)
+            backward = _window(events, ba, bb)
+            backward_seconds = (bb["t"] - ba["t"]) / 1e9
+        else:  # no gradient flowed through it: an empty window where its backward would be
+            backward, bwd_tmp_peak, backward_seconds = None, 0, 0.0
+        layers.append({
+            "name": name,
+            "type": type(module).__name__,
+            "parameter_bytes": owned[name]["parameter"],
+            "gradient_bytes": owned[name]["gradient"],
+            "optimizer_state_bytes": owned[name]["optimizer_state"],
+            "activation_bytes": activation,
+            "output_bytes": sum(out_ptrs.values()),
+            "output_allocated_bytes": out_alloc,
+            "forward_temporary_peak_bytes": fwd_tmp_peak,
+            "backward_temporary_peak_bytes": bwd_tmp_peak,
+            "forward_seconds": (fb["t"] - fa["t"]) / 1e9,
+            "backward_seconds": backward_seconds,
+            "forward": _window(events, fa, fb),
+            "backward": backward,
+        })
+    _fill_missing_backward(layers, step)
+    return layers
+
+
+def _fill_missing_backward(layers: List[Dict[str, Any]], step: Dict[str, Any]) -> None:
+    """A layer no gradient reached gets an empty window at the point its backward
+    would have run (after the next layer's), so the windows stay contiguous."""
+    following = step["loss_backward"]["end"]
+    for layer in reversed(layers):
+        if layer["backward"] is None:
+            layer["backward"] = {"start": following, "peak": following, "end": following}
+        following = layer["backward"]["end"]
+
+
+def _live_peak(events, first: int, last: int, wanted: set, alloc_of) -> int:
+    value = peak = 0
+    live = {}
+    for j in range(first + 1, last):
+        e = events[j]
+        if e.kind == _lib.TRACE_ALLOC and j in wanted:
+            live[e.addr] = alloc_of[j][1]
+            value += alloc_of[j][1]
+            peak = max(peak, value)
+        elif e.kind == _lib.TRACE_FREE and e.addr in live:
+            value -= live.pop(e.addr)
+    return peak
+
+
+def _state_bytes(prof: _Profiler) -> Dict[str, Dict[str, int]]:
+    """Requested bytes of parameters, gradients and optimizer state per block
+    (a block owns its submodules' parameters; shared ones count once)."""
+    names = [n for n, _ in prof.blocks]
+    out = {n: {"parameter": 0, "gradient": 0, "optimizer_state": 0} for n in names}
+
+    def block_of(owner: str) -> Optional[str]:
+        for n in names:
+            if owner == n or owner.startswith(n + "."):
+                return n
+        return None
+
+    seen = set()
+    for p in prof.model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        block = block_of(prof.tracker.owner_of(p))
+        if block is None:
+            continue
+        items = [("parameter", p)]
+        if p.grad is not None:
+            items.append(("gradient", p.grad))
+        for value in prof.optimizer.state.get(p, {}).values():
+            if isinstance(value, torch.Tensor):
+                items.append(("optimizer_state", value))
+        for kind, t in items:
+            info = prof.alloc.block_info(storage_ptr(t))
+            if info is not None:
+                out[block][kind] += info["requested"]
+    return out
