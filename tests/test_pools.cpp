@@ -105,11 +105,27 @@ TEST(Pools, LargeBlockKeepsARemainderAboveOneMiB) {
   mf_stats s = stats(a.get());
   EXPECT_EQ(s.reserved_bytes.current, (int64_t)(6 * MiB));
   EXPECT_EQ(free_bytes(s), (int64_t)(1 * MiB + 512 * KiB));
-  // A 1 MiB remainder is not above MF_MIN_LARGE_SPLIT: the block keeps it.
+  // A 1 MiB remainder is not above large_split (1 MiB): the block keeps it.
   void *q = must_malloc(a.get(), 3 * MiB);
   ASSERT_NE(q, nullptr);
   EXPECT_EQ(block_size(a.get(), q), 4 * MiB);
   EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(10 * MiB));
+  expect_consistent(a.get());
+}
+
+TEST(Pools, LargeSplitZeroSplitsEveryRemainder) {
+  Allocator a = create("backend:virtual,capacity:1GiB,large_split:0");
+  ASSERT_TRUE(a);
+  // 3 MiB in a 4 MiB segment: with large_split 0 the 1 MiB remainder is split off,
+  // so allocated bytes equal the rounded request.
+  void *q = must_malloc(a.get(), 3 * MiB);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(block_size(a.get(), q), 3 * MiB);
+  void *r = must_malloc(a.get(), 1 * MiB + 512);  // large pool; fits the remainder? no: 1 MiB free only
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(block_size(a.get(), r), 1 * MiB + 512);
+  mf_stats s = stats(a.get());
+  EXPECT_EQ(s.allocated_bytes.current, (int64_t)(4 * MiB + 512));
   expect_consistent(a.get());
 }
 

@@ -7,8 +7,8 @@
  *   (requests up to 1 MiB, carved from 2 MiB segments) and a large pool.
  * - A request takes the best fit (smallest free block, then lowest address)
  *   from its pool, found in O(log n) (free_index.c). A block is split when the
- *   remainder is worth keeping: >= 512 B in the small pool, > 1 MiB in the
- *   large pool; blocks above max_split_size are never split, and such an
+ *   remainder is worth keeping: >= 512 B in the small pool, > large_split
+ *   (1 MiB) in the large pool; blocks above max_split_size are never split, and such an
  *   oversize block serves only requests within 20 MiB of its size.
  * - Freed blocks coalesce with free neighbours in their segment at once and
  *   are reusable on their own stream at once. A block used on another stream
@@ -185,7 +185,7 @@ static mf_status unmap_segment(mf_device *d, mf_segment *s) {
 static bool should_split(const mf_allocator *a, const mf_pool *pool, size_t block_size, size_t size) {
   size_t remaining = block_size - size;
   if (pool->small) return remaining >= MF_ROUND;
-  return block_size <= a->max_split_size && remaining > MF_MIN_LARGE_SPLIT;
+  return block_size <= a->max_split_size && remaining > a->large_split;
 }
 
 /* Take a free block out of its pool for a request of `size` rounded bytes. */
@@ -419,6 +419,7 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
   uint64_t max_split = _mf_opt_u64(o, MF_OPT_MAX_SPLIT_SIZE);
   a->max_split_size = max_split ? (size_t)max_split : SIZE_MAX;
   a->large_segment = (size_t)_mf_opt_u64(o, MF_OPT_LARGE_SEGMENT);
+  a->large_split = (size_t)_mf_opt_u64(o, MF_OPT_LARGE_SPLIT);
   a->merge_segments = _mf_opt_bool(o, MF_OPT_MERGE_SEGMENTS);
   a->check_every_op = _mf_opt_bool(o, MF_OPT_CHECK);
   pthread_mutex_init(&a->report_lock, NULL);

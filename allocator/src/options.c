@@ -31,6 +31,9 @@ static const opt_row option_table[MF_OPT_COUNT] = {
     [MF_OPT_LARGE_SEGMENT] = {"large_segment", OPT_SIZE, "2MiB",
                               "smallest segment mapped for a large request (PyTorch uses 20MiB for 1-10MiB "
                               "requests); with merge_segments, 2MiB wastes least"},
+    [MF_OPT_LARGE_SPLIT] = {"large_split", OPT_SIZE, "1MiB",
+                            "a large-pool block is split only when the remainder is larger than this (as "
+                            "PyTorch: 1MiB); 0 splits every remainder, so allocated bytes track requested ones"},
     [MF_OPT_MERGE_SEGMENTS] = {"merge_segments", OPT_BOOL, "true",
                                "on a cache miss, release this pool's whole free segments and map one "
                                "segment that covers them and the request"},
