@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Builds memfit and runs every test: the GoogleTest suite and the memfit-replay
-# tests through ctest, once in a normal build and once under AddressSanitizer +
-# UndefinedBehaviorSanitizer (MEMFIT_SKIP_ASAN=1 skips the second).
+# Builds memfit and runs every test: the GoogleTest suite, the memfit-replay and
+# memfit-plan command-line tests through ctest, once in a normal build and once
+# under AddressSanitizer + UndefinedBehaviorSanitizer (MEMFIT_SKIP_ASAN=1 skips
+# the second), then the Python package's pytest suite against the normal build
+# with a real PyTorch on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+bash scripts/install-python-deps.sh
 
 jobs=$(nproc 2>/dev/null || echo 2)
 status=0
@@ -24,4 +27,7 @@ if [ "${MEMFIT_SKIP_ASAN:-0}" != "1" ]; then
   echo "== memfit tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
   ASAN_OPTIONS=detect_leaks=1 run_suite build-asan -DMEMFIT_SANITIZE=ON || status=1
 fi
+echo "== memfit Python tests (pytest, PyTorch on CPU) =="
+MEMFIT_BUILD_DIR="$PWD/build" PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
+  python3 -m pytest tests/python -q -p no:cacheprovider || status=1
 exit $status

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._lib import MemfitError, MemfitOutOfMemoryError, parse_size
+from ._lib import MemfitError, MemfitOutOfMemoryError, NothingFitsError, parse_size
 from .allocator import Allocator, tag
 from .install import current, install, uninstall
 
@@ -30,6 +30,8 @@ _LAZY = {
     "plan": ("planning", "plan"),
     "Plan": ("planning", "Plan"),
     "apply": ("planning", "apply"),
+    "unapply": ("planning", "unapply"),
+    "verify": ("planning", "verify"),
     "report": ("reporting", "report"),
 }
 
@@ -37,6 +39,7 @@ __all__ = [
     "Allocator",
     "MemfitError",
     "MemfitOutOfMemoryError",
+    "NothingFitsError",
     "current",
     "install",
     "parse_size",

@@ -30,6 +30,10 @@ class MemfitError(RuntimeError):
     """An error reported by memfit's C library or by the bindings."""
 
 
+class NothingFitsError(MemfitError):
+    """The planner found no plan: not even batch 1 with every layer checkpointed fits the budget."""
+
+
 class MemfitOutOfMemoryError(MemfitError):
     """A request that did not fit the device's capacity (memfit's OOM report in the message)."""
 

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import List, Optional, Sequence
 
-from ._lib import MemfitError, parse_size
+from ._lib import MemfitError, NothingFitsError, parse_size
 
 
 def _batch_sizes(text: str) -> List[int]:
@@ -62,6 +62,33 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
     r.add_argument("--top", type=int, default=10)
     r.add_argument("--plot", help="write the step's timeline to this PNG")
+
+    pl = sub.add_parser("plan", help="profile a job (or read a profile) and plan it for a budget")
+    _add_profile_args(pl, "2,4")
+    pl.add_argument("--profile", help="plan this profile instead of measuring the job (--job still names the job)")
+    pl.add_argument("--budget", type=_size, required=True, help="the device's memory budget, e.g. 40GiB")
+    pl.add_argument("--objective", default="max-batch",
+                    help="max-batch (default), throughput, or global-batch=N")
+    pl.add_argument("--plan-precisions", type=_precisions, help="precisions the plan may use (default: profiled)")
+    pl.add_argument("--max-batch", type=int)
+    pl.add_argument("--headroom", type=float, help="fraction of the budget kept free (default 0.03)")
+    pl.add_argument("--out", help="write the plan JSON here")
+    pl.add_argument("--profile-out", help="also write the measured profile here")
+    pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
+
+    v = sub.add_parser("verify", help="apply a plan and train real steps under memfit with the budget as capacity")
+    v.add_argument("--job", required=True)
+    v.add_argument("--plan", required=True)
+    v.add_argument("--budget", type=_size, required=True)
+    v.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    v.add_argument("--steps", type=int, default=3)
+    v.add_argument("--warmup-steps", type=int, default=1)
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = sub.add_parser("demo", help="profile the built-in GPT, plan it for a budget, apply and verify")
+    d.add_argument("--budget", type=_size, default=_size("160MiB"), help="the memory budget (default 160MiB)")
+    d.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    d.add_argument("--out-dir", default="demo-output")
     return top
 
 
@@ -72,6 +99,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _profile(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "verify":
+            return _verify(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args)
+    except NothingFitsError as e:
+        print(str(e), file=sys.stderr)
+        return 3
     except MemfitError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -100,6 +138,62 @@ def _report(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"timeline written to {plot(prof, args.plot, args.batch_size, args.precision)}")
     return 0
+
+
+def _objective(text: str):
+    if text in ("max-batch", "throughput"):
+        return text, None
+    if text.startswith("global-batch="):
+        try:
+            n = int(text.split("=", 1)[1])
+        except ValueError:
+            n = 0
+        if n >= 1:
+            return "global-batch", n
+    raise MemfitError(f"memfit plan: --objective {text!r}: expected max-batch, throughput or global-batch=N")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .planning import plan
+    from .profiling import Profile, profile
+
+    objective, global_batch = _objective(args.objective)
+    if args.profile:
+        prof = Profile.load(args.profile)
+    else:
+        prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions,
+                       steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity)
+        if args.profile_out:
+            prof.save(args.profile_out)
+    result = plan(prof, budget=args.budget, objective=objective, global_batch=global_batch,
+                  precisions=args.plan_precisions, max_batch=args.max_batch, headroom=args.headroom)
+    if args.out:
+        result.save(args.out)
+    if args.json:
+        print(json.dumps(result.data, indent=1))
+    else:
+        print(result.table())
+        if args.out:
+            print(f"plan written to {args.out}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .planning import Plan, verify
+
+    result = verify(args.job, Plan.load(args.plan), args.budget, device=args.device, steps=args.steps,
+                    warmup_steps=args.warmup_steps)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from .reporting import human
+
+        print(f"memfit verify: batch {result['batch_size']} on {args.device} with capacity {human(args.budget)}")
+        print(f"  predicted peak {human(result['predicted_peak_bytes'])}, measured peak "
+              f"{human(result['measured_peak_bytes'])} ({result['error_percent']:+.2f}%), "
+              f"peak reserved {human(result['measured_peak_reserved_bytes'])}")
+        print("  OOM: " + (f"yes ({result['error']})" if result["oom"] else "no"))
+    return 1 if result["oom"] else 0
 
 
 if __name__ == "__main__":

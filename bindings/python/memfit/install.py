@@ -52,6 +52,11 @@ def install(device: str = "cuda", **options: object) -> Allocator:
         raise MemfitError(f"memfit.install: device must be 'cuda' or 'cpu', not {device!r}")
     if "backend" in options:
         raise MemfitError("memfit.install: 'backend' is chosen by the device (cuda: cuda, cpu: host)")
+    if device == "cpu":
+        # Host memory has no 2 MiB pages to mirror: split every remainder, so that
+        # allocated bytes follow requested bytes linearly in the batch size and the
+        # planner's extrapolation holds at the small sizes of a CPU run.
+        options = {"large_split": 0, **options}
     conf = options_conf(options)
     if device == "cpu":
         return _install_cpu(conf)
@@ -102,7 +107,7 @@ def _load_adapter() -> ctypes.CDLL:
     adapter.memfit_torch_cpu_install.argtypes = [ctypes.c_void_p, ctypes.c_int]
     built_for = adapter.memfit_torch_built_for().decode()
     running = torch.__version__
-    if built_for.split("+")[0] != running.split("+")[0]:
+    if built_for != running:
         raise MemfitError(
             f"memfit: {path} was built against PyTorch {built_for} but {running} is running; "
             "rebuild memfit (cmake --build) with this PyTorch"

@@ -158,3 +158,8 @@ def mlp_job(inputs: int = 256, wide: int = 4096) -> Job:
     return Job(model=MLP(inputs, wide=wide), make_batch=make_batch,
                loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
                optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+
+
+def demo_job() -> Job:
+    """The demo's model: a 6-block GPT, width 256, context 128 (about 5 M parameters)."""
+    return gpt_job(depth=6, width=256, heads=4, vocab=512, context=128)

@@ -311,9 +311,9 @@ def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmu
         "loss": last["loss"],
         "loss_backward": last["loss_backward"],
         "optimizer": last["optimizer"],
-        "loss_seconds": last["loss_seconds"],
-        "loss_backward_seconds": last["loss_backward_seconds"],
-        "optimizer_seconds": last["optimizer_seconds"],
+        "loss_seconds": _median_over_steps(analysis, "loss_seconds"),
+        "loss_backward_seconds": _median_over_steps(analysis, "loss_backward_seconds"),
+        "optimizer_seconds": _median_over_steps(analysis, "optimizer_seconds"),
         "layers": layers,
         "timeline": last["timeline"],
     }
@@ -527,9 +527,8 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
                           if events[j].kind == _lib.TRACE_ALLOC and alloc_of[j][2] != grad}
             bwd_tmp_peak = _live_peak(events, ba["index"], bb["index"], bwd_allocs, alloc_of)
             backward = _window(events, ba, bb)
-            backward_seconds = (bb["t"] - ba["t"]) / 1e9
         else:  # no gradient flowed through it: an empty window where its backward would be
-            backward, bwd_tmp_peak, backward_seconds = None, 0, 0.0
+            backward, bwd_tmp_peak = None, 0
         layers.append({
             "name": name,
             "type": type(module).__name__,
@@ -541,13 +540,25 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
             "output_allocated_bytes": out_alloc,
             "forward_temporary_peak_bytes": fwd_tmp_peak,
             "backward_temporary_peak_bytes": bwd_tmp_peak,
-            "forward_seconds": (fb["t"] - fa["t"]) / 1e9,
-            "backward_seconds": backward_seconds,
+            "forward_seconds": _median_window_seconds(analysis, "forward", i),
+            "backward_seconds": _median_window_seconds(analysis, "backward", i) if backward else 0.0,
             "forward": _window(events, fa, fb),
             "backward": backward,
         })
     _fill_missing_backward(layers, step)
     return layers
+
+
+def _median_over_steps(analysis: Dict[str, Any], key: str) -> float:
+    """Times are medians over the measured steps (memory comes from the last one):
+    one slow step on a busy machine must not skew the planner's time fit."""
+    return statistics.median(step[key] for step in analysis["steps"])
+
+
+def _median_window_seconds(analysis: Dict[str, Any], kind: str, layer: int) -> float:
+    times = [(step[kind][layer][1]["t"] - step[kind][layer][0]["t"]) / 1e9
+             for step in analysis["steps"] if layer in step[kind]]
+    return statistics.median(times) if times else 0.0
 
 
 def _fill_missing_backward(layers: List[Dict[str, Any]], step: Dict[str, Any]) -> None:

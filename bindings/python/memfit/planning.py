@@ -1,0 +1,300 @@
+"""memfit.plan over the C planner (libmemfit_plan.so), memfit.apply (checkpoint
+and per-module precision through torch.utils.checkpoint and autocast), and
+verify: run a plan for real under memfit with the budget as capacity."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.utils.checkpoint
+
+from . import _lib
+from ._lib import MemfitError, NothingFitsError
+from .profiling import PRECISIONS, Profile, to_device
+
+PLAN_FORMAT, PLAN_VERSION = "memfit-plan", 1
+
+_planner: Optional[ctypes.CDLL] = None
+
+
+def _load_planner() -> ctypes.CDLL:
+    global _planner
+    if _planner is None:
+        path = _lib.find_library("MEMFIT_PLAN_LIBRARY", "libmemfit_plan.so", "planner")
+        if path is None:
+            raise MemfitError("memfit: libmemfit_plan.so not found; build the checkout (cmake --build build) "
+                              "or set MEMFIT_PLAN_LIBRARY to its path")
+        lib = ctypes.CDLL(str(path))
+        lib.mfp_plan_json.restype = ctypes.c_int
+        lib.mfp_plan_json.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.mfp_free.argtypes = [ctypes.c_void_p]
+        lib.mfp_last_error.restype = ctypes.c_char_p
+        lib.mfp_status_name.restype = ctypes.c_char_p
+        lib.mfp_status_name.argtypes = [ctypes.c_int]
+        _planner = lib
+    return _planner
+
+
+class Plan:
+    """A plan (planner/PLAN.md) as a JSON-ready dict."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self.data = data
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.data["batch_size"])
+
+    @property
+    def layers(self) -> List[Dict[str, Any]]:
+        return self.data["layers"]
+
+    def decisions(self) -> Dict[str, Dict[str, Any]]:
+        return {layer["name"]: layer for layer in self.layers}
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(json.dumps(self.data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "Plan":
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise MemfitError(f"memfit: cannot read plan {path}: {e}") from e
+        except json.JSONDecodeError as e:
+            raise MemfitError(f"memfit: {path} is not JSON: {e}") from e
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise MemfitError(f"memfit: {path} is not a memfit plan (format is not {PLAN_FORMAT!r})")
+        if data.get("version") != PLAN_VERSION:
+            raise MemfitError(f"memfit: {path} has plan version {data.get('version')}; this memfit reads {PLAN_VERSION}")
+        for i, layer in enumerate(data.get("layers", [])):
+            for key in ("name", "checkpoint", "precision"):
+                if key not in layer:
+                    raise MemfitError(f"memfit: {path}: layers[{i}] has no {key!r}")
+        return cls(data)
+
+    def table(self) -> str:
+        from .reporting import human
+
+        d = self.data
+        lines = [
+            f"memfit plan ({d['objective']}): batch {d['batch_size']}"
+            + (f" x {d['grad_accumulation_steps']} accumulation steps = global batch {d['global_batch']}"
+               if d.get("grad_accumulation_steps", 1) > 1 else ""),
+            f"  predicted peak {human(d['predicted_peak_bytes'])} of budget {human(d['budget_bytes'])} "
+            f"(usable {human(d['usable_bytes'])}, headroom {100 * d['headroom']:.0f}%)",
+            f"  recompute {d['predicted_recompute_seconds'] * 1e3:.2f} ms per step "
+            f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
+            f"{d['throughput_samples_per_second']:.1f} samples/s predicted",
+            f"  model self-check error {100 * d['model_error']:.2f}%   "
+            f"no checkpointing fits batch {d['baselines']['no_checkpoint']['batch_size']}, "
+            f"all checkpointed fits batch {d['baselines']['all_checkpoint']['batch_size']}",
+        ]
+        if d.get("lr_scale"):
+            lines.append(f"  suggestion: scale the learning rate by {d['lr_scale']['value']:.3g} "
+                         f"({d['lr_scale']['rule']} rule, relative to the profiled batch)")
+        lines.append(f"  {'layer':<24}{'checkpoint':<12}{'precision':<10}")
+        for layer in self.layers:
+            lines.append(f"  {layer['name'][:23]:<24}{'yes' if layer['checkpoint'] else '-':<12}{layer['precision']:<10}")
+        return "\n".join(lines)
+
+
+def plan(
+    profile: Union[Profile, str, Path, Dict[str, Any]],
+    budget: Union[str, int],
+    objective: str = "max-batch",
+    global_batch: Optional[int] = None,
+    precisions: Optional[Sequence[str]] = None,
+    max_batch: Optional[int] = None,
+    headroom: Optional[float] = None,
+) -> Plan:
+    """The plan that fits `budget` best for `objective` ("max-batch",
+    "throughput" or "global-batch" with global_batch=N)."""
+    if isinstance(profile, (str, Path)):
+        profile = Profile.load(profile)
+    data = profile.data if isinstance(profile, Profile) else profile
+    slim = dict(data, settings=[{k: v for k, v in s.items() if k != "timeline"} for s in data["settings"]])
+    options: Dict[str, Any] = {"budget": _lib.parse_size(budget, "budget") if not isinstance(budget, str) else budget,
+                               "objective": objective}
+    if global_batch is not None:
+        options["global_batch"] = global_batch
+    if precisions is not None:
+        options["precisions"] = list(precisions)
+    if max_batch is not None:
+        options["max_batch"] = max_batch
+    if headroom is not None:
+        options["headroom"] = headroom
+    lib = _load_planner()
+    out = ctypes.c_void_p()
+    status = lib.mfp_plan_json(json.dumps(slim).encode(), json.dumps(options).encode(), ctypes.byref(out))
+    if status != 0:
+        message = (lib.mfp_last_error() or b"").decode(errors="replace")
+        name = (lib.mfp_status_name(status) or b"").decode()
+        cls = NothingFitsError if "NO_FIT" in name.upper() else MemfitError
+        raise cls(f"memfit.plan: {message}")
+    try:
+        text = ctypes.string_at(out.value).decode()
+    finally:
+        lib.mfp_free(out)
+    return Plan(json.loads(text))
+
+
+# ------------------------------------------------------------------- apply
+
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(x, dtype) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _device_type(module: torch.nn.Module) -> str:
+    for p in module.parameters():
+        return p.device.type
+    return "cpu"
+
+
+def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str) -> None:
+    original = module.forward
+    dtype = PRECISIONS[precision]
+    device_type = _device_type(module)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if dtype is None:  # fp32: autocast off, and inputs from a lower-precision layer cast back
+            with torch.autocast(device_type=device_type, enabled=False):
+                return original(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return original(*args, **kwargs)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+        return run(*args, **kwargs)
+
+    module._memfit_forward = original  # type: ignore[attr-defined]
+    module.forward = forward  # type: ignore[method-assign]
+
+
+def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.Module:
+    """Checkpoint and set the precision of each layer the plan names (in place;
+    returns the model). Layers the plan keeps in fp32 without a checkpoint
+    are left alone unless a lower-precision layer runs before them."""
+    if not isinstance(the_plan, Plan):
+        the_plan = Plan.load(the_plan)
+    modules = dict(model.named_modules())
+    mixed = any(layer["precision"] != "fp32" for layer in the_plan.layers)
+    for layer in the_plan.layers:
+        name = layer["name"]
+        if name not in modules or name == "":
+            raise MemfitError(f"memfit.apply: the plan names layer {name!r}, which this model does not have")
+        if layer["precision"] not in PRECISIONS:
+            raise MemfitError(f"memfit.apply: layer {name!r}: unknown precision {layer['precision']!r}")
+        module = modules[name]
+        if hasattr(module, "_memfit_forward"):
+            raise MemfitError(f"memfit.apply: layer {name!r} already has a plan applied; call memfit.unapply first")
+        if layer["checkpoint"] or layer["precision"] != "fp32" or mixed:
+            _wrap(module, bool(layer["checkpoint"]), layer["precision"])
+    return model
+
+
+def unapply(model: torch.nn.Module) -> torch.nn.Module:
+    for module in model.modules():
+        if hasattr(module, "_memfit_forward"):
+            del module.forward
+            del module._memfit_forward
+    return model
+
+
+# ------------------------------------------------------------------ verify
+
+
+def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], device: str = "cpu",
+           steps: int = 3, warmup_steps: int = 1) -> Dict[str, Any]:
+    """Apply the plan and train `warmup_steps + steps` real steps at its batch
+    under memfit with the budget as capacity; measured against predicted peak.
+    Best run in a fresh process (python3 -m memfit verify): memfit becomes the
+    process's allocator with that capacity."""
+    from .install import current, install
+    from .job import Job, load_job
+    from .tracking import Tracker, move_parameters_into_memfit
+
+    if not isinstance(the_plan, Plan):
+        the_plan = Plan.load(the_plan)
+    budget_bytes = _lib.parse_size(budget, "budget")
+    alloc = current()
+    if alloc is None or alloc.device != device:
+        alloc = install(device, capacity=budget_bytes)
+    else:  # a fresh allocator with this capacity: what earlier work left behind does not count
+        if device == "cpu":
+            alloc = install("cpu", capacity=budget_bytes)
+        else:
+            alloc.set_capacity(budget_bytes)
+    job_obj: Job = load_job(job) if isinstance(job, str) else job
+    job_obj.check()
+    model = job_obj.model.to(device)
+    move_parameters_into_memfit(model, alloc)
+    apply(model, the_plan)
+    optimizer = job_obj.optimizer(model.parameters())
+    tracker = Tracker(model, optimizer, alloc)
+    batch_size = the_plan.batch_size
+    result: Dict[str, Any] = {
+        "batch_size": batch_size,
+        "budget_bytes": budget_bytes,
+        "predicted_peak_bytes": the_plan.data["predicted_peak_bytes"],
+        "measured_peak_bytes": None,
+        "measured_peak_reserved_bytes": None,
+        "oom": False,
+        "error": None,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "step_seconds": None,
+    }
+    times: List[float] = []
+    try:
+        for i in range(warmup_steps + steps):
+            if i == warmup_steps:
+                alloc.reset_peaks()
+            optimizer.zero_grad(set_to_none=True)
+            batch = to_device(job_obj.make_batch(batch_size), device)
+            t0 = time.perf_counter()
+            loss = job_obj.loss_fn(model, batch)
+            loss.backward()
+            optimizer.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup_steps:
+                times.append(time.perf_counter() - t0)
+            del loss, batch
+    except torch.OutOfMemoryError as e:
+        result["oom"] = True
+        result["error"] = str(e).splitlines()[0]
+    finally:
+        tracker.remove()
+    stats = alloc.stats()
+    result["measured_peak_bytes"] = stats["allocated_bytes"]["peak"]
+    result["measured_peak_reserved_bytes"] = stats["reserved_bytes"]["peak"]
+    predicted = result["predicted_peak_bytes"]
+    result["error_percent"] = 100.0 * (result["measured_peak_bytes"] - predicted) / predicted if predicted else None
+    if times:
+        times.sort()
+        result["step_seconds"] = times[len(times) // 2]
+    return result
+
+
+@contextlib.contextmanager
+def applied(model: torch.nn.Module, the_plan: Union[Plan, str, Path]):
+    apply(model, the_plan)
+    try:
+        yield model
+    finally:
+        unapply(model)
