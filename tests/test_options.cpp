@@ -98,7 +98,7 @@ struct EnvGuard {
 
 TEST(Options, TheTableListsEveryKeyWithHelp) {
   const std::set<std::string> expected = {"backend",       "devices",        "capacity",  "max_split_size",
-                                          "large_segment", "large_split", "merge_segments", "event_log", "check"};
+                                          "large_segment", "large_split", "segment_round", "merge_segments", "event_log", "check"};
   ASSERT_EQ(mf_options_count(), (int)expected.size());
   std::set<std::string> keys;
   for (int i = 0; i < mf_options_count(); i++) {

@@ -113,6 +113,19 @@ TEST(Pools, LargeBlockKeepsARemainderAboveOneMiB) {
   expect_consistent(a.get());
 }
 
+TEST(Pools, SegmentRoundSetsTheLargeSegmentGranularity) {
+  Allocator a = create("backend:virtual,capacity:1GiB,segment_round:64KiB,large_segment:0");
+  ASSERT_TRUE(a);
+  void *p = must_malloc(a.get(), 3 * MiB + 100);  // rounds to 3 MiB + 512, in a 3 MiB + 64 KiB segment
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(3 * MiB + 64 * KiB));
+  expect_consistent(a.get());
+  mf_allocator *bad = nullptr;
+  EXPECT_EQ(mf_allocator_create("backend:virtual,segment_round:1000", &bad), MF_ERR_INVALID);
+  EXPECT_NE(std::string(mf_last_error()).find("segment_round"), std::string::npos) << mf_last_error();
+  EXPECT_EQ(mf_allocator_create("backend:virtual,segment_round:0", &bad), MF_ERR_INVALID);
+}
+
 TEST(Pools, LargeSplitZeroSplitsEveryRemainder) {
   Allocator a = create("backend:virtual,capacity:1GiB,large_split:0");
   ASSERT_TRUE(a);

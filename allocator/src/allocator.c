@@ -15,7 +15,8 @@
  *   (mf_record_stream) goes back to the pool only after an event recorded on
  *   each of those streams has completed.
  * - A miss maps a new segment: 2 MiB for the small pool; for a large request
- *   its size rounded to 2 MiB (at least large_segment). See Note [Merging free
+ *   its size rounded to segment_round (2 MiB, the driver's page; at least
+ *   large_segment). See Note [Merging free
  *   segments] for how memfit avoids the growth that slowly varying shapes
  *   cause in PyTorch's allocator.
  * - OOM ladder: the pool; then release cached segments that fit and retry;
@@ -311,13 +312,13 @@ static uint64_t release_mergeable(mf_device *d, mf_pool *pool) {
  * On failure *status says whether it was an OOM or a backend/host failure. */
 static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *status) {
   mf_allocator *a = d->allocator;
-  size_t minimum = pool->small ? MF_SMALL_SEGMENT : round_up(size, MF_SEGMENT_ROUND);
+  size_t minimum = pool->small ? MF_SMALL_SEGMENT : round_up(size, a->segment_round);
   size_t wanted = minimum;
   if (!pool->small && size <= a->max_split_size) {
-    wanted = round_up(size > a->large_segment ? size : a->large_segment, MF_SEGMENT_ROUND);
+    wanted = round_up(size > a->large_segment ? size : a->large_segment, a->segment_round);
     if (a->merge_segments && pool->free_segments) {
       uint64_t released = release_mergeable(d, pool);
-      if (released > wanted) wanted = round_up((size_t)released, MF_SEGMENT_ROUND);
+      if (released > wanted) wanted = round_up((size_t)released, a->segment_round);
     }
   }
   mf_segment *s = NULL;
@@ -397,6 +398,12 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
   if (!out) return _mf_error(MF_ERR_INVALID, "mf_allocator_create_with: NULL out");
   *out = NULL;
   if (!backend || !backend->ops) return _mf_error(MF_ERR_INVALID, "mf_allocator_create_with: NULL backend");
+  uint64_t segment_round = options ? _mf_opt_u64(options, MF_OPT_SEGMENT_ROUND) : 0;
+  if (options && (segment_round == 0 || segment_round % MF_ROUND)) {
+    backend->ops->destroy(backend);
+    return _mf_error(MF_ERR_INVALID, "option segment_round: %llu is not a positive multiple of %d bytes",
+                     (unsigned long long)segment_round, MF_ROUND);
+  }
   int count = backend->ops->device_count(backend);
   if (count <= 0) {
     backend->ops->destroy(backend);
@@ -420,6 +427,7 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
   a->max_split_size = max_split ? (size_t)max_split : SIZE_MAX;
   a->large_segment = (size_t)_mf_opt_u64(o, MF_OPT_LARGE_SEGMENT);
   a->large_split = (size_t)_mf_opt_u64(o, MF_OPT_LARGE_SPLIT);
+  a->segment_round = (size_t)_mf_opt_u64(o, MF_OPT_SEGMENT_ROUND);
   a->merge_segments = _mf_opt_bool(o, MF_OPT_MERGE_SEGMENTS);
   a->check_every_op = _mf_opt_bool(o, MF_OPT_CHECK);
   pthread_mutex_init(&a->report_lock, NULL);

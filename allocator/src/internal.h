@@ -30,7 +30,6 @@
 #define MF_ROUND 512                     /* device kernels like 512 B alignment; keeps block count low */
 #define MF_SMALL_REQUEST (1 * MF_MiB)    /* requests up to this come from the small pool */
 #define MF_SMALL_SEGMENT (2 * MF_MiB)    /* small pool segments: many small tensors per map */
-#define MF_SEGMENT_ROUND (2 * MF_MiB)    /* large segments are multiples of the driver's page */
 #define MF_OVERSIZE_SLACK (20 * MF_MiB)  /* an oversize block may serve a request this much smaller */
 
 /* ---------------------------------------------------------------- errors.c */
@@ -46,6 +45,7 @@ typedef enum mf_option_id {
   MF_OPT_MAX_SPLIT_SIZE,   /* size: cached blocks above it are not split */
   MF_OPT_LARGE_SEGMENT,    /* size: minimum segment for a large request */
   MF_OPT_LARGE_SPLIT,      /* size: a large block is split when the remainder exceeds it */
+  MF_OPT_SEGMENT_ROUND,    /* size: large segments are multiples of it */
   MF_OPT_MERGE_SEGMENTS,   /* bool: merge free whole segments on a miss */
   MF_OPT_EVENT_LOG,        /* string: path of the event log, "" = off */
   MF_OPT_CHECK,            /* bool: run mf_check after every operation */
@@ -162,6 +162,7 @@ struct mf_allocator {
   size_t max_split_size;    /* SIZE_MAX when unlimited */
   size_t large_segment;
   size_t large_split;       /* split a large block when the remainder exceeds this */
+  size_t segment_round;     /* large segments are multiples of this */
   bool merge_segments;
   bool check_every_op;
   pthread_mutex_t report_lock;

@@ -34,6 +34,9 @@ static const opt_row option_table[MF_OPT_COUNT] = {
     [MF_OPT_LARGE_SPLIT] = {"large_split", OPT_SIZE, "1MiB",
                             "a large-pool block is split only when the remainder is larger than this (as "
                             "PyTorch: 1MiB); 0 splits every remainder, so allocated bytes track requested ones"},
+    [MF_OPT_SEGMENT_ROUND] = {"segment_round", OPT_SIZE, "2MiB",
+                              "large segments are multiples of this (2MiB: CUDA's mapping granularity; a "
+                              "multiple of 512)"},
     [MF_OPT_MERGE_SEGMENTS] = {"merge_segments", OPT_BOOL, "true",
                                "on a cache miss, release this pool's whole free segments and map one "
                                "segment that covers them and the request"},

@@ -15,6 +15,7 @@ from .allocator import Allocator
 _current: Optional[Allocator] = None
 _kept_alive: List[Allocator] = []  # allocators that still own tensors after a re-install
 _adapter: Optional[ctypes.CDLL] = None
+CPU_DEFAULTS: Dict[str, object] = {"large_split": 0, "segment_round": "64KiB", "large_segment": 0}
 
 
 def current() -> Optional[Allocator]:
@@ -53,10 +54,11 @@ def install(device: str = "cuda", **options: object) -> Allocator:
     if "backend" in options:
         raise MemfitError("memfit.install: 'backend' is chosen by the device (cuda: cuda, cpu: host)")
     if device == "cpu":
-        # Host memory has no 2 MiB pages to mirror: split every remainder, so that
-        # allocated bytes follow requested bytes linearly in the batch size and the
-        # planner's extrapolation holds at the small sizes of a CPU run.
-        options = {"large_split": 0, **options}
+        # Host memory has no 2 MiB pages to mirror: segments sized to the request
+        # (64 KiB granularity) and every remainder split, so allocated bytes follow
+        # requested bytes linearly in the batch size (the planner extrapolates them)
+        # and rounding wastes less at the small tensor sizes of a CPU run.
+        options = {**CPU_DEFAULTS, **options}
     conf = options_conf(options)
     if device == "cpu":
         return _install_cpu(conf)
