@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, on Debian or Ubuntu, what building and testing memfit needs, and only
-# what is missing: a C/C++ toolchain, CMake, GoogleTest, jemalloc, Python 3.
+# what is missing: a C/C++ toolchain, CMake, GoogleTest, jemalloc, jansson (the planner's
+# JSON), Python 3.
 set -euo pipefail
 
 missing=()
@@ -12,6 +13,7 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 have_pkg libgtest-dev || missing+=(libgtest-dev)
 have_pkg libjemalloc-dev || missing+=(libjemalloc-dev)
+have_pkg libjansson-dev || missing+=(libjansson-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -2,7 +2,7 @@
 or PYTORCH_ALLOC_CONF holds `backend:memfit`, take memfit's keys out of it before
 torch can parse it, and install memfit as PyTorch's CUDA allocator as soon as
 `import torch` completes, before any CUDA tensor can exist. Cheap when unused:
-one environment lookup, no import of torch or ctypes."""
+the .pth line looks at the two variables and imports nothing else."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional, Sequence
 
@@ -43,7 +44,7 @@ def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str) -> None:
                    help=f"batch sizes to measure (default {default_sizes})")
     p.add_argument("--precisions", type=_precisions, default=["fp32"], help="fp32,bf16,fp16 (default fp32)")
     p.add_argument("--steps", type=int, default=3, help="measured steps per setting (default 3)")
-    p.add_argument("--warmup-steps", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--capacity", type=_size, help="memfit's capacity while profiling (e.g. 8GiB)")
 
 
@@ -113,13 +114,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MemfitError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except RuntimeError as e:  # torch.OutOfMemoryError under --capacity: the job itself does not fit
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        lines = str(e).splitlines() or [""]
+        headline = next((line for line in lines if "tried to allocate" in line), lines[0])
+        print(f"memfit: the job does not fit: {headline.strip()}", file=sys.stderr)
+        return 3
     return 2
+
+
+def _writable(path: Optional[str], what: str) -> None:
+    """Fail before minutes of profiling, not after, when an output cannot be written."""
+    if path is None:
+        return
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise MemfitError(f"memfit: {what} {path!r} is a directory")
+    if not os.path.isdir(parent):
+        raise MemfitError(f"memfit: {what} {path!r}: no directory {parent!r}")
+    if not os.access(target if os.path.exists(target) else parent, os.W_OK):
+        raise MemfitError(f"memfit: {what} {path!r} cannot be written (permission denied)")
 
 
 def _profile(args: argparse.Namespace) -> int:
     from .profiling import profile
     from .reporting import report
 
+    _writable(args.out, "--out")
     prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions,
                    steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity)
     prof.save(args.out)
@@ -158,6 +181,8 @@ def _plan(args: argparse.Namespace) -> int:
     from .profiling import Profile, profile
 
     objective, global_batch = _objective(args.objective)
+    _writable(args.out, "--out")
+    _writable(args.profile_out, "--profile-out")
     if args.profile:
         prof = Profile.load(args.profile)
     else:

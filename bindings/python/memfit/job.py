@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -47,9 +48,11 @@ def load_job(spec: str) -> Job:
         if mod_spec is None or mod_spec.loader is None:
             raise MemfitError(f"memfit: --job {spec!r}: cannot load {target!r} as Python")
         module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[mod_spec.name] = module  # dataclasses and pickling look the module up there
         try:
             mod_spec.loader.exec_module(module)
         except Exception as e:
+            del sys.modules[mod_spec.name]
             raise MemfitError(f"memfit: --job {spec!r}: importing {target!r} failed: {type(e).__name__}: {e}") from e
     else:
         try:

@@ -19,6 +19,7 @@ from ._lib import MemfitError, NothingFitsError
 from .profiling import PRECISIONS, Profile, to_device
 
 PLAN_FORMAT, PLAN_VERSION = "memfit-plan", 1
+MFP_ERR_NO_FIT = 3  # planner/include/memfit/plan.h
 
 _planner: Optional[ctypes.CDLL] = None
 
@@ -135,8 +136,7 @@ def plan(
     status = lib.mfp_plan_json(json.dumps(slim).encode(), json.dumps(options).encode(), ctypes.byref(out))
     if status != 0:
         message = (lib.mfp_last_error() or b"").decode(errors="replace")
-        name = (lib.mfp_status_name(status) or b"").decode()
-        cls = NothingFitsError if "NO_FIT" in name.upper() else MemfitError
+        cls = NothingFitsError if status == MFP_ERR_NO_FIT else MemfitError
         raise cls(f"memfit.plan: {message}")
     try:
         text = ctypes.string_at(out.value).decode()

@@ -224,7 +224,7 @@ def profile(
     batch_sizes: Sequence[int] = (2, 4),
     precisions: Sequence[str] = ("fp32",),
     steps: int = 3,
-    warmup_steps: int = 1,
+    warmup_steps: int = 2,
     capacity: Optional[Union[str, int]] = None,
 ) -> Profile:
     """Measure `job` (a memfit.Job or 'FILE.py:FUNC') on `device` at each batch
@@ -462,7 +462,7 @@ def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str,
                 cat_peak_req[i] = cr[i]
         timeline_t.append(t)
         timeline_cat.append(ca)
-    stride = max(1, len(timeline_t) // TIMELINE_POINTS)
+    stride = max(1, -(-len(timeline_t) // TIMELINE_POINTS))  # ceil: at most TIMELINE_POINTS (+ the last)
     keep = list(range(0, len(timeline_t), stride))
     if keep[-1] != len(timeline_t) - 1:
         keep.append(len(timeline_t) - 1)

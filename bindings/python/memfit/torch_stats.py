@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
+from ._lib import check, lib
 from .allocator import Allocator
 
 _saved: Dict[str, Callable[..., Any]] = {}
@@ -69,7 +70,7 @@ def route_cuda_stats(alloc: Allocator) -> None:
         return nested_stats(alloc, device)
 
     def reset_peak_memory_stats(device: Any = None) -> None:
-        alloc.reset_peaks()
+        check(lib().mf_reset_peaks(alloc.handle, _device_index(device)), "resetting peaks")
 
     def reset_accumulated_memory_stats(device: Any = None) -> None:
         index = _device_index(device)

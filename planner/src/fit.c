@@ -1,0 +1,77 @@
+/* fit.c — fits every term of the model as intercept + slope * batch from the
+ * settings of one precision: the line through the points with two batch
+ * sizes, least squares with more. Lines are kept centred on the mean batch. */
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* Least squares over the settings listed in idx, of the value get(setting). */
+static _mfp_line fit_line(const mfp_profile *p, const size_t *idx, size_t n,
+                          double (*get)(const _mfp_setting *, size_t), size_t which) {
+  double mean_b = 0, mean_v = 0;
+  for (size_t k = 0; k < n; k++) {
+    mean_b += (double)p->settings[idx[k]].batch;
+    mean_v += get(&p->settings[idx[k]], which);
+  }
+  mean_b /= (double)n;
+  mean_v /= (double)n;
+  double sxy = 0, sxx = 0;
+  for (size_t k = 0; k < n; k++) {
+    double db = (double)p->settings[idx[k]].batch - mean_b;
+    sxy += db * (get(&p->settings[idx[k]], which) - mean_v);
+    sxx += db * db;
+  }
+  _mfp_line line = {mean_b, mean_v, sxx > 0 ? sxy / sxx : 0.0};
+  return line;
+}
+
+static double layer_value(const _mfp_setting *st, size_t which) { return st->layer_values[which]; }
+static double step_value(const _mfp_setting *st, size_t which) { return st->step_values[which]; }
+static double global_value(const _mfp_setting *st, size_t which) { return st->global_values[which]; }
+
+double _mfp_line_at(const _mfp_line *line, int64_t batch) {
+  return line->center_value + line->slope * ((double)batch - line->center_batch);
+}
+
+/* The settings of one precision, in profile order; MFP_ERR_PROFILE unless they
+ * span two batch sizes. */
+static mfp_status settings_of(const mfp_profile *p, mfp_precision precision, size_t *idx, size_t *n) {
+  *n = 0;
+  int64_t first_batch = -1;
+  bool two = false;
+  for (size_t i = 0; i < p->n_settings; i++) {
+    if (p->settings[i].precision != precision) continue;
+    idx[(*n)++] = i;
+    if (first_batch < 0) first_batch = p->settings[i].batch;
+    else two |= p->settings[i].batch != first_batch;
+  }
+  if (!two)
+    return _mfp_error(MFP_ERR_PROFILE,
+                      "settings: every %s setting has batch size %lld: fitting intercept + slope per term needs "
+                      "%s settings at two batch sizes or more",
+                      mfp_precision_name(precision), (long long)first_batch, mfp_precision_name(precision));
+  return MFP_OK;
+}
+
+mfp_status _mfp_fit_profile(mfp_profile *p) {
+  size_t *idx = malloc(p->n_settings * sizeof *idx), n;
+  if (!idx) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory fitting the profile");
+  mfp_status s = MFP_OK;
+  for (int k = 0; k < p->n_precisions && s == MFP_OK; k++) {
+    mfp_precision prec = p->precisions[k];
+    if ((s = settings_of(p, prec, idx, &n)) != MFP_OK) break;
+    p->layer_fit[prec] = malloc(p->n_layers * MFP_LAYER_TERMS * sizeof *p->layer_fit[prec]);
+    if (!p->layer_fit[prec]) {
+      s = _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory fitting the profile");
+      break;
+    }
+    for (size_t t = 0; t < p->n_layers * MFP_LAYER_TERMS; t++)
+      p->layer_fit[prec][t] = fit_line(p, idx, n, layer_value, t);
+    for (size_t t = 0; t < MFP_STEP_TERMS; t++) p->step_fit[prec][t] = fit_line(p, idx, n, step_value, t);
+    p->fitted[prec] = true;
+    if (prec == p->first_precision)
+      for (size_t t = 0; t < MFP_GLOBAL_TERMS; t++) p->global_fit[t] = fit_line(p, idx, n, global_value, t);
+  }
+  free(idx);
+  return s;
+}

@@ -1,0 +1,175 @@
+/* internal.h — what the planner's source files share and nothing outside them
+ * sees: the profile and plan structs, the fitted lines, the model at one batch
+ * size, the exact solver's interface. Grouped by the file that defines them. */
+#ifndef MEMFIT_PLAN_INTERNAL_H
+#define MEMFIT_PLAN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "memfit/plan.h"
+
+/* Limits that keep every int64 sum of the model far from overflow: a term is
+ * at most 16 TiB in magnitude, and a step sums fewer than 3 * 65536 + 16 of
+ * them (< 2^62). No device is near 16 TiB. */
+#define MFP_MAX_BYTES ((int64_t)1 << 44)
+#define MFP_MAX_LAYERS 65536
+/* Profile byte counts are read into doubles to be fitted: exact up to 2^53. */
+#define MFP_MAX_PROFILE_BYTES ((int64_t)1 << 53)
+#define MFP_MAX_BATCH_LIMIT ((int64_t)1 << 30)
+#define MFP_DEFAULT_MAX_BATCH 65536
+#define MFP_DEFAULT_HEADROOM 0.25 /* fragmentation allowance: see PLAN.md, "Headroom" */
+#define MFP_DEFAULT_FRONT_CAP 16384
+
+/* ---------------------------------------------------------------- errors.c */
+
+mfp_status _mfp_error(mfp_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+void _mfp_clear_error(void);
+/* "1.50 GiB" into buf. */
+const char *_mfp_format_bytes(int64_t bytes, char *buf, size_t len);
+double _mfp_now_seconds(void);
+
+/* --------------------------------------------------------------- profile.c */
+
+/* The measured value of every model term in one setting, before fitting. */
+enum { MFP_T_FPK, MFP_T_KEPT, MFP_T_OUT, MFP_T_BPK, MFP_T_BD, MFP_T_TF, MFP_T_TB, MFP_LAYER_TERMS };
+enum { MFP_S_LPK, MFP_S_LD, MFP_S_LBPK, MFP_S_LBD, MFP_S_TL, MFP_S_TLB, MFP_STEP_TERMS };
+enum { MFP_G_FIXED, MFP_G_OPK, MFP_G_OD, MFP_G_TO, MFP_GLOBAL_TERMS };
+
+typedef struct _mfp_setting {
+  int64_t batch;
+  mfp_precision precision;
+  int64_t peak_allocated;
+  double step_seconds;
+  double *layer_values; /* n_layers * MFP_LAYER_TERMS */
+  double step_values[MFP_STEP_TERMS];
+  double global_values[MFP_GLOBAL_TERMS];
+} _mfp_setting;
+
+/* value(b) = center_value + slope * (b - center_batch): centred, so that the
+ * fit reproduces a two-batch profile exactly. */
+typedef struct _mfp_line {
+  double center_batch, center_value, slope;
+} _mfp_line;
+
+struct mfp_profile {
+  size_t n_layers;
+  char **layer_names;
+  char *job, *device_name;
+  size_t n_settings;
+  _mfp_setting *settings;
+  int n_precisions;                        /* present, in the order of first appearance */
+  mfp_precision precisions[MFP_PRECISION_COUNT];
+  mfp_precision first_precision;           /* settings[0]'s: fixed and optimizer terms */
+  int64_t largest_batch;
+  bool fitted[MFP_PRECISION_COUNT];
+  _mfp_line *layer_fit[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
+  _mfp_line step_fit[MFP_PRECISION_COUNT][MFP_STEP_TERMS];
+  _mfp_line global_fit[MFP_GLOBAL_TERMS];
+};
+
+/* ------------------------------------------------------------------- fit.c */
+
+/* Fits every term of every precision; MFP_ERR_PROFILE when a precision has
+ * fewer than two distinct batch sizes. */
+mfp_status _mfp_fit_profile(mfp_profile *p);
+double _mfp_line_at(const _mfp_line *line, int64_t batch);
+
+/* ----------------------------------------------------------------- model.c */
+
+typedef struct _mfp_layer_terms {
+  int64_t fpk, kept, out, bpk, bd;
+  double tf, tb;
+} _mfp_layer_terms;
+
+typedef struct _mfp_step_terms {
+  int64_t lpk, ld, lbpk, lbd;
+  double tl, tlb;
+} _mfp_step_terms;
+
+/* Every term at one batch size, rounded to bytes (PLAN.md, "The memory model"). */
+typedef struct _mfp_model {
+  int64_t batch;
+  size_t n_layers;
+  _mfp_layer_terms *layer[MFP_PRECISION_COUNT]; /* NULL for a precision not profiled */
+  _mfp_step_terms step[MFP_PRECISION_COUNT];
+  int64_t fixed, opk, od;
+  double to;
+  bool in_range; /* every term within +-MFP_MAX_BYTES; else the batch does not fit */
+} _mfp_model;
+
+mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m);
+void _mfp_model_free(_mfp_model *m);
+/* Decisions must name precisions the model has. */
+void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulation *out);
+/* Would every batch below a fitting one fit too? (PLAN.md, "Search"). */
+bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int n_allowed);
+
+/* ----------------------------------------------------------------- solve.c */
+
+typedef struct _mfp_solve_request {
+  const _mfp_model *model;
+  const mfp_precision *allowed;
+  int n_allowed;
+  int64_t usable;      /* the peak must be <= usable */
+  bool timed;          /* false: only whether some plan fits */
+  uint32_t front_cap;
+} _mfp_solve_request;
+
+typedef struct _mfp_solve_result {
+  bool found;
+  bool exact;          /* no front was coarsened */
+  double step_seconds; /* the plan's, when timed */
+  int64_t peak_bytes;
+  size_t largest_front;
+  mfp_decision *decisions; /* caller's array of n_layers, filled when found */
+} _mfp_solve_result;
+
+/* The fastest plan (timed) or any plan (untimed) whose peak fits. */
+mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res);
+/* The fastest plan ignoring memory (no checkpoint, fastest precisions). */
+void _mfp_fastest_plan(const _mfp_model *m, const mfp_precision *allowed, int n_allowed,
+                       mfp_decision *out, double *step_seconds);
+
+/* ---------------------------------------------------------------- search.c */
+
+typedef struct _mfp_self_check {
+  int64_t batch;
+  mfp_precision precision;
+  int64_t measured, predicted;
+  double error;
+  double measured_seconds, predicted_seconds;
+} _mfp_self_check;
+
+typedef struct _mfp_baseline {
+  int64_t batch;  /* 0: not even batch 1 fits */
+  int64_t peak;   /* at that batch (at batch 1 when 0) */
+} _mfp_baseline;
+
+struct mfp_plan_result {
+  mfp_options opts;            /* resolved: precisions filled in */
+  mfp_plan_summary summary;
+  mfp_simulation sim;
+  size_t n_layers;
+  char **layer_names;
+  mfp_decision *decisions;
+  int64_t *kept_bytes;
+  double *recompute_seconds;
+  char *job;
+  int64_t largest_profiled_batch;
+  _mfp_baseline no_checkpoint, all_checkpoint;
+  size_t n_checks;
+  _mfp_self_check *checks;
+};
+
+/* ------------------------------------------------------------- options.c */
+
+/* Checks an options struct and fills in the default precisions. */
+mfp_status _mfp_options_resolve(const mfp_profile *p, const mfp_options *in, mfp_options *out);
+
+#endif /* MEMFIT_PLAN_INTERNAL_H */

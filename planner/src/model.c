@@ -1,0 +1,193 @@
+/* model.c — the memory model of planner/PLAN.md: every fitted term at one
+ * batch size in whole bytes, the simulator that walks one training step with
+ * a plan's decisions, and the check that feasibility is monotone in the batch. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* A byte term at batch b. Peak deltas, outputs and the fixed bytes are >= 0 by
+ * definition, so a fit extrapolated below zero is clamped there. */
+static int64_t bytes_at(const _mfp_line *line, int64_t batch, bool non_negative, bool *in_range) {
+  double v = _mfp_line_at(line, batch);
+  if (non_negative && v < 0) v = 0;
+  if (!(fabs(v) <= (double)MFP_MAX_BYTES)) {
+    *in_range = false;
+    return v < 0 ? -MFP_MAX_BYTES : MFP_MAX_BYTES;
+  }
+  return (int64_t)llround(v);
+}
+
+/* Times are >= 0: a fit extrapolated below zero is clamped. */
+static double seconds_at(const _mfp_line *line, int64_t batch) {
+  double v = _mfp_line_at(line, batch);
+  return v > 0 ? v : 0.0;
+}
+
+mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
+  *m = (_mfp_model){.batch = batch, .n_layers = p->n_layers, .in_range = true};
+  for (int k = 0; k < p->n_precisions; k++) {
+    mfp_precision prec = p->precisions[k];
+    _mfp_layer_terms *terms = malloc(p->n_layers * sizeof *terms);
+    if (!terms) {
+      _mfp_model_free(m);
+      return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory evaluating the model");
+    }
+    m->layer[prec] = terms;
+    for (size_t i = 0; i < p->n_layers; i++) {
+      const _mfp_line *f = p->layer_fit[prec] + i * MFP_LAYER_TERMS;
+      terms[i].fpk = bytes_at(&f[MFP_T_FPK], batch, true, &m->in_range);
+      terms[i].kept = bytes_at(&f[MFP_T_KEPT], batch, false, &m->in_range);
+      terms[i].out = bytes_at(&f[MFP_T_OUT], batch, true, &m->in_range);
+      terms[i].bpk = bytes_at(&f[MFP_T_BPK], batch, true, &m->in_range);
+      terms[i].bd = bytes_at(&f[MFP_T_BD], batch, false, &m->in_range);
+      terms[i].tf = seconds_at(&f[MFP_T_TF], batch);
+      terms[i].tb = seconds_at(&f[MFP_T_TB], batch);
+    }
+    const _mfp_line *s = p->step_fit[prec];
+    m->step[prec].lpk = bytes_at(&s[MFP_S_LPK], batch, true, &m->in_range);
+    m->step[prec].ld = bytes_at(&s[MFP_S_LD], batch, false, &m->in_range);
+    m->step[prec].lbpk = bytes_at(&s[MFP_S_LBPK], batch, true, &m->in_range);
+    m->step[prec].lbd = bytes_at(&s[MFP_S_LBD], batch, false, &m->in_range);
+    m->step[prec].tl = seconds_at(&s[MFP_S_TL], batch);
+    m->step[prec].tlb = seconds_at(&s[MFP_S_TLB], batch);
+  }
+  m->fixed = bytes_at(&p->global_fit[MFP_G_FIXED], batch, true, &m->in_range);
+  m->opk = bytes_at(&p->global_fit[MFP_G_OPK], batch, true, &m->in_range);
+  m->od = bytes_at(&p->global_fit[MFP_G_OD], batch, false, &m->in_range);
+  m->to = seconds_at(&p->global_fit[MFP_G_TO], batch);
+  return MFP_OK;
+}
+
+void _mfp_model_free(_mfp_model *m) {
+  for (int k = 0; k < MFP_PRECISION_COUNT; k++) {
+    free(m->layer[k]);
+    m->layer[k] = NULL;
+  }
+}
+
+typedef struct peak_tracker {
+  int64_t fixed, peak;
+  mfp_simulation *out;
+} peak_tracker;
+
+/* A window opening at `cur` with `transient` on top; the first maximum wins. */
+static void window_at(peak_tracker *pt, mfp_phase phase, int32_t layer, int64_t cur, int64_t transient) {
+  if (cur + transient <= pt->peak) return;
+  pt->peak = cur + transient;
+  pt->out->peak_phase = phase;
+  pt->out->peak_layer = layer;
+  pt->out->peak_kept_bytes = cur - pt->fixed;
+  pt->out->peak_transient_bytes = transient;
+}
+
+/* PLAN.md's walk, line by line. The step time is summed in the order the
+ * solver sums it, so both give the same double. */
+void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulation *out) {
+  *out = (mfp_simulation){.size = sizeof *out, .version = MFP_STRUCT_VERSION, .peak_phase = MFP_PHASE_START,
+                          .peak_layer = -1, .peak_fixed_bytes = m->fixed};
+  size_t n = m->n_layers;
+  peak_tracker pt = {m->fixed, m->fixed, out};
+  int64_t cur = m->fixed;
+  for (size_t i = 0; i < n; i++) {
+    const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
+    window_at(&pt, MFP_PHASE_FORWARD, (int32_t)i, cur, t->fpk);
+    cur += d[i].checkpoint ? t->out : t->kept;
+  }
+  const _mfp_step_terms *st = &m->step[d[n - 1].precision];
+  window_at(&pt, MFP_PHASE_LOSS, -1, cur, st->lpk);
+  cur += st->ld;
+  window_at(&pt, MFP_PHASE_LOSS_BACKWARD, -1, cur, st->lbpk);
+  cur += st->lbd;
+  for (size_t i = n; i-- > 0;) {
+    const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
+    if (d[i].checkpoint) {
+      window_at(&pt, MFP_PHASE_RECOMPUTE, (int32_t)i, cur, t->fpk);
+      cur += t->kept - t->out;
+    }
+    window_at(&pt, MFP_PHASE_BACKWARD, (int32_t)i, cur, t->bpk);
+    cur += t->bd;
+  }
+  window_at(&pt, MFP_PHASE_OPTIMIZER, -1, cur, m->opk);
+  cur += m->od;
+  out->peak_bytes = pt.peak;
+  out->end_bytes = cur;
+
+  double seconds = 0, recompute = 0;
+  for (size_t i = 0; i < n; i++) {
+    const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
+    double dt = t->tf + t->tb;
+    if (d[i].checkpoint) {
+      dt += t->tf;
+      recompute += t->tf;
+    }
+    seconds += dt;
+  }
+  seconds += st->tl;
+  seconds += st->tlb;
+  seconds += m->to;
+  out->step_seconds = seconds;
+  out->recompute_seconds = recompute;
+}
+
+/* Note [Monotone feasibility]: every peak candidate of the walk is a sum of
+ * terms (PLAN.md, "The exact search"): fixed; a prefix of K (kept or out); a
+ * transient (fpk, bpk, lpk, lbpk, opk) or a layer's local max(out + fpk,
+ * kept + bpk); ld; and the backward suffix ld + lbd + sum_{j>i} (kept_j + bd_j).
+ * When each of them is non-decreasing in the batch for every choice of
+ * precisions, so is the peak of every plan, and a batch that fits means every
+ * smaller one fits. Clamped terms (max(0, line)) are non-decreasing when their
+ * slope is >= 0. A suffix telescopes: a layer's backward frees the gradient of
+ * its output and makes the gradient of its input, so one layer's kept + bd may
+ * shrink with the batch (a head whose logits are wider than its input) while
+ * the suffix does not: the check takes the smallest slope of each suffix. */
+bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int n_allowed) {
+  if (p->global_fit[MFP_G_FIXED].slope < 0 || p->global_fit[MFP_G_OPK].slope < 0) return false;
+  size_t n = p->n_layers;
+  double suffix = INFINITY; /* smallest slope of ld + lbd + kept + bd of the last layer */
+  double loss_only = INFINITY;
+  for (int k = 0; k < n_allowed; k++) {
+    const _mfp_line *s = p->step_fit[allowed[k]];
+    if (s[MFP_S_LPK].slope < 0 || s[MFP_S_LD].slope < 0 || s[MFP_S_LBPK].slope < 0) return false;
+    const _mfp_line *f = p->layer_fit[allowed[k]] + (n - 1) * MFP_LAYER_TERMS;
+    double loss = s[MFP_S_LD].slope + s[MFP_S_LBD].slope;
+    if (loss < loss_only) loss_only = loss;
+    if (loss + f[MFP_T_KEPT].slope + f[MFP_T_BD].slope < suffix) suffix = loss + f[MFP_T_KEPT].slope + f[MFP_T_BD].slope;
+  }
+  if (loss_only < 0) return false; /* the suffix of the last layer's backward */
+  for (size_t i = n; i-- > 0;) {
+    double smallest_add = INFINITY;
+    for (int k = 0; k < n_allowed; k++) {
+      const _mfp_line *f = p->layer_fit[allowed[k]] + i * MFP_LAYER_TERMS;
+      if (f[MFP_T_FPK].slope < 0 || f[MFP_T_KEPT].slope < 0 || f[MFP_T_OUT].slope < 0 || f[MFP_T_BPK].slope < 0)
+        return false;
+      if (f[MFP_T_KEPT].slope + f[MFP_T_BD].slope < smallest_add) smallest_add = f[MFP_T_KEPT].slope + f[MFP_T_BD].slope;
+    }
+    if (i + 1 < n) suffix += smallest_add;
+    if (suffix < 0) return false; /* the suffix of layer i - 1's backward, or the optimizer's for i = 0 */
+  }
+  return true;
+}
+
+MFP_API mfp_status mfp_simulate(const mfp_profile *profile, int64_t batch, const mfp_decision *decisions,
+                                size_t n_layers, mfp_simulation *out) {
+  if (!profile || !decisions || !out) return _mfp_error(MFP_ERR_INVALID, "mfp_simulate: NULL argument");
+  if (n_layers != profile->n_layers)
+    return _mfp_error(MFP_ERR_INVALID, "mfp_simulate: %zu decisions for a profile of %zu layers", n_layers,
+                      profile->n_layers);
+  if (batch < 1 || batch > MFP_MAX_BATCH_LIMIT)
+    return _mfp_error(MFP_ERR_INVALID, "mfp_simulate: batch %lld out of range 1..%lld", (long long)batch,
+                      (long long)MFP_MAX_BATCH_LIMIT);
+  for (size_t i = 0; i < n_layers; i++) {
+    unsigned prec = (unsigned)decisions[i].precision;
+    if (prec >= MFP_PRECISION_COUNT || !profile->fitted[prec])
+      return _mfp_error(MFP_ERR_INVALID, "mfp_simulate: layer %zu (%s): precision %s is not in the profile", i,
+                        profile->layer_names[i], mfp_precision_name((mfp_precision)prec));
+  }
+  _mfp_model m;
+  mfp_status s = _mfp_model_eval(profile, batch, &m);
+  if (s != MFP_OK) return s;
+  _mfp_model_simulate(&m, decisions, out);
+  _mfp_model_free(&m);
+  return MFP_OK;
+}

@@ -1,0 +1,224 @@
+# test_cli.py — `python3 -m memfit profile|report` in child processes: a job
+# file written here profiles and validates; bad input exits 2 with one clear
+# line (argparse's usage block aside) and no traceback; `report --plot` writes
+# a PNG. The children of the first round run concurrently.
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import adapter_problem, describe, finish_python, start_python
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.needs_adapter  # profiling on CPU installs memfit as PyTorch's CPU allocator
+
+from memfit.profiling import Profile  # noqa: E402
+
+JOB_FILE = textwrap.dedent('''
+    import torch
+    import memfit
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.Linear(16, 32)
+            self.act = torch.nn.ReLU()
+            self.fc2 = torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+    def make():
+        torch.manual_seed(0)
+        return memfit.Job(
+            model=Net(),
+            make_batch=lambda b: (torch.randn(b, 16), torch.randint(0, 4, (b,))),
+            loss_fn=lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1]),
+            optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+        )
+
+    def other():
+        return 42
+
+    not_a_function = 3
+''')
+
+
+def _cases(d):
+    """name: (argv, the texts the single error line must hold; None: success). Each
+    failing case has its own --out, which must not appear."""
+    job = str(d / "job.py")
+
+    def profile(name, *args):
+        return ["profile", *args, "--out", str(d / f"{name}.out.json")]
+
+    return {
+        "ok": (["profile", "--job", f"{job}:make", "--batch-sizes", "2,4", "--steps", "1",
+                "--out", str(d / "profile.json")], None),
+        "no-colon": (profile("no-colon", "--job", job), ["--job", "expected FILE.py:FUNC"]),
+        "missing-file": (profile("missing-file", "--job", f"{d}/nowhere.py:make"), ["no such file", "nowhere.py"]),
+        "missing-function": (profile("missing-function", "--job", f"{job}:nothere"), ["has no function 'nothere'"]),
+        "not-callable": (profile("not-callable", "--job", f"{job}:not_a_function"), ["not_a_function", "callable"]),
+        "not-a-job": (profile("not-a-job", "--job", f"{job}:other"), ["other() returned int", "memfit.Job"]),
+        "missing-module": (profile("missing-module", "--job", "no_such_module_xyz:make"),
+                           ["cannot import module 'no_such_module_xyz'"]),
+        "bad-capacity": (profile("bad-capacity", "--job", f"{job}:make", "--capacity", "12 parsecs"),
+                         ["--capacity", "12 parsecs", "unknown unit"]),
+        "bad-batch-sizes": (profile("bad-batch-sizes", "--job", f"{job}:make", "--batch-sizes", "2,x"),
+                            ["--batch-sizes", "'2,x'", "integers"]),
+        "zero-batch-size": (profile("zero-batch-size", "--job", f"{job}:make", "--batch-sizes", "4,0"),
+                            ["--batch-sizes", "'4,0'", "positive"]),
+        "bad-precision": (profile("bad-precision", "--job", f"{job}:make", "--precisions", "fp8"),
+                          ["--precisions", "fp8"]),
+        "report-missing": (["report", str(d / "nowhere.json")], ["cannot read profile", "nowhere.json"]),
+        "report-not-a-profile": (["report", str(d / "other.json")], ["is not a memfit profile"]),
+        "out-dir-missing": (["profile", "--job", f"{job}:make", "--batch-sizes", "2", "--steps", "1",
+                             "--out", str(d / "no" / "such" / "dir.json"), "--quiet"], ["dir.json"]),
+        "capacity-too-small": (profile("capacity-too-small", "--job", f"{job}:make", "--capacity", "64KiB", "--quiet"),
+                               ["out of memory", "capacity 64.00 KiB"]),
+    }
+
+
+# Exit codes other than 2: a job that does not fit its capacity is "nothing fits" (3).
+EXIT_CODES = {"capacity-too-small": 3}
+
+# Each its own `python3 -m memfit` (the exit code through __main__); the argparse
+# ones exit before importing torch. The others share one child that calls
+# memfit.cli.main(argv) in turn (an uncaught exception counts as exit code 1
+# with its traceback, as the interpreter would): importing torch a dozen times
+# would cost most of this file's run time. capacity-too-small needs a fresh
+# allocator (a lowered capacity still lets cached segments serve).
+OWN_PROCESS = ("ok", "no-colon", "bad-capacity", "bad-batch-sizes", "zero-batch-size", "bad-precision",
+               "capacity-too-small")
+
+_DRIVER = textwrap.dedent("""
+    import contextlib, io, json, sys, traceback
+    from memfit import cli
+    results = {}
+    for name, argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = cli.main(argv)
+            except SystemExit as e:
+                rc = e.code
+            except BaseException:
+                rc = 1
+                traceback.print_exc()
+        results[name] = [rc, err.getvalue()]
+    print("RESULT " + json.dumps(results))
+""")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "job.py").write_text(JOB_FILE)
+    (d / "other.json").write_text(json.dumps({"format": "something-else", "version": 1}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def runs(workdir):
+    if adapter_problem():
+        pytest.skip(adapter_problem())
+    cases = _cases(workdir)
+    shared = [[name, argv] for name, (argv, _) in cases.items() if name not in OWN_PROCESS]
+    procs = {name: start_python(["-m", "memfit", *cases[name][0]], cwd=workdir) for name in OWN_PROCESS}
+    driver = finish_python(start_python(["-c", _DRIVER, json.dumps(shared)], cwd=workdir), timeout=180)
+    out = {name: finish_python(proc, timeout=180) for name, proc in procs.items()}
+    lines = [x for x in driver.stdout.splitlines() if x.startswith("RESULT ")]
+    assert lines, describe(driver)
+    for name, (rc, err) in json.loads(lines[-1][len("RESULT "):]).items():
+        out[name] = subprocess.CompletedProcess(["memfit.cli.main", name], rc, "", err)
+    return out
+
+
+def error_lines(stderr: str):
+    """stderr without argparse's usage block (a 'usage:' line and its indented continuation)."""
+    lines = stderr.strip().splitlines()
+    if lines and lines[0].startswith("usage:"):
+        i = 1
+        while i < len(lines) and lines[i].startswith(" "):
+            i += 1
+        lines = lines[i:]
+    return lines
+
+
+def test_profile_with_a_job_file(runs, workdir):
+    result = runs["ok"]
+    assert result.returncode == 0, describe(result)
+    assert f"profile written to {workdir / 'profile.json'}" in result.stdout
+    assert "fc1" in result.stdout and "peak by category" in result.stdout  # the report
+    prof = Profile.load(workdir / "profile.json")
+    prof.validate()
+    assert prof.data["job"] == f"{workdir / 'job.py'}:make"
+    assert prof.data["optimizer"] == "AdamW" and prof.data["steps"] == 1
+    assert [s["batch_size"] for s in prof.settings] == [2, 4]
+    for s in prof.settings:
+        assert [layer["name"] for layer in s["layers"]] == ["fc1", "act", "fc2"]
+        assert [layer["parameter_bytes"] for layer in s["layers"]] == [(16 * 32 + 32) * 4, 0, (32 * 4 + 4) * 4]
+        assert s["input_bytes"] >= s["batch_size"] * 16 * 4
+
+
+ERROR_CASES = [n for n in _cases(Path("/nowhere")) if n != "ok"]
+
+
+@pytest.mark.parametrize("name", ERROR_CASES)
+def test_bad_input_exits_2_with_one_line(runs, workdir, name):
+    result = runs[name]
+    wanted = _cases(workdir)[name][1]
+    assert result.returncode == EXIT_CODES.get(name, 2), describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, describe(result)
+    for text in wanted:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    assert not (workdir / f"{name}.out.json").exists()
+
+
+def test_report_writes_a_png(runs, workdir):
+    assert runs["ok"].returncode == 0, describe(runs["ok"])
+    png = workdir / "timeline.png"
+    plot = finish_python(start_python(["-m", "memfit", "report", str(workdir / "profile.json"), "--plot", str(png)]))
+    assert plot.returncode == 0, describe(plot)
+    assert f"timeline written to {png}" in plot.stdout
+    assert "setting: batch 4, fp32" in plot.stdout  # the largest batch by default
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_report_of_a_missing_setting(runs, workdir, capsys):
+    assert runs["ok"].returncode == 0, describe(runs["ok"])
+    from memfit import cli
+
+    assert cli.main(["report", str(workdir / "profile.json"), "--batch-size", "99"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "batch=99" in lines[0] and "2/fp32, 4/fp32" in lines[0], lines
+
+
+def test_job_file_with_a_dataclass_loads(tmp_path):
+    from memfit.job import Job, load_job
+
+    path = tmp_path / "dc_job.py"
+    path.write_text(textwrap.dedent('''
+        from __future__ import annotations
+        from dataclasses import dataclass
+        import torch, memfit
+
+        @dataclass
+        class Config:
+            width: int = 8
+
+        def make():
+            cfg = Config()
+            return memfit.Job(model=torch.nn.Sequential(torch.nn.Linear(cfg.width, 2)),
+                              make_batch=lambda b: (torch.randn(b, cfg.width), torch.randint(0, 2, (b,))),
+                              loss_fn=lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                              optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    '''))
+    assert isinstance(load_job(f"{path}:make"), Job)

@@ -1,0 +1,414 @@
+// test_planner_profile.cpp — the planner's inputs and outputs: profile errors
+// name the JSON path, option errors the key; the self-check reproduces a
+// profile made from the model; nothing fitting has its status; the plan JSON.
+#include "test_planner_util.h"
+
+using namespace planner_test;
+
+namespace {
+
+Synth small_synth(uint64_t seed = 7, int precisions = 2, int batch_sizes = 2, size_t layers = 5) {
+  std::mt19937_64 rng(seed);
+  SynthOptions so;
+  so.layers = layers;
+  so.precisions = precisions;
+  so.batch_sizes = batch_sizes;
+  so.negative_bd_slopes = true;
+  return make_synth(rng, so);
+}
+
+// Parses a profile that must fail; returns the message.
+std::string profile_error(const Json &profile, mfp_status want = MFP_ERR_PROFILE) {
+  mfp_profile *p = nullptr;
+  mfp_status s = mfp_profile_parse(profile.str().c_str(), &p);
+  EXPECT_EQ(s, want) << mfp_last_error();
+  EXPECT_EQ(p, nullptr);
+  mfp_profile_free(p);
+  return mfp_last_error();
+}
+
+std::string options_error(const std::string &json) {
+  mfp_options o;
+  EXPECT_EQ(mfp_options_parse_json(json.c_str(), &o), MFP_ERR_INVALID) << json;
+  return mfp_last_error();
+}
+
+bool starts_with(const std::string &s, const std::string &prefix) { return s.rfind(prefix, 0) == 0; }
+
+}  // namespace
+
+// ----------------------------------------------------------- self-check
+
+TEST(PlannerSelfCheck, ReproducesAProfileMadeFromTheModel) {
+  for (int batch_sizes : {2, 3}) {  // exact line through two points; least squares through three
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+      Synth synth = small_synth(seed, 3, batch_sizes, 8);
+      Profile profile = parse(synth_profile(synth).str());
+      ASSERT_TRUE(profile);
+      // Each setting's peak, simulated with no checkpoint in its precision, is the measured one.
+      for (const SynthPrecision &sp : synth.precisions)
+        for (int64_t b : synth.batches) {
+          int64_t measured;
+          synth_setting(synth, sp, b, &measured);
+          std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, sp.precision});
+          mfp_simulation sim;
+          ASSERT_EQ(mfp_simulate(profile.get(), b, d.data(), d.size(), &sim), MFP_OK);
+          EXPECT_EQ(sim.peak_bytes, measured) << "seed " << seed << " batch " << b;
+        }
+      // ... and at batches never profiled, the model is the generator's.
+      const SynthPrecision &sp = synth.precisions[1];
+      std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, sp.precision});
+      for (int64_t b : {5, 17, 100}) {
+        int64_t want;
+        synth_setting(synth, sp, b, &want);
+        mfp_simulation sim;
+        ASSERT_EQ(mfp_simulate(profile.get(), b, d.data(), d.size(), &sim), MFP_OK);
+        EXPECT_EQ(sim.peak_bytes, want) << "seed " << seed << " batch " << b;
+      }
+      mfp_options opts;
+      mfp_options_init(&opts);
+      opts.budget_bytes = 1ull << 40;
+      opts.max_batch = 64;
+      mfp_plan_result *raw = nullptr;
+      ASSERT_EQ(mfp_plan(profile.get(), &opts, &raw), MFP_OK) << mfp_last_error();
+      Plan plan(raw);
+      mfp_plan_summary sm;
+      mfp_plan_get_summary(plan.get(), &sm);
+      EXPECT_EQ(sm.model_error, 0.0);
+      EXPECT_EQ(sm.batch_size, 64);
+    }
+  }
+}
+
+TEST(PlannerSelfCheck, ReportsTheErrorOfAModelThatIsOff) {
+  Synth synth = small_synth();
+  Json profile = synth_profile(synth);
+  Json &setting = profile["settings"][1];
+  int64_t measured = setting["peak_allocated_bytes"].i;
+  setting["peak_allocated_bytes"] = Json((int64_t)(measured * 1.25));
+  Profile p = parse(profile.str());
+  mfp_options opts;
+  mfp_options_init(&opts);
+  opts.budget_bytes = 1ull << 40;
+  mfp_plan_result *raw = nullptr;
+  ASSERT_EQ(mfp_plan(p.get(), &opts, &raw), MFP_OK) << mfp_last_error();
+  Plan plan(raw);
+  mfp_plan_summary sm;
+  mfp_plan_get_summary(plan.get(), &sm);
+  EXPECT_NEAR(sm.model_error, 0.2, 1e-6);  // |m - 1.25 m| / 1.25 m
+}
+
+// ------------------------------------------------------------ profile errors
+
+TEST(PlannerProfile, MissingFieldNamesItsPath) {
+  Json profile = synth_profile(small_synth());
+  profile["settings"][1]["layers"][3]["forward"].erase("peak");
+  EXPECT_EQ(profile_error(profile), "settings[1].layers[3].forward.peak: missing");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][0].erase("loss_backward");
+  EXPECT_EQ(profile_error(profile), "settings[0].loss_backward: missing");
+
+  profile = synth_profile(small_synth());
+  profile.erase("settings");
+  EXPECT_EQ(profile_error(profile), "settings: missing");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][2]["layers"][0].erase("output_allocated_bytes");
+  EXPECT_EQ(profile_error(profile), "settings[2].layers[0].output_allocated_bytes: missing");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][0]["totals_allocated"].erase("temporary");
+  EXPECT_EQ(profile_error(profile), "settings[0].totals_allocated.temporary: missing");
+}
+
+TEST(PlannerProfile, MistypedFieldNamesItsPathAndType) {
+  Json profile = synth_profile(small_synth());
+  profile["settings"][0]["batch_size"] = Json("4");
+  EXPECT_EQ(profile_error(profile), "settings[0].batch_size: expected an integer, got a string");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][1]["layers"][2]["backward"]["end"] = Json(1.5);
+  EXPECT_EQ(profile_error(profile), "settings[1].layers[2].backward.end: expected an integer, got a number with a fraction");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][0]["layers"][1]["forward_seconds"] = Json("fast");
+  EXPECT_EQ(profile_error(profile), "settings[0].layers[1].forward_seconds: expected a number, got a string");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][0]["layers"] = Json::object();
+  EXPECT_EQ(profile_error(profile), "settings[0].layers: expected a list, got an object");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][0]["precision"] = Json("fp8");
+  EXPECT_EQ(profile_error(profile), "settings[0].precision: expected \"fp32\", \"bf16\" or \"fp16\", got \"fp8\"");
+
+  profile = synth_profile(small_synth());
+  profile["settings"][3]["fixed_bytes"] = Json(-1);
+  EXPECT_EQ(profile_error(profile), "settings[3].fixed_bytes: must be >= 0, got -1");
+}
+
+TEST(PlannerProfile, SettingsMustListTheSameLayers) {
+  Json profile = synth_profile(small_synth());
+  profile["settings"][2]["layers"][3]["name"] = Json("layers.x");
+  std::string e = profile_error(profile);
+  EXPECT_TRUE(starts_with(e, "settings[2].layers[3].name: \"layers.x\", but settings[0].layers[3] is \"layers.3\"")) << e;
+
+  profile = synth_profile(small_synth());
+  profile["settings"][1]["layers"].items.pop_back();
+  e = profile_error(profile);
+  EXPECT_TRUE(starts_with(e, "settings[1].layers: 4 layers, but settings[0] has 5")) << e;
+
+  profile = synth_profile(small_synth());
+  for (Json &s : profile["settings"].items) s["layers"][4]["name"] = Json("layers.1");
+  e = profile_error(profile);
+  EXPECT_TRUE(starts_with(e, "settings[0].layers[4].name: \"layers.1\" repeats layers[1]")) << e;
+}
+
+TEST(PlannerProfile, WindowsMustBeConsistent) {
+  Json profile = synth_profile(small_synth());
+  Json &w = profile["settings"][1]["layers"][2]["forward"];
+  w["peak"] = Json(w["start"].i - 1);
+  std::string e = profile_error(profile);
+  EXPECT_TRUE(starts_with(e, "settings[1].layers[2].forward.peak: ")) << e;
+  EXPECT_NE(e.find("is below start"), std::string::npos) << e;
+
+  profile = synth_profile(small_synth());
+  Json &b = profile["settings"][0]["layers"][1]["backward"];
+  b["start"] = Json(b["start"].i + 512);
+  b["peak"] = Json(b["peak"].i + 512);
+  b["end"] = Json(b["end"].i + 512);
+  e = profile_error(profile);
+  EXPECT_TRUE(starts_with(e, "settings[0].layers[1].backward.start: ")) << e;
+  EXPECT_NE(e.find("not where the previous window ended (layers[2].backward.end"), std::string::npos) << e;
+
+  profile = synth_profile(small_synth());
+  profile["settings"][0]["fixed_bytes"] = Json(profile["settings"][0]["fixed_bytes"].i + 1);
+  e = profile_error(profile);
+  EXPECT_TRUE(starts_with(e, "settings[0].layers[0].forward.start: ")) << e;
+  EXPECT_NE(e.find("fixed_bytes"), std::string::npos) << e;
+}
+
+TEST(PlannerProfile, TopLevelAndFitErrors) {
+  Json profile = synth_profile(small_synth());
+  profile["format"] = Json("memfit-trace");
+  EXPECT_EQ(profile_error(profile), "format: expected \"memfit-profile\", got \"memfit-trace\"");
+  profile = synth_profile(small_synth());
+  profile["version"] = Json(2);
+  EXPECT_EQ(profile_error(profile), "version: 2 is not supported (this planner reads version 1)");
+  profile = synth_profile(small_synth());
+  profile["settings"] = Json::array();
+  EXPECT_EQ(profile_error(profile), "settings: empty");
+  EXPECT_EQ(profile_error(Json(3)), "(root): expected an object, got an integer");
+
+  // One batch size for a precision: intercept and slope cannot be told apart.
+  Synth synth = small_synth(3, 2, 2);
+  profile = synth_profile(synth);
+  for (Json &s : profile["settings"].items)
+    if (s["precision"].s == mfp_precision_name(synth.precisions[1].precision)) s["batch_size"] = Json(synth.batches[0]);
+  std::string e = profile_error(profile);
+  EXPECT_TRUE(starts_with(e, std::string("settings: every ") + mfp_precision_name(synth.precisions[1].precision) +
+                                 " setting has batch size")) << e;
+
+  mfp_profile *p = nullptr;
+  EXPECT_EQ(mfp_profile_parse("{\"format\": ", &p), MFP_ERR_PROFILE);
+  EXPECT_TRUE(starts_with(mfp_last_error(), "profile: not valid JSON at line 1")) << mfp_last_error();
+  EXPECT_EQ(mfp_profile_parse("{\"a\": 1, \"a\": 2}", &p), MFP_ERR_PROFILE);
+  EXPECT_EQ(mfp_profile_load("/no/such/profile.json", &p), MFP_ERR_IO);
+  EXPECT_TRUE(starts_with(mfp_last_error(), "/no/such/profile.json: cannot open")) << mfp_last_error();
+  EXPECT_EQ(mfp_profile_parse(nullptr, &p), MFP_ERR_INVALID);
+  EXPECT_EQ(p, nullptr);
+}
+
+TEST(PlannerProfile, UnknownKeysAreIgnoredAndAccessorsWork) {
+  Synth synth = small_synth(11, 2);
+  Json profile = synth_profile(synth);
+  profile["settings"][0]["timeline"] = Json::array();
+  profile.set("comment", "extra keys are for other tools");
+  Profile p = parse(profile.str());
+  ASSERT_TRUE(p);
+  EXPECT_EQ(mfp_profile_layer_count(p.get()), 5u);
+  EXPECT_STREQ(mfp_profile_layer_name(p.get(), 4), "layers.4");
+  EXPECT_EQ(mfp_profile_layer_name(p.get(), 5), nullptr);
+  EXPECT_TRUE(mfp_profile_has_precision(p.get(), synth.precisions[0].precision));
+  EXPECT_TRUE(mfp_profile_has_precision(p.get(), synth.precisions[1].precision));
+  int present = 0;
+  for (int k = 0; k < MFP_PRECISION_COUNT; k++) present += mfp_profile_has_precision(p.get(), (mfp_precision)k);
+  EXPECT_EQ(present, 2);
+
+  std::vector<mfp_decision> d(4);
+  mfp_simulation sim;
+  EXPECT_EQ(mfp_simulate(p.get(), 1, d.data(), d.size(), &sim), MFP_ERR_INVALID);
+  EXPECT_NE(std::string(mfp_last_error()).find("4 decisions for a profile of 5 layers"), std::string::npos);
+  mfp_precision missing = MFP_FP32;
+  for (int k = 0; k < MFP_PRECISION_COUNT; k++)
+    if (!mfp_profile_has_precision(p.get(), (mfp_precision)k)) missing = (mfp_precision)k;
+  d.assign(5, mfp_decision{false, synth.precisions[0].precision});
+  d[2].precision = missing;
+  EXPECT_EQ(mfp_simulate(p.get(), 1, d.data(), d.size(), &sim), MFP_ERR_INVALID);
+  EXPECT_NE(std::string(mfp_last_error()).find("layer 2 (layers.2)"), std::string::npos) << mfp_last_error();
+  d[2].precision = synth.precisions[0].precision;
+  EXPECT_EQ(mfp_simulate(p.get(), 0, d.data(), d.size(), &sim), MFP_ERR_INVALID);
+  ASSERT_EQ(mfp_simulate(p.get(), 3, d.data(), d.size(), &sim), MFP_OK);
+  EXPECT_EQ(sim.size, sizeof sim);
+  EXPECT_EQ(sim.peak_fixed_bytes + sim.peak_kept_bytes + sim.peak_transient_bytes, sim.peak_bytes);
+}
+
+// ------------------------------------------------------------------ options
+
+TEST(PlannerOptions, SizesAreDecimalWithBinaryUnits) {
+  struct { const char *text; uint64_t bytes; } good[] = {
+      {"512", 512}, {"8GiB", 8ull << 30}, {"8g", 8ull << 30}, {"1.5G", 3ull << 29}, {"64 MiB", 64ull << 20},
+      {"2K", 2048}, {"3kib", 3072}, {"1T", 1ull << 40}, {"7B", 7}, {"0.5", 0}, {"  12M  ", 12ull << 20}};
+  for (auto &g : good) {
+    uint64_t v = 1;
+    EXPECT_EQ(mfp_parse_size(g.text, &v), MFP_OK) << g.text << ": " << mfp_last_error();
+    EXPECT_EQ(v, g.bytes) << g.text;
+  }
+  for (const char *bad : {"", "GiB", "-1G", "8GB", "1e9", "0x10", "8 GiB x", "1.2.3G", "99999999999999999999"}) {
+    uint64_t v;
+    EXPECT_EQ(mfp_parse_size(bad, &v), MFP_ERR_INVALID) << bad;
+    EXPECT_TRUE(starts_with(mfp_last_error(), "bad size '")) << mfp_last_error();
+  }
+}
+
+TEST(PlannerOptions, JsonKeysAndDefaults) {
+  mfp_options o;
+  ASSERT_EQ(mfp_options_parse_json("{\"budget\": \"8GiB\"}", &o), MFP_OK) << mfp_last_error();
+  EXPECT_EQ(o.budget_bytes, 8ull << 30);
+  EXPECT_EQ(o.objective, MFP_OBJECTIVE_MAX_BATCH);
+  EXPECT_EQ(o.max_batch, 65536);
+  EXPECT_DOUBLE_EQ(o.headroom, 0.25);
+  EXPECT_EQ(o.precision_count, 0);
+  ASSERT_EQ(mfp_options_parse_json("{\"budget\": 1000000, \"objective\": \"global-batch\", \"global_batch\": 96,"
+                                   " \"precisions\": [\"bf16\", \"fp32\"], \"max_batch\": 512, \"headroom\": 0}",
+                                   &o),
+            MFP_OK)
+      << mfp_last_error();
+  EXPECT_EQ(o.budget_bytes, 1000000u);
+  EXPECT_EQ(o.objective, MFP_OBJECTIVE_GLOBAL_BATCH);
+  EXPECT_EQ(o.global_batch, 96);
+  ASSERT_EQ(o.precision_count, 2);
+  EXPECT_EQ(o.precisions[0], MFP_BF16);
+  EXPECT_EQ(o.precisions[1], MFP_FP32);
+  EXPECT_EQ(o.max_batch, 512);
+  EXPECT_EQ(o.headroom, 0.0);
+}
+
+TEST(PlannerOptions, BadOptionsNameTheKey) {
+  struct { const char *json, *prefix; } cases[] = {
+      {"{\"budgte\": \"8GiB\"}", "budgte: unknown option"},
+      {"{}", "budget: missing"},
+      {"{\"budget\": \"8GB\"}", "budget: bad size '8GB': unknown unit"},
+      {"{\"budget\": 1.5}", "budget: expected an integer number of bytes or a size string"},
+      {"{\"budget\": -5}", "budget: must be positive"},
+      {"{\"budget\": \"32TiB\"}", "budget: "},
+      {"{\"budget\": \"8GiB\", \"objective\": \"fast\"}", "objective: unknown objective \"fast\""},
+      {"{\"budget\": \"8GiB\", \"objective\": 1}", "objective: expected"},
+      {"{\"budget\": \"8GiB\", \"objective\": \"global-batch\"}", "global_batch: "},
+      {"{\"budget\": \"8GiB\", \"global_batch\": 64}", "global_batch: given, but the objective is max-batch"},
+      {"{\"budget\": \"8GiB\", \"objective\": \"global-batch\", \"global_batch\": \"64\"}", "global_batch: expected an integer"},
+      {"{\"budget\": \"8GiB\", \"precisions\": \"bf16\"}", "precisions: expected a list"},
+      {"{\"budget\": \"8GiB\", \"precisions\": []}", "precisions: empty"},
+      {"{\"budget\": \"8GiB\", \"precisions\": [\"fp64\"]}", "precisions[0]: expected \"fp32\", \"bf16\" or \"fp16\""},
+      {"{\"budget\": \"8GiB\", \"precisions\": [\"bf16\", \"bf16\"]}", "precisions[1]: bf16 is listed twice"},
+      {"{\"budget\": \"8GiB\", \"max_batch\": 0}", "max_batch: must be in 1..2^30"},
+      {"{\"budget\": \"8GiB\", \"max_batch\": 1.5}", "max_batch: expected an integer"},
+      {"{\"budget\": \"8GiB\", \"headroom\": 1}", "headroom: must be a fraction in [0, 1)"},
+      {"{\"budget\": \"8GiB\", \"headroom\": \"3%\"}", "headroom: expected a number"},
+      {"[1]", "options: expected a JSON object"},
+      {"{\"budget\": ", "options: not valid JSON"},
+  };
+  for (auto &c : cases) {
+    std::string e = options_error(c.json);
+    EXPECT_TRUE(starts_with(e, c.prefix)) << c.json << " -> " << e;
+  }
+  mfp_options o;
+  mfp_options_init(&o);
+  o.budget_bytes = 1 << 30;
+  o.size = 8;  // a caller with another layout
+  Synth synth = small_synth();
+  Profile p = parse(synth_profile(synth).str());
+  mfp_plan_result *plan = nullptr;
+  EXPECT_EQ(mfp_plan(p.get(), &o, &plan), MFP_ERR_INVALID);
+  EXPECT_TRUE(starts_with(mfp_last_error(), "options: struct size 8")) << mfp_last_error();
+  EXPECT_EQ(plan, nullptr);
+}
+
+TEST(PlannerOptions, PrecisionNotInTheProfile) {
+  Synth synth = small_synth(5, 1);
+  mfp_precision other = synth.precisions[0].precision == MFP_BF16 ? MFP_FP16 : MFP_BF16;
+  std::string options = std::string("{\"budget\": \"1TiB\", \"precisions\": [\"") + mfp_precision_name(other) + "\"]}";
+  char *out = nullptr;
+  EXPECT_EQ(mfp_plan_json(synth_profile(synth).str().c_str(), options.c_str(), &out), MFP_ERR_INVALID);
+  EXPECT_EQ(out, nullptr);
+  EXPECT_TRUE(starts_with(mfp_last_error(), std::string("precisions: ") + mfp_precision_name(other) +
+                                                " is not in the profile (it has " +
+                                                mfp_precision_name(synth.precisions[0].precision) + ")"))
+      << mfp_last_error();
+}
+
+// ---------------------------------------------------------------- planning
+
+TEST(PlannerPlan, NothingFitsHasItsStatus) {
+  Synth synth = small_synth();
+  std::string profile = synth_profile(synth).str();
+  char *out = nullptr;
+  EXPECT_EQ(mfp_plan_json(profile.c_str(), "{\"budget\": 1024, \"headroom\": 0.03}", &out), MFP_ERR_NO_FIT);
+  EXPECT_EQ(out, nullptr);
+  std::string e = mfp_last_error();
+  EXPECT_TRUE(starts_with(e, "nothing fits: even batch 1 with everything checkpointed in the cheapest precision ("))
+      << e;
+  EXPECT_NE(e.find("> usable budget 993 B (993 bytes"), std::string::npos) << e;
+  EXPECT_STREQ(mfp_status_name(MFP_ERR_NO_FIT), "nothing fits");
+}
+
+TEST(PlannerPlan, JsonHasTheDocumentedKeys) {
+  Synth synth = small_synth(21, 2);
+  std::string profile = synth_profile(synth).str();
+  char *out = nullptr;
+  ASSERT_EQ(mfp_plan_json(profile.c_str(),
+                          "{\"budget\": \"1GiB\", \"objective\": \"global-batch\", \"global_batch\": 48, \"max_batch\": 32, "
+                          "\"headroom\": 0.03}",
+                          &out),
+            MFP_OK)
+      << mfp_last_error();
+  std::string json = out;
+  mfp_free(out);
+  for (const char *key :
+       {"\"format\": \"memfit-plan\"", "\"version\": 1", "\"batch_size\": ", "\"budget_bytes\": 1073741824",
+        "\"usable_bytes\": 1041529569", "\"headroom\": 0.03", "\"objective\": \"global-batch\"",
+        "\"predicted_peak_bytes\": ", "\"predicted_breakdown\": {", "\"fixed_bytes\": ", "\"kept_bytes\": ",
+        "\"transient_bytes\": ", "\"phase\": ", "\"layer\": ", "\"predicted_step_seconds\": ",
+        "\"predicted_recompute_seconds\": ", "\"recompute_overhead_percent\": ", "\"throughput_samples_per_second\": ",
+        "\"model_error\": 0", "\"self_check\": [", "\"measured\": ", "\"predicted\": ", "\"error\": ",
+        "\"grad_accumulation_steps\": ", "\"global_batch\": 48", "\"lr_scale\": {", "\"rule\": \"linear\"",
+        "\"suggestion\": true", "\"exact\": true", "\"monotone\": true", "\"baselines\": {", "\"no_checkpoint\": {",
+        "\"all_checkpoint\": {", "\"planning_seconds\": ", "\"layers\": [", "\"name\": \"layers.0\"",
+        "\"checkpoint\": ", "\"precision\": ", "\"recompute_seconds\": "})
+    EXPECT_NE(json.find(key), std::string::npos) << key << " not in\n" << json;
+}
+
+TEST(PlannerPlan, DefaultPrecisionsAreTheProfilesAndBaselinesUseTheFirst) {
+  Synth synth = small_synth(9, 3);
+  Profile p = parse(synth_profile(synth).str());
+  mfp_options o;
+  mfp_options_init(&o);
+  o.budget_bytes = 1ull << 40;
+  o.max_batch = 8;
+  mfp_plan_result *raw = nullptr;
+  ASSERT_EQ(mfp_plan(p.get(), &o, &raw), MFP_OK) << mfp_last_error();
+  Plan plan(raw);
+  mfp_plan_summary sm;
+  mfp_plan_get_summary(plan.get(), &sm);
+  EXPECT_EQ(sm.baseline_precision, synth.precisions[0].precision);  // settings[0]'s
+  EXPECT_EQ(sm.batch_size, 8);
+  EXPECT_EQ(sm.no_checkpoint_batch, 8);
+  EXPECT_EQ(sm.all_checkpoint_batch, 8);
+  EXPECT_EQ(sm.predicted_recompute_seconds, 0.0);  // everything fits: the fastest plan
+  mfp_plan_layer l;
+  EXPECT_EQ(mfp_plan_get_layer(plan.get(), 5, &l), MFP_ERR_INVALID);
+  ASSERT_EQ(mfp_plan_get_layer(plan.get(), 4, &l), MFP_OK);
+  EXPECT_STREQ(l.name, "layers.4");
+  EXPECT_FALSE(l.decision.checkpoint);
+}

@@ -1,0 +1,294 @@
+// test_planner_util.h — helpers shared by the planner's GoogleTest files: a
+// tiny JSON value (to write profiles and break them field by field), a
+// synthetic profile generated from the model itself, and owning handles.
+#ifndef MEMFIT_TEST_PLANNER_UTIL_H
+#define MEMFIT_TEST_PLANNER_UTIL_H
+
+#include <gtest/gtest.h>
+#include <memfit/plan.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace planner_test {
+
+// ------------------------------------------------------------- JSON value
+
+struct Json {
+  enum Kind { Null, Bool, Int, Real, String, Array, Object } kind = Null;
+  bool b = false;
+  int64_t i = 0;
+  double r = 0;
+  std::string s;
+  std::vector<Json> items;
+  std::vector<std::pair<std::string, Json>> fields;
+
+  Json() = default;
+  Json(int v) : kind(Int), i(v) {}
+  Json(int64_t v) : kind(Int), i(v) {}
+  Json(double v) : kind(Real), r(v) {}
+  Json(bool v) : kind(Bool), b(v) {}
+  Json(const char *v) : kind(String), s(v) {}
+  Json(std::string v) : kind(String), s(std::move(v)) {}
+  static Json object() { Json j; j.kind = Object; return j; }
+  static Json array() { Json j; j.kind = Array; return j; }
+
+  Json &set(const std::string &key, Json v) {
+    for (auto &f : fields)
+      if (f.first == key) { f.second = std::move(v); return *this; }
+    fields.emplace_back(key, std::move(v));
+    return *this;
+  }
+  Json &operator[](const std::string &key) {
+    for (auto &f : fields)
+      if (f.first == key) return f.second;
+    fields.emplace_back(key, Json());
+    return fields.back().second;
+  }
+  Json &operator[](size_t k) { return items[k]; }
+  void push(Json v) { items.push_back(std::move(v)); }
+  void erase(const std::string &key) {
+    fields.erase(std::remove_if(fields.begin(), fields.end(), [&](auto &f) { return f.first == key; }), fields.end());
+  }
+
+  void dump(std::ostringstream &o) const {
+    switch (kind) {
+    case Null: o << "null"; break;
+    case Bool: o << (b ? "true" : "false"); break;
+    case Int: o << i; break;
+    case Real: {
+      char buf[40];
+      snprintf(buf, sizeof buf, "%.17g", r);
+      std::string t = buf;
+      if (t.find_first_of(".eEn") == std::string::npos) t += ".0";
+      o << t;
+      break;
+    }
+    case String: o << '"' << s << '"'; break;
+    case Array:
+      o << '[';
+      for (size_t k = 0; k < items.size(); k++) {
+        if (k) o << ',';
+        items[k].dump(o);
+      }
+      o << ']';
+      break;
+    case Object:
+      o << '{';
+      for (size_t k = 0; k < fields.size(); k++) {
+        if (k) o << ',';
+        o << '"' << fields[k].first << "\":";
+        fields[k].second.dump(o);
+      }
+      o << '}';
+      break;
+    }
+  }
+  std::string str() const {
+    std::ostringstream o;
+    dump(o);
+    return o.str();
+  }
+};
+
+// ------------------------------------------------------- synthetic profiles
+
+// value(b) = a + s * b, integers for bytes so that the fits are exact.
+struct ByteLine { int64_t a = 0, s = 0; int64_t at(int64_t b) const { return a + s * b; } };
+struct TimeLine { double a = 0, s = 0; double at(int64_t b) const { return a + s * b; } };
+
+struct SynthLayer { ByteLine fpk, kept, out, bpk, bd; TimeLine tf, tb; };
+struct SynthPrecision {
+  mfp_precision precision;
+  std::vector<SynthLayer> layers;
+  ByteLine lpk, ld, lbpk, lbd;
+  TimeLine tl, tlb;
+};
+struct Synth {
+  std::vector<std::string> names;
+  std::vector<int64_t> batches;
+  std::vector<SynthPrecision> precisions;  // settings[0]'s precision first
+  ByteLine fixed, opk, od;
+  TimeLine to;
+};
+
+struct SynthOptions {
+  size_t layers = 4;
+  int precisions = 1;
+  int batch_sizes = 2;
+  bool negative_bd_slopes = false;  // bd may shrink with the batch (kept + bd may not)
+};
+
+// Random terms that make a valid profile: every window's peak is above its
+// start and end, every slope is >= 0 (except bd's and lbd's when asked, with
+// kept + bd and ld + lbd still >= 0), and what backward frees is bounded.
+inline Synth make_synth(std::mt19937_64 &rng, const SynthOptions &o) {
+  auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  auto real = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
+  Synth s;
+  for (size_t i = 0; i < o.layers; i++) s.names.push_back("layers." + std::to_string(i));
+  std::vector<int64_t> pool = {1, 2, 3, 4, 6, 8};
+  std::shuffle(pool.begin(), pool.end(), rng);
+  s.batches.assign(pool.begin(), pool.begin() + o.batch_sizes);
+  std::sort(s.batches.begin(), s.batches.end());
+  std::vector<mfp_precision> precs = {MFP_FP32, MFP_BF16, MFP_FP16};
+  std::shuffle(precs.begin(), precs.end(), rng);
+  s.fixed = {uni(200000, 400000), uni(0, 2000)};
+  s.od = {uni(0, 500), 0};
+  s.opk = {std::max<int64_t>(s.od.a, 0) + uni(0, 40000), uni(0, 200)};
+  s.to = {real(0.001, 0.01), real(0, 0.0005)};
+  for (int k = 0; k < o.precisions; k++) {
+    SynthPrecision p;
+    p.precision = precs[k];
+    for (size_t i = 0; i < o.layers; i++) {
+      SynthLayer l;
+      l.kept = {uni(0, 8000), uni(0, 3000)};
+      l.out = {uni(0, l.kept.a), uni(0, l.kept.s)};
+      if (uni(0, 5) == 0) l.out = {uni(0, 9000), uni(0, 3500)};  // an output larger than what it keeps
+      l.fpk = {l.kept.a + uni(0, 6000), l.kept.s + uni(0, 2500)};
+      l.bd = {uni(-l.kept.a - 2000, 3000), o.negative_bd_slopes ? uni(-l.kept.s, 300) : uni(0, 300)};
+      l.bpk = {std::max<int64_t>(l.bd.a, 0) + uni(0, 7000), std::max<int64_t>(l.bd.s, 0) + uni(0, 2500)};
+      l.tf = {real(0.0005, 0.01), real(0, 0.004)};
+      l.tb = {real(0.0005, 0.02), real(0, 0.008)};
+      p.layers.push_back(l);
+    }
+    p.ld = {uni(0, 600), uni(0, 50)};
+    p.lpk = {p.ld.a + uni(0, 9000), p.ld.s + uni(0, 1500)};
+    p.lbd = {uni(-500, 3000), o.negative_bd_slopes ? uni(-p.ld.s, 100) : uni(0, 100)};
+    p.lbpk = {std::max<int64_t>(p.lbd.a, 0) + uni(0, 9000), std::max<int64_t>(p.lbd.s, 0) + uni(0, 1500)};
+    p.tl = {real(0.0002, 0.003), real(0, 0.001)};
+    p.tlb = {real(0.0002, 0.003), real(0, 0.001)};
+    s.precisions.push_back(p);
+  }
+  return s;
+}
+
+inline Json window(int64_t start, int64_t delta_peak, int64_t delta_end) {
+  return Json::object().set("start", start).set("peak", start + delta_peak).set("end", start + delta_end);
+}
+
+inline Json totals() {
+  Json t = Json::object();
+  for (const char *k : {"parameter", "gradient", "optimizer_state", "activation", "temporary", "input", "other"})
+    t.set(k, 0);
+  return t;
+}
+
+// The model's own walk (no checkpoint) at batch b: the windows and their peak.
+inline Json synth_setting(const Synth &s, const SynthPrecision &p, int64_t b, int64_t *peak_out = nullptr) {
+  size_t n = s.names.size();
+  int64_t fixed = s.fixed.at(b), cur = fixed, peak = fixed;
+  auto track = [&](int64_t v) { peak = std::max(peak, v); };
+  Json layers = Json::array();
+  std::vector<Json> fwd(n), bwd(n);
+  for (size_t i = 0; i < n; i++) {
+    const SynthLayer &l = p.layers[i];
+    fwd[i] = window(cur, l.fpk.at(b), l.kept.at(b));
+    track(cur + l.fpk.at(b));
+    cur += l.kept.at(b);
+  }
+  Json loss = window(cur, p.lpk.at(b), p.ld.at(b));
+  track(cur + p.lpk.at(b));
+  cur += p.ld.at(b);
+  Json loss_backward = window(cur, p.lbpk.at(b), p.lbd.at(b));
+  track(cur + p.lbpk.at(b));
+  cur += p.lbd.at(b);
+  for (size_t i = n; i-- > 0;) {
+    const SynthLayer &l = p.layers[i];
+    bwd[i] = window(cur, l.bpk.at(b), l.bd.at(b));
+    track(cur + l.bpk.at(b));
+    cur += l.bd.at(b);
+  }
+  Json optimizer = window(cur, s.opk.at(b), s.od.at(b));
+  track(cur + s.opk.at(b));
+  double step = 0;
+  for (size_t i = 0; i < n; i++) {
+    const SynthLayer &l = p.layers[i];
+    step += l.tf.at(b) + l.tb.at(b);
+    layers.push(Json::object()
+                    .set("name", s.names[i])
+                    .set("type", "Block")
+                    .set("parameter_bytes", 1000)
+                    .set("gradient_bytes", 1000)
+                    .set("optimizer_state_bytes", 2000)
+                    .set("activation_bytes", l.kept.at(b))
+                    .set("output_bytes", l.out.at(b))
+                    .set("output_allocated_bytes", l.out.at(b))
+                    .set("forward_temporary_peak_bytes", l.fpk.at(b) - l.kept.at(b))
+                    .set("backward_temporary_peak_bytes", l.bpk.at(b))
+                    .set("forward_seconds", l.tf.at(b))
+                    .set("backward_seconds", l.tb.at(b))
+                    .set("forward", fwd[i])
+                    .set("backward", bwd[i]));
+  }
+  if (peak_out) *peak_out = peak;
+  return Json::object()
+      .set("batch_size", b)
+      .set("precision", mfp_precision_name(p.precision))
+      .set("peak_allocated_bytes", peak)
+      .set("peak_reserved_bytes", peak + 4096)
+      .set("peak_requested_bytes", peak)
+      .set("fixed_bytes", fixed)
+      .set("input_bytes", 64 * b)
+      .set("totals", totals())
+      .set("totals_allocated", totals())
+      .set("step_seconds", step + p.tl.at(b) + p.tlb.at(b) + s.to.at(b))
+      .set("loss", loss)
+      .set("loss_backward", loss_backward)
+      .set("optimizer", optimizer)
+      .set("loss_seconds", p.tl.at(b))
+      .set("loss_backward_seconds", p.tlb.at(b))
+      .set("optimizer_seconds", s.to.at(b))
+      .set("layers", layers);
+}
+
+inline Json synth_profile(const Synth &s) {
+  Json settings = Json::array();
+  for (const SynthPrecision &p : s.precisions)
+    for (int64_t b : s.batches) settings.push(synth_setting(s, p, b));
+  return Json::object()
+      .set("format", "memfit-profile")
+      .set("version", 1)
+      .set("memfit_version", "0.1.0")
+      .set("torch_version", "2.4.0")
+      .set("device", "cuda")
+      .set("device_name", "synthetic")
+      .set("job", "synthetic.py:build")
+      .set("optimizer", "AdamW")
+      .set("rounding_bytes", 512)
+      .set("warmup_steps", 1)
+      .set("steps", 2)
+      .set("settings", settings);
+}
+
+// ----------------------------------------------------------------- handles
+
+struct ProfileDeleter { void operator()(mfp_profile *p) const { mfp_profile_free(p); } };
+struct PlanDeleter { void operator()(mfp_plan_result *p) const { mfp_plan_free(p); } };
+using Profile = std::unique_ptr<mfp_profile, ProfileDeleter>;
+using Plan = std::unique_ptr<mfp_plan_result, PlanDeleter>;
+
+inline Profile parse(const std::string &json) {
+  mfp_profile *p = nullptr;
+  mfp_status s = mfp_profile_parse(json.c_str(), &p);
+  EXPECT_EQ(s, MFP_OK) << mfp_last_error();
+  return Profile(p);
+}
+
+// What mfp_plan computes as the usable bytes.
+inline int64_t usable_bytes(uint64_t budget, double headroom) {
+  return (int64_t)std::floor((double)budget * (1.0 - headroom));
+}
+
+}  // namespace planner_test
+
+#endif  // MEMFIT_TEST_PLANNER_UTIL_H
