@@ -16,13 +16,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# (job, budget, batch sizes profiled). Budgets are small enough that the GPT and
-# CNN need checkpointing to beat the no-checkpoint batch, and large enough that a
-# step at the planned batch stays within a few seconds on two cores.
+# (job, budget, batch sizes profiled, precisions profiled). Budgets are small
+# enough that the GPT and CNN need checkpointing to beat the no-checkpoint batch,
+# and large enough that a step at the planned batch stays within a few seconds on
+# two cores. The last case lets the planner mix fp32 and bf16 layers.
 CASES = [
-    ("memfit.models:gpt_job", "96MiB", "2,4"),
-    ("memfit.models:cnn_job", "64MiB", "4,8"),
-    ("memfit.models:mlp_job", "56MiB", "4,8"),
+    ("memfit.models:gpt_job", "96MiB", "2,4", "fp32"),
+    ("memfit.models:cnn_job", "64MiB", "4,8", "fp32"),
+    ("memfit.models:mlp_job", "56MiB", "4,8", "fp32"),
+    ("memfit.models:gpt_job", "96MiB", "2,4", "fp32,bf16"),
 ]
 
 
@@ -34,12 +36,14 @@ def run_memfit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-@pytest.mark.parametrize("job,budget,sizes", CASES, ids=[c[0].split(":")[1] for c in CASES])
+@pytest.mark.parametrize("job,budget,sizes,precisions", CASES,
+                         ids=[c[0].split(":")[1] + "-" + c[3].replace(",", "-") for c in CASES])
 def test_planned_batch_runs_within_budget_and_matches_prediction(tmp_path: Path, job: str, budget: str,
-                                                                 sizes: str) -> None:
+                                                                 sizes: str, precisions: str) -> None:
     plan_path, profile_path = tmp_path / "plan.json", tmp_path / "profile.json"
     planned = run_memfit("plan", "--job", job, "--device", "cpu", "--batch-sizes", sizes, "--budget", budget,
-                         "--out", str(plan_path), "--profile-out", str(profile_path), "--steps", "2")
+                         "--precisions", precisions, "--out", str(plan_path), "--profile-out", str(profile_path),
+                         "--steps", "2")
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(plan_path.read_text())
     assert plan["format"] == "memfit-plan" and plan["version"] == 1
@@ -49,6 +53,7 @@ def test_planned_batch_runs_within_budget_and_matches_prediction(tmp_path: Path,
     assert plan["batch_size"] >= plan["baselines"]["no_checkpoint"]["batch_size"]
     assert plan["batch_size"] >= plan["baselines"]["all_checkpoint"]["batch_size"]
     assert plan["predicted_peak_bytes"] <= plan["usable_bytes"] <= plan["budget_bytes"]
+    assert {layer["precision"] for layer in plan["layers"]} <= set(precisions.split(","))
 
     verified = run_memfit("verify", "--job", job, "--plan", str(plan_path), "--budget", budget, "--device", "cpu",
                           "--json", "--steps", "2")
