@@ -36,6 +36,10 @@ double _mfp_now_seconds(void);
 
 /* --------------------------------------------------------------- profile.c */
 
+/* "an object", "a list", ...: a JSON value's type for error messages (jansson's json_t). */
+struct json_t;
+const char *_mfp_json_type_name(const struct json_t *v);
+
 /* The measured value of every model term in one setting, before fitting. */
 enum { MFP_T_FPK, MFP_T_KEPT, MFP_T_OUT, MFP_T_BPK, MFP_T_BD, MFP_T_TF, MFP_T_TB, MFP_LAYER_TERMS };
 enum { MFP_S_LPK, MFP_S_LD, MFP_S_LBPK, MFP_S_LBD, MFP_S_TL, MFP_S_TLB, MFP_STEP_TERMS };

@@ -132,20 +132,6 @@ mfp_status _mfp_options_resolve(const mfp_profile *p, const mfp_options *in, mfp
   return MFP_OK;
 }
 
-static const char *json_type_name(const json_t *v) {
-  switch (json_typeof(v)) {
-  case JSON_OBJECT: return "an object";
-  case JSON_ARRAY: return "a list";
-  case JSON_STRING: return "a string";
-  case JSON_INTEGER: return "an integer";
-  case JSON_REAL: return "a number with a fraction";
-  case JSON_TRUE:
-  case JSON_FALSE: return "a boolean";
-  case JSON_NULL: return "null";
-  }
-  return "something else";
-}
-
 static mfp_status parse_budget(const json_t *v, mfp_options *o) {
   if (json_is_integer(v)) {
     json_int_t n = json_integer_value(v);
@@ -165,12 +151,12 @@ static mfp_status parse_budget(const json_t *v, mfp_options *o) {
     return MFP_OK;
   }
   return _mfp_error(MFP_ERR_INVALID, "budget: expected an integer number of bytes or a size string such as \"8GiB\", got %s",
-                    json_type_name(v));
+                    _mfp_json_type_name(v));
 }
 
 static mfp_status parse_precisions(const json_t *v, mfp_options *o) {
   if (!json_is_array(v)) return _mfp_error(MFP_ERR_INVALID, "precisions: expected a list such as [\"bf16\", \"fp32\"], got %s",
-                                           json_type_name(v));
+                                           _mfp_json_type_name(v));
   size_t n = json_array_size(v);
   if (n == 0) return _mfp_error(MFP_ERR_INVALID, "precisions: empty (leave it out for every precision of the profile)");
   if (n > MFP_PRECISION_COUNT) return _mfp_error(MFP_ERR_INVALID, "precisions: %zu entries, at most 3", n);
@@ -178,7 +164,7 @@ static mfp_status parse_precisions(const json_t *v, mfp_options *o) {
     const json_t *item = json_array_get(v, i);
     if (!json_is_string(item))
       return _mfp_error(MFP_ERR_INVALID, "precisions[%zu]: expected \"fp32\", \"bf16\" or \"fp16\", got %s", i,
-                        json_type_name(item));
+                        _mfp_json_type_name(item));
     const char *name = json_string_value(item);
     int found = -1;
     for (int p = 0; p < MFP_PRECISION_COUNT; p++)
@@ -192,7 +178,7 @@ static mfp_status parse_precisions(const json_t *v, mfp_options *o) {
 }
 
 static mfp_status parse_int(const json_t *v, const char *key, int64_t *out) {
-  if (!json_is_integer(v)) return _mfp_error(MFP_ERR_INVALID, "%s: expected an integer, got %s", key, json_type_name(v));
+  if (!json_is_integer(v)) return _mfp_error(MFP_ERR_INVALID, "%s: expected an integer, got %s", key, _mfp_json_type_name(v));
   *out = (int64_t)json_integer_value(v);
   return MFP_OK;
 }
@@ -202,7 +188,7 @@ static mfp_status parse_key(const char *key, const json_t *v, mfp_options *o) {
   if (strcmp(key, "objective") == 0) {
     if (!json_is_string(v))
       return _mfp_error(MFP_ERR_INVALID, "objective: expected \"max-batch\", \"throughput\" or \"global-batch\", got %s",
-                        json_type_name(v));
+                        _mfp_json_type_name(v));
     for (int k = 0; k <= MFP_OBJECTIVE_GLOBAL_BATCH; k++)
       if (strcmp(json_string_value(v), mfp_objective_name((mfp_objective)k)) == 0) {
         o->objective = (mfp_objective)k;
@@ -215,7 +201,7 @@ static mfp_status parse_key(const char *key, const json_t *v, mfp_options *o) {
   if (strcmp(key, "max_batch") == 0) return parse_int(v, key, &o->max_batch);
   if (strcmp(key, "precisions") == 0) return parse_precisions(v, o);
   if (strcmp(key, "headroom") == 0) {
-    if (!json_is_number(v)) return _mfp_error(MFP_ERR_INVALID, "headroom: expected a number, got %s", json_type_name(v));
+    if (!json_is_number(v)) return _mfp_error(MFP_ERR_INVALID, "headroom: expected a number, got %s", _mfp_json_type_name(v));
     o->headroom = json_number_value(v);
     return MFP_OK;
   }
@@ -233,7 +219,7 @@ MFP_API mfp_status mfp_options_parse_json(const char *json, mfp_options *o) {
                       err.text);
   mfp_status s = MFP_OK;
   if (!json_is_object(root)) {
-    s = _mfp_error(MFP_ERR_INVALID, "options: expected a JSON object, got %s", json_type_name(root));
+    s = _mfp_error(MFP_ERR_INVALID, "options: expected a JSON object, got %s", _mfp_json_type_name(root));
   } else {
     const char *key;
     json_t *value;

@@ -14,7 +14,7 @@
 
 #define PATH_LEN 256
 
-static const char *type_name(const json_t *v) {
+const char *_mfp_json_type_name(const json_t *v) {
   switch (json_typeof(v)) {
   case JSON_OBJECT: return "an object";
   case JSON_ARRAY: return "a list";
@@ -48,7 +48,7 @@ static mfp_status typed(const json_t *obj, const char *path, const char *key, js
   if (json_typeof(*out) == want) return MFP_OK;
   char at[PATH_LEN];
   join(at, path, key);
-  return _mfp_error(MFP_ERR_PROFILE, "%s: expected %s, got %s", at, want_name, type_name(*out));
+  return _mfp_error(MFP_ERR_PROFILE, "%s: expected %s, got %s", at, want_name, _mfp_json_type_name(*out));
 }
 
 static mfp_status get_string(const json_t *obj, const char *path, const char *key, const char **out) {
@@ -78,7 +78,7 @@ static mfp_status get_seconds(const json_t *obj, const char *path, const char *k
   if (s != MFP_OK) return s;
   char at[PATH_LEN];
   join(at, path, key);
-  if (!json_is_number(v)) return _mfp_error(MFP_ERR_PROFILE, "%s: expected a number, got %s", at, type_name(v));
+  if (!json_is_number(v)) return _mfp_error(MFP_ERR_PROFILE, "%s: expected a number, got %s", at, _mfp_json_type_name(v));
   double x = json_number_value(v);
   if (!isfinite(x) || x < 0) return _mfp_error(MFP_ERR_PROFILE, "%s: must be a finite number >= 0, got %g", at, x);
   *out = x;
@@ -206,7 +206,7 @@ static mfp_status parse_layers(mfp_profile *p, const json_t *setting, const char
     snprintf(at, sizeof at, "%.200s.layers[%zu]", path, i);
     json_t *layer = json_array_get(layers, i);
     if (!json_is_object(layer)) {
-      s = _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", at, type_name(layer));
+      s = _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", at, _mfp_json_type_name(layer));
       break;
     }
     s = parse_layer(layer, at, i, st, &fwd[i], &bwd[i]);
@@ -253,7 +253,7 @@ static mfp_status parse_setting(mfp_profile *p, const json_t *setting, size_t in
   char path[PATH_LEN];
   snprintf(path, sizeof path, "settings[%zu]", index);
   if (!json_is_object(setting))
-    return _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", path, type_name(setting));
+    return _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", path, _mfp_json_type_name(setting));
   _mfp_setting *st = &p->settings[index];
   mfp_status s;
   int64_t ignored, fixed;
@@ -311,7 +311,7 @@ static mfp_status check_unique_names(const mfp_profile *p) {
 
 static mfp_status parse_root(mfp_profile *p, const json_t *root) {
   if (!json_is_object(root))
-    return _mfp_error(MFP_ERR_PROFILE, "(root): expected an object, got %s", type_name(root));
+    return _mfp_error(MFP_ERR_PROFILE, "(root): expected an object, got %s", _mfp_json_type_name(root));
   mfp_status s;
   const char *text;
   int64_t version, ignored;

@@ -233,6 +233,24 @@ def read_string(fn, *args) -> str:
     return buf.value.decode(errors="replace")
 
 
+def load_json_file(path: "str | os.PathLike[str]", fmt: str, version: int, what: str) -> dict:
+    """A memfit JSON file (profile, plan): read, parsed, its format and version checked."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise MemfitError(f"memfit: cannot read {what} {path}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise MemfitError(f"memfit: {path} is not JSON: {e}") from e
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise MemfitError(f"memfit: {path} is not a memfit {what} (format is not {fmt!r})")
+    if data.get("version") != version:
+        raise MemfitError(f"memfit: {path} has {what} version {data.get('version')}; this memfit reads {version}")
+    return data
+
+
 def option_keys() -> list[str]:
     n = lib().mf_options_count()
     return [lib().mf_options_key(i).decode() for i in range(n)]

@@ -64,16 +64,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Plan":
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as e:
-            raise MemfitError(f"memfit: cannot read plan {path}: {e}") from e
-        except json.JSONDecodeError as e:
-            raise MemfitError(f"memfit: {path} is not JSON: {e}") from e
-        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise MemfitError(f"memfit: {path} is not a memfit plan (format is not {PLAN_FORMAT!r})")
-        if data.get("version") != PLAN_VERSION:
-            raise MemfitError(f"memfit: {path} has plan version {data.get('version')}; this memfit reads {PLAN_VERSION}")
+        data = _lib.load_json_file(path, PLAN_FORMAT, PLAN_VERSION, "plan")
         for i, layer in enumerate(data.get("layers", [])):
             for key in ("name", "checkpoint", "precision"):
                 if key not in layer:

@@ -10,13 +10,13 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import _lib
 from ._lib import CATEGORIES, MemfitError
-from .allocator import Allocator, layer_name, tag
+from .allocator import Allocator, tag
 from .install import current, install
 from .job import Job, load_job
 from .tracking import Tracker, move_parameters_into_memfit, storage_ptr, tensors_in
@@ -88,17 +88,7 @@ class Profile:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Profile":
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as e:
-            raise MemfitError(f"memfit: cannot read profile {path}: {e}") from e
-        except json.JSONDecodeError as e:
-            raise MemfitError(f"memfit: {path} is not JSON: {e}") from e
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise MemfitError(f"memfit: {path} is not a memfit profile (format is not {FORMAT!r})")
-        if data.get("version") != VERSION:
-            raise MemfitError(f"memfit: {path} has profile version {data.get('version')}; this memfit reads {VERSION}")
-        return cls(data)
+        return cls(_lib.load_json_file(path, FORMAT, VERSION, "profile"))
 
     def validate(self) -> None:
         """Check against the JSON schema (needs the jsonschema package)."""
@@ -350,7 +340,6 @@ def _final_tags(events: Sequence[_lib.TraceEvent]) -> Dict[int, int]:
 def _analyse(events, start_stats, start_categories, records: List[_StepRecord]) -> Dict[str, Any]:
     """Replay the trace: live bytes, window points and per-category timelines."""
     final = _final_tags(events)
-    ncat = len(CATEGORIES)
     cat_alloc = [start_categories[c]["bytes"]["current"] for c in CATEGORIES]
     cat_req = [start_categories[c]["requested"]["current"] for c in CATEGORIES]
     allocated = start_stats["allocated_bytes"]["current"]
