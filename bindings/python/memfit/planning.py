@@ -4,7 +4,6 @@ verify: run a plan for real under memfit with the budget as capacity."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import time
@@ -280,12 +279,3 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
         times.sort()
         result["step_seconds"] = times[len(times) // 2]
     return result
-
-
-@contextlib.contextmanager
-def applied(model: torch.nn.Module, the_plan: Union[Plan, str, Path]):
-    apply(model, the_plan)
-    try:
-        yield model
-    finally:
-        unapply(model)

@@ -124,7 +124,6 @@ class _Profiler:
             self._handles.append(m.register_forward_hook(self._forward_post(i)))
             self._handles.append(m.register_full_backward_pre_hook(self._backward_pre(i)))
         self.tracker.listeners.append(self._root_listener)
-        self.seen_forward: List[int] = []
 
     def close(self) -> None:
         for h in self._handles:
@@ -393,7 +392,7 @@ def _analyse(events, start_stats, start_categories, records: List[_StepRecord]) 
         if m["id"] == STEP_START:
             steps.append([])
         steps[-1].append(m)
-    ctx = {"events": events, "samples": samples, "alloc_of": alloc_of, "free_index": free_index, "final": final}
+    ctx = {"events": events, "samples": samples, "alloc_of": alloc_of, "free_index": free_index}
     return {"steps": [_step_windows(s, ctx) for s in steps], "ctx": ctx}
 
 
