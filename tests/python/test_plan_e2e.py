@@ -101,3 +101,15 @@ print(json.dumps({k: sorted(v) for k, v in phases.items()}))
     assert "recompute" in phases, phases
     assert set(phases["recompute"]) <= {"blocks.0", "blocks.1"}, phases["recompute"]
     assert {"blocks.0", "blocks.1"} <= set(phases["forward"])
+
+
+def test_blocks_are_the_units_the_planner_checkpoints() -> None:
+    """ModuleLists are expanded, a Sequential stage stays one block (checkpointed
+    whole), a model that is one Sequential is expanded into its children."""
+    sys.path.insert(0, str(REPO / "bindings" / "python"))
+    from memfit.models import CNN, GPT, MLP
+    from memfit.profiling import block_list
+
+    assert [n for n, _ in block_list(GPT(depth=2))] == ["embed", "blocks.0", "blocks.1", "ln_f", "head"]
+    assert [n for n, _ in block_list(CNN())] == ["stem", "stage1", "stage2", "stage3", "pool", "fc"]
+    assert [n for n, _ in block_list(MLP())] == [f"layers.{i}" for i in range(7)]

@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
                     help="max-batch (default), throughput, or global-batch=N")
     pl.add_argument("--plan-precisions", type=_precisions, help="precisions the plan may use (default: profiled)")
     pl.add_argument("--max-batch", type=int)
-    pl.add_argument("--headroom", type=float, help="fraction of the budget kept free (default 0.03)")
+    pl.add_argument("--headroom", type=float, help="fraction of the budget kept free for fragmentation (default 0.25)")
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")

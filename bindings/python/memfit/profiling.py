@@ -5,6 +5,7 @@ turn the trace into the profile that planner/PROFILE.md documents."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import statistics
 import time
@@ -23,7 +24,6 @@ from .tracking import Tracker, move_parameters_into_memfit, storage_ptr, tensors
 
 FORMAT, VERSION = "memfit-profile", 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
 
 # Mark ids in the trace. Layer marks add the layer's index.
 STEP_START, FORWARD_END, LOSS_END, BACKWARD_END, STEP_END = 1, 2, 3, 4, 5
@@ -32,23 +32,30 @@ TIMELINE_POINTS = 1500
 
 
 def block_list(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
-    """The model's blocks: its children, with Sequential / ModuleList / ModuleDict
-    containers expanded into their children, recursively (execution order is
-    settled by the forward pass, not by this list)."""
-    out: List[Tuple[str, torch.nn.Module]] = []
+    """The model's blocks, the units the planner checkpoints: the root's children,
+    with ModuleList / ModuleDict expanded into their children (they have no
+    forward of their own), recursively. An nn.Sequential stays one block (a CNN's
+    stage is checkpointed whole, keeping only its input, as Chen's segments do),
+    except when the blocks would be that one Sequential (a model that is a
+    Sequential): then its children are the blocks. Execution order is settled by
+    the forward pass, not by this list."""
 
-    def walk(prefix: str, module: torch.nn.Module) -> None:
+    def expand(prefix: str, module: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
+        out: List[Tuple[str, torch.nn.Module]] = []
         for name, child in module.named_children():
             path = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, CONTAINERS):
-                walk(path, child)
+            if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+                out.extend(expand(path, child))
             else:
                 out.append((path, child))
+        return out
 
-    walk("", model)
-    if not out:
+    blocks = expand("", model)
+    while len(blocks) == 1 and isinstance(blocks[0][1], torch.nn.Sequential):
+        blocks = expand(*blocks[0])
+    if not blocks:
         raise MemfitError(f"memfit.profile: the model ({type(model).__name__}) has no submodules to profile as layers")
-    return out
+    return blocks
 
 
 def to_device(obj: Any, device: str) -> Any:
@@ -234,6 +241,7 @@ def profile(
         job = load_job(job)
     job.check()
     prof = _Profiler(job, alloc, device)
+    optimizer_name = type(prof.optimizer).__name__
     settings = []
     try:
         for precision in precisions:
@@ -241,6 +249,8 @@ def profile(
                 settings.append(_measure(prof, b, precision, steps, warmup_steps))
     finally:
         prof.close()
+        del prof  # its hooks' closures form cycles: collect them so the model's memory goes now
+        gc.collect()
     names = [[layer["name"] for layer in s["layers"]] for s in settings]
     if any(n != names[0] for n in names):
         raise MemfitError("memfit.profile: the layers ran in a different order in different settings; cannot profile")
@@ -252,7 +262,7 @@ def profile(
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "job": job_name,
-        "optimizer": type(prof.optimizer).__name__,
+        "optimizer": optimizer_name,
         "rounding_bytes": 512,
         "warmup_steps": warmup_steps,
         "steps": steps,
