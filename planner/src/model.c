@@ -102,7 +102,10 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
   for (size_t i = n; i-- > 0;) {
     const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
     if (d[i].checkpoint) {
-      window_at(&pt, MFP_PHASE_RECOMPUTE, (int32_t)i, cur, t->fpk);
+      /* The recomputation runs on top of the layer's output, which is still alive:
+       * its transient is the forward's less that output (a second copy is never
+       * held at the peak), see PLAN.md. */
+      window_at(&pt, MFP_PHASE_RECOMPUTE, (int32_t)i, cur, t->fpk > t->out ? t->fpk - t->out : 0);
       cur += t->kept - t->out;
     }
     window_at(&pt, MFP_PHASE_BACKWARD, (int32_t)i, cur, t->bpk);
@@ -132,7 +135,7 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
 
 /* Note [Monotone feasibility]: every peak candidate of the walk is a sum of
  * terms (PLAN.md, "The exact search"): fixed; a prefix of K (kept or out); a
- * transient (fpk, bpk, lpk, lbpk, opk) or a layer's local max(out + fpk,
+ * transient (fpk, bpk, lpk, lbpk, opk) or a layer's local max(fpk, out,
  * kept + bpk); ld; and the backward suffix ld + lbd + sum_{j>i} (kept_j + bd_j).
  * When each of them is non-decreasing in the batch for every choice of
  * precisions, so is the peak of every plan, and a batch that fits means every

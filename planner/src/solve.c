@@ -11,7 +11,7 @@
 /* One decision for one layer, reduced to what the recurrence uses. */
 typedef struct option {
   int64_t kept;   /* K: bytes it keeps through the forward (its output when checkpointed) */
-  int64_t local;  /* its backward's peak above the prefix and suffix: max(out + fpk, kept + bpk) or kept + bpk */
+  int64_t local;  /* its backward's peak above the prefix and suffix: max(fpk, out, kept + bpk) or kept + bpk */
   int64_t add;    /* kept + bd: what it adds to the backward of every earlier layer */
   int64_t fpk;
   double dt;      /* tf + tb (+ tf when checkpointed) */
@@ -308,7 +308,9 @@ static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_opt
         option *o = &w->options[i * (size_t)n_options + (size_t)(2 * k + ckpt)];
         o->kept = ckpt ? x->out : x->kept;
         o->local = x->kept + x->bpk;
-        if (ckpt && x->out + x->fpk > o->local) o->local = x->out + x->fpk;
+        /* recompute: the output (in the prefix) plus the forward transient beyond it */
+        if (ckpt && x->fpk > o->local) o->local = x->fpk;
+        if (ckpt && x->out > o->local) o->local = x->out;
         o->add = x->kept + x->bd;
         o->fpk = x->fpk;
         o->dt = x->tf + x->tb;

@@ -20,7 +20,7 @@ from ._lib import CATEGORIES, MemfitError
 from .allocator import Allocator, tag
 from .install import current, install
 from .job import Job, load_job
-from .tracking import Tracker, move_parameters_into_memfit, storage_ptr, tensors_in
+from .tracking import Tracker, move_parameters_into_memfit, on_gradient_of_outputs, storage_ptr, tensors_in
 
 FORMAT, VERSION = "memfit-profile", 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -108,6 +108,7 @@ class Profile:
 class _StepRecord:
     marks: List[Tuple[int, int]] = field(default_factory=list)  # (mark id, C allocated bytes at the mark)
     outputs: Dict[int, List[Tuple[int, int]]] = field(default_factory=dict)  # layer -> [(storage ptr, nbytes)]
+    backward_marked: set = field(default_factory=set)  # layers whose backward window is open
     seconds: float = 0.0
 
 
@@ -129,7 +130,6 @@ class _Profiler:
         for i, (_, m) in enumerate(self.blocks):
             self._handles.append(m.register_forward_pre_hook(self._forward_pre(i)))
             self._handles.append(m.register_forward_hook(self._forward_post(i)))
-            self._handles.append(m.register_full_backward_pre_hook(self._backward_pre(i)))
         self.tracker.listeners.append(self._root_listener)
 
     def close(self) -> None:
@@ -161,12 +161,15 @@ class _Profiler:
             for t in tensors_in(output):
                 seen[storage_ptr(t)] = t.untyped_storage().nbytes()
             self.record.outputs[i] = list(seen.items())
+            on_gradient_of_outputs(output, self._backward_pre(i))
 
         return hook
 
     def _backward_pre(self, i: int):
-        def hook(module: torch.nn.Module, grad_output: Any) -> None:
-            self.mark(BACKWARD_MARK + i)
+        def hook(grad: Any) -> None:
+            if self.record is not None and i not in self.record.backward_marked:
+                self.record.backward_marked.add(i)
+                self.mark(BACKWARD_MARK + i)
 
         return hook
 
