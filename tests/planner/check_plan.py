@@ -15,21 +15,15 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 from typing import Any, List, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli_check  # noqa: E402  (tests/cli_check.py)
+
 
 def parse_args() -> Tuple[argparse.Namespace, List[str]]:
-    argv = sys.argv[1:]
-    if "--" not in argv:
-        sys.exit("check_plan.py: missing '--' before the command")
-    cut = argv.index("--")
-    parser = argparse.ArgumentParser(prog="check_plan.py")
-    parser.add_argument("--exit", type=int, default=0, help="expected exit status")
-    parser.add_argument("--stdout", action="append", default=[], help="regex stdout must match")
-    parser.add_argument("--stderr", action="append", default=[], help="regex stderr must match")
-    parser.add_argument("--stdin", help="file to feed on standard input")
+    parser = cli_check.command_parser("check_plan.py")
     parser.add_argument("--json", action="store_true", help="stdout is exactly one plan JSON object")
     parser.add_argument("--file", help="a plan JSON file the command must write")
     parser.add_argument("--field", action="append", default=[], metavar="PATH=VALUE",
@@ -37,8 +31,7 @@ def parse_args() -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--derive", nargs=2, metavar=("SRC", "DST"), help="write a changed copy of a profile")
     parser.add_argument("--delete", action="append", default=[], metavar="PATH")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=JSON")
-    parser.add_argument("--timeout", type=float, default=120)
-    return parser.parse_args(argv[:cut]), argv[cut + 1:]
+    return cli_check.parse(parser)
 
 
 def split_path(path: str) -> List[Any]:
@@ -116,22 +109,8 @@ def main() -> int:
     if args.file and os.path.exists(args.file):
         os.remove(args.file)
     problems: List[str] = []
-    stdin = open(args.stdin, "rb") if args.stdin else subprocess.DEVNULL
-    try:
-        run = subprocess.run(command, stdin=stdin, capture_output=True, timeout=args.timeout)
-    finally:
-        if args.stdin:
-            stdin.close()
-    out = run.stdout.decode(errors="replace")
-    err = run.stderr.decode(errors="replace")
-    if run.returncode != args.exit:
-        problems.append(f"exit status {run.returncode}, expected {args.exit}")
-    for pattern in args.stdout:
-        if not re.search(pattern, out, re.M):
-            problems.append(f"stdout does not match {pattern!r}")
-    for pattern in args.stderr:
-        if not re.search(pattern, err, re.M):
-            problems.append(f"stderr does not match {pattern!r}")
+    status, out, err = cli_check.run(args, command)
+    cli_check.match_output(args, status, out, err, problems)
 
     docs = []
     if args.json:
@@ -160,13 +139,7 @@ def main() -> int:
             {k: v for k, v in docs[1].items() if k != "planning_seconds"}:
         problems.append("the plan on stdout and the one written to the file differ")
 
-    if problems:
-        print("command:", " ".join(command))
-        print("problems:\n  " + "\n  ".join(problems))
-        print(f"--- stdout ---\n{out}--- stderr ---\n{err}")
-        return 1
-    print("ok")
-    return 0
+    return cli_check.report(command, problems, out, err)
 
 
 if __name__ == "__main__":

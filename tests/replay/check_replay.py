@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli_check  # noqa: E402  (tests/cli_check.py)
+
 SKIP = 77
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
-    argv = sys.argv[1:]
-    if "--" not in argv:
-        sys.exit("check_replay.py: missing '--' before the command")
-    cut = argv.index("--")
-    parser = argparse.ArgumentParser(prog="check_replay.py")
-    parser.add_argument("--exit", type=int, default=0, help="expected exit status")
-    parser.add_argument("--stdout", action="append", default=[], help="regex stdout must match")
-    parser.add_argument("--stderr", action="append", default=[], help="regex stderr must match")
-    parser.add_argument("--stdin", help="file to feed on standard input")
+    parser = cli_check.command_parser("check_replay.py")
     parser.add_argument("--json", action="store_true", help="stdout is exactly one JSON object")
     parser.add_argument("--invariants", action="store_true",
                         help="peak reserved >= allocated >= requested, and sane figures")
@@ -38,8 +34,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
                         help="a JSON field that must be present")
     parser.add_argument("--ldd-lacks", help="the command's executable must not load this library")
     parser.add_argument("--skip-if-stderr", help="regex: skip the test (exit 77) if stderr matches")
-    parser.add_argument("--timeout", type=float, default=120)
-    return parser.parse_args(argv[:cut]), argv[cut + 1:]
+    return cli_check.parse(parser)
 
 
 def check_invariants(doc: dict[str, Any], problems: list[str]) -> None:
@@ -73,26 +68,11 @@ def check_invariants(doc: dict[str, Any], problems: list[str]) -> None:
 def main() -> int:
     args, command = parse_args()
     problems: list[str] = []
-    stdin = open(args.stdin, "rb") if args.stdin else subprocess.DEVNULL
-    try:
-        run = subprocess.run(command, stdin=stdin, capture_output=True, timeout=args.timeout)
-    finally:
-        if args.stdin:
-            stdin.close()
-    out = run.stdout.decode(errors="replace")
-    err = run.stderr.decode(errors="replace")
-
+    status, out, err = cli_check.run(args, command)
     if args.skip_if_stderr and re.search(args.skip_if_stderr, err, re.M):
         print(f"skipped: {err.strip()}")
         return SKIP
-    if run.returncode != args.exit:
-        problems.append(f"exit status {run.returncode}, expected {args.exit}")
-    for pattern in args.stdout:
-        if not re.search(pattern, out, re.M):
-            problems.append(f"stdout does not match {pattern!r}")
-    for pattern in args.stderr:
-        if not re.search(pattern, err, re.M):
-            problems.append(f"stderr does not match {pattern!r}")
+    cli_check.match_output(args, status, out, err, problems)
 
     if args.json or args.invariants or args.field or args.has:
         try:
@@ -117,13 +97,7 @@ def main() -> int:
         if args.ldd_lacks in ldd.stdout:
             problems.append(f"{command[0]} loads {args.ldd_lacks}:\n{ldd.stdout}")
 
-    if problems:
-        print("command:", " ".join(command))
-        print("problems:\n  " + "\n  ".join(problems))
-        print(f"--- stdout ---\n{out}--- stderr ---\n{err}")
-        return 1
-    print("ok")
-    return 0
+    return cli_check.report(command, problems, out, err)
 
 
 if __name__ == "__main__":
