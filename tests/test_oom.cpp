@@ -104,7 +104,7 @@ std::string line_starting(const std::string &text, const std::string &word) {
 // ----------------------------------------------------------------- the ladder
 
 TEST(Oom, LadderReleasesACachedSegmentThatMakesRoom) {
-  Allocator a = create("backend:virtual,capacity:64MiB,large_segment:2MiB,merge_segments:false");
+  Allocator a = create("backend:virtual,vmm:off,capacity:64MiB,large_segment:2MiB,merge_segments:false");
   ASSERT_TRUE(a);
   must_free(a.get(), must_malloc(a.get(), 40 * MiB, kS1));
   // Stream 2 cannot use stream 1's cached 40 MiB, and 40 + 40 > 64.
@@ -121,7 +121,7 @@ TEST(Oom, LadderReleasesACachedSegmentThatMakesRoom) {
 }
 
 TEST(Oom, LadderReleasesSeveralCachedSegments) {
-  Allocator a = create("backend:virtual,capacity:64MiB,large_segment:2MiB,merge_segments:false");
+  Allocator a = create("backend:virtual,vmm:off,capacity:64MiB,large_segment:2MiB,merge_segments:false");
   ASSERT_TRUE(a);
   void *x = must_malloc(a.get(), 16 * MiB, kS1);
   void *y = must_malloc(a.get(), 16 * MiB, kS1);
@@ -141,7 +141,7 @@ TEST(Oom, LadderReleasesSeveralCachedSegments) {
 }
 
 TEST(Oom, LadderKeepsCachedSegmentsOfLiveBlocks) {
-  Allocator a = create("backend:virtual,capacity:64MiB,large_segment:2MiB,merge_segments:false");
+  Allocator a = create("backend:virtual,vmm:off,capacity:64MiB,large_segment:2MiB,merge_segments:false");
   ASSERT_TRUE(a);
   void *big = must_malloc(a.get(), 32 * MiB, kS1);
   must_free(a.get(), big);
@@ -160,7 +160,7 @@ TEST(Oom, LadderKeepsCachedSegmentsOfLiveBlocks) {
 TEST(Oom, PaddedSegmentFallsBackToTheRequestNearTheCapacity) {
   // large_segment pads a 3 MiB request to 20 MiB; with 20 of 30 MiB reserved
   // by another stream, the padding no longer fits but the request does.
-  Allocator a = create("backend:virtual,capacity:30MiB,large_segment:20MiB");
+  Allocator a = create("backend:virtual,vmm:off,capacity:30MiB,large_segment:20MiB");
   ASSERT_TRUE(a);
   void *p = must_malloc(a.get(), 3 * MiB, kS1);
   EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(20 * MiB));
@@ -182,7 +182,7 @@ class OomReport : public testing::Test {
   // Seven layers of 14, 12, ..., 2 MiB (56 MiB), and a 1000 B untagged block
   // whose 2 MiB small segment is reserved but mostly free: 58 MiB of 64.
   void SetUp() override {
-    a_ = create("backend:virtual,capacity:64MiB,large_segment:2MiB,merge_segments:false");
+    a_ = create("backend:virtual,vmm:off,capacity:64MiB,large_segment:2MiB,merge_segments:false");
     ASSERT_TRUE(a_);
     const mf_category cats[7] = {MF_CAT_PARAMETER,       MF_CAT_GRADIENT,  MF_CAT_ACTIVATION, MF_CAT_ACTIVATION,
                                  MF_CAT_OPTIMIZER_STATE, MF_CAT_TEMPORARY, MF_CAT_INPUT};
@@ -306,7 +306,7 @@ TEST_F(OomReport, MemoryReportDescribesTheDevice) {
 // ---------------------------------------------------------- injected failures
 
 TEST(Oom, InjectedMapFailures) {
-  Allocator a = create("backend:virtual,large_segment:2MiB,merge_segments:false");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false");
   ASSERT_TRUE(a);
   mf_backend *b = mf_allocator_backend(a.get());
   ASSERT_NE(b, nullptr);
@@ -338,8 +338,11 @@ TEST(Oom, InjectedMapFailures) {
 
 TEST(Oom, SimHooksRejectOtherBackends) {
   // A backend of our own: the sim hooks must not treat it as theirs.
-  static const mf_backend_ops ops = {"test-null", nullptr, nullptr, nullptr, nullptr, nullptr,
-                                     nullptr,     nullptr, nullptr, nullptr, nullptr};
+  static const mf_backend_ops ops = [] {
+    mf_backend_ops o{};  // every operation NULL
+    o.name = "test-null";
+    return o;
+  }();
   mf_backend own = {&ops};
   EXPECT_EQ(mf_backend_sim_fail_maps(&own, 1), MF_ERR_INVALID);
   EXPECT_EQ(mf_backend_sim_complete(&own, 0, 0), MF_ERR_INVALID);

@@ -97,8 +97,9 @@ struct EnvGuard {
 // ------------------------------------------------------------------ the table
 
 TEST(Options, TheTableListsEveryKeyWithHelp) {
-  const std::set<std::string> expected = {"backend",       "devices",        "capacity",  "max_split_size",
-                                          "large_segment", "large_split", "segment_round", "merge_segments", "event_log", "check"};
+  const std::set<std::string> expected = {"backend",       "devices",     "capacity",      "max_split_size",
+                                          "large_segment", "large_split", "segment_round", "merge_segments",
+                                          "vmm",           "vmm_granule", "event_log",     "check"};
   ASSERT_EQ(mf_options_count(), (int)expected.size());
   std::set<std::string> keys;
   for (int i = 0; i < mf_options_count(); i++) {
@@ -361,7 +362,7 @@ TEST(Options, AllocatorWithABadConfFailsCleanly) {
 TEST(Options, AllocatorCreateWithCopiesTheOptions) {
   Options o = fresh();
   ASSERT_TRUE(o);
-  ASSERT_EQ(mf_options_parse(o.get(), "capacity:64MiB,large_segment:8MiB"), MF_OK);
+  ASSERT_EQ(mf_options_parse(o.get(), "capacity:64MiB,large_segment:8MiB,vmm:off"), MF_OK);
   mf_backend *b = nullptr;
   ASSERT_EQ(mf_backend_virtual_create(2, 0, &b), MF_OK) << mf_last_error();
   mf_allocator *raw = nullptr;

@@ -22,9 +22,10 @@ using namespace memfit_test;
 constexpr size_t kRound = 512;
 constexpr size_t kSmallSegment = 2 * MiB;
 
-// With large_segment:2MiB and no merging, every large miss maps exactly
+// The segment policy (vmm:off; the page-mapped pools are in test_vmm.cpp):
+// with large_segment:2MiB and no merging, every large miss maps exactly
 // round_up(size, 2 MiB), so that reserved bytes and segment counts are exact.
-constexpr const char *kConf = "backend:virtual,large_segment:2MiB,merge_segments:false";
+constexpr const char *kConf = "backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false";
 
 // Cached bytes: reserved but not in live blocks.
 int64_t free_bytes(const mf_stats &s) { return s.reserved_bytes.current - s.allocated_bytes.current; }
@@ -114,7 +115,7 @@ TEST(Pools, LargeBlockKeepsARemainderAboveOneMiB) {
 }
 
 TEST(Pools, SegmentRoundSetsTheLargeSegmentGranularity) {
-  Allocator a = create("backend:virtual,capacity:1GiB,segment_round:64KiB,large_segment:0");
+  Allocator a = create("backend:virtual,vmm:off,capacity:1GiB,segment_round:64KiB,large_segment:0");
   ASSERT_TRUE(a);
   void *p = must_malloc(a.get(), 3 * MiB + 100);  // rounds to 3 MiB + 512, in a 3 MiB + 64 KiB segment
   ASSERT_NE(p, nullptr);
@@ -223,7 +224,7 @@ TEST(Pools, LargeRequestsGetTheirOwnSegments) {
 }
 
 TEST(Pools, LargeSegmentOptionIsTheMinimumLargeSegment) {
-  Allocator a = create("backend:virtual,large_segment:20MiB,merge_segments:false");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:20MiB,merge_segments:false");
   ASSERT_TRUE(a);
   void *p1 = must_malloc(a.get(), 3 * MiB);
   mf_stats s = stats(a.get());
@@ -431,7 +432,7 @@ TEST(Pools, CountsCacheHitsAndMisses) {
 // ------------------------------------------------------------ max_split_size
 
 TEST(Pools, MaxSplitSizeKeepsOversizeBlocksWhole) {
-  const char *conf = "backend:virtual,large_segment:2MiB,merge_segments:false,max_split_size:8MiB";
+  const char *conf = "backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false,max_split_size:8MiB";
   Allocator a = create(conf);
   ASSERT_TRUE(a);
   void *big = must_malloc(a.get(), 16 * MiB);
@@ -448,7 +449,7 @@ TEST(Pools, MaxSplitSizeKeepsOversizeBlocksWhole) {
 
 TEST(Pools, BlockOfExactlyMaxSplitSizeStillSplits) {
   // "cached blocks larger than this are never split": 8 MiB is not larger.
-  Allocator b = create("backend:virtual,large_segment:2MiB,merge_segments:false,max_split_size:8MiB");
+  Allocator b = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false,max_split_size:8MiB");
   ASSERT_TRUE(b);
   void *m = must_malloc(b.get(), 8 * MiB);
   must_free(b.get(), m);
@@ -461,7 +462,7 @@ TEST(Pools, BlockOfExactlyMaxSplitSizeStillSplits) {
 }
 
 TEST(Pools, OversizeBlockIsNotUsedForARequestBelowMaxSplitSize) {
-  Allocator a = create("backend:virtual,large_segment:2MiB,merge_segments:false,max_split_size:8MiB");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false,max_split_size:8MiB");
   ASSERT_TRUE(a);
   void *big = must_malloc(a.get(), 16 * MiB);
   must_free(a.get(), big);
@@ -473,7 +474,7 @@ TEST(Pools, OversizeBlockIsNotUsedForARequestBelowMaxSplitSize) {
 }
 
 TEST(Pools, OversizeBlockServesOnlyRequestsWithinTheSlack) {
-  Allocator a = create("backend:virtual,large_segment:2MiB,merge_segments:false,max_split_size:8MiB");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false,max_split_size:8MiB");
   ASSERT_TRUE(a);
   void *big = must_malloc(a.get(), 64 * MiB);
   must_free(a.get(), big);
@@ -490,7 +491,7 @@ TEST(Pools, OversizeBlockServesOnlyRequestsWithinTheSlack) {
 // ------------------------------------------------------------ merge_segments
 
 TEST(Pools, MergeSegmentsReplacesWhollyFreeSegmentsOnAMiss) {
-  const char *conf = "backend:virtual,large_segment:2MiB,merge_segments:true";
+  const char *conf = "backend:virtual,vmm:off,large_segment:2MiB,merge_segments:true";
   // A miss for 12 MiB with 4 + 6 MiB wholly free: both go, one 12 MiB segment comes.
   Allocator a = create(conf);
   ASSERT_TRUE(a);
@@ -521,7 +522,7 @@ TEST(Pools, MergeSegmentsReplacesWhollyFreeSegmentsOnAMiss) {
 }
 
 TEST(Pools, MergeSegmentsLeavesOversizeSegmentsAlone) {
-  Allocator a = create("backend:virtual,large_segment:2MiB,merge_segments:true,max_split_size:8MiB");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:true,max_split_size:8MiB");
   ASSERT_TRUE(a);
   free_both(a.get(), must_malloc(a.get(), 16 * MiB), must_malloc(a.get(), 4 * MiB));
   EXPECT_EQ(stats(a.get()).segments.current, 2);  // the 16 MiB one is oversize: cached whole
@@ -665,7 +666,7 @@ TEST(Pools, DeviceOutOfRangeFailsWithAMessage) {
 // ------------------------------------------------------------------ devices
 
 TEST(Pools, DevicesHaveIndependentPools) {
-  Allocator a = create("backend:virtual,large_segment:2MiB,merge_segments:false,devices:2");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false,devices:2");
   ASSERT_TRUE(a);
   ASSERT_EQ(mf_allocator_device_count(a.get()), 2);
   void *p0 = must_malloc(a.get(), 4 * MiB, 0, 0);

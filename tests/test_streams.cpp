@@ -15,7 +15,7 @@ namespace {
 using namespace memfit_test;
 
 constexpr uintptr_t kS1 = 0x1001, kS2 = 0x2002, kS3 = 0x3003;
-constexpr const char *kConf = "backend:virtual,large_segment:2MiB,merge_segments:false";
+constexpr const char *kConf = "backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false";  // segments: exact counts
 
 uintptr_t U(const void *p) { return reinterpret_cast<uintptr_t>(p); }
 
@@ -189,7 +189,7 @@ TEST(Streams, CompletingEveryStreamReleasesEveryDeferredFree) {
 }
 
 TEST(Streams, CompletionIsPerDevice) {
-  Allocator a = create("backend:virtual,large_segment:2MiB,merge_segments:false,devices:2");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false,devices:2");
   ASSERT_TRUE(a);
   void *p = must_malloc(a.get(), 4 * MiB, kS1, 1);
   record(a.get(), p, kS2);
@@ -268,7 +268,7 @@ TEST(Streams, DestroyForgetsLiveAndPendingBlocks) {
 }
 
 TEST(Streams, OomLadderWaitsForPendingEvents) {
-  Allocator a = create("backend:virtual,large_segment:2MiB,merge_segments:false,capacity:8MiB");
+  Allocator a = create("backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false,capacity:8MiB");
   ASSERT_TRUE(a);
   // On the same stream: after the wait the block itself may serve the request.
   void *p = must_malloc(a.get(), 6 * MiB, kS1);
@@ -292,7 +292,7 @@ TEST(Streams, OomLadderWaitsForPendingEvents) {
 }
 
 TEST(Streams, HostBackendDefersReuseToo) {
-  Allocator a = create("backend:host,large_segment:2MiB,merge_segments:false,capacity:64MiB");
+  Allocator a = create("backend:host,vmm:off,large_segment:2MiB,merge_segments:false,capacity:64MiB");
   ASSERT_TRUE(a);
   void *p = must_malloc(a.get(), 4 * MiB, kS1);
   ASSERT_NE(p, nullptr);

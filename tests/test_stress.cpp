@@ -1,6 +1,10 @@
 // test_stress.cpp — randomized stress of the caching core (fixed seeds, several
-// configs) against a shadow model: mf_check after every operation, no two live
-// blocks overlap, mf_block_info and the stats agree with the model.
+// configs, each with the page-mapped pools (vmm:on) and with segments (vmm:off))
+// against a shadow model: mf_check after every operation, no two live blocks
+// overlap, mf_block_info and the stats agree with the model, the backend's own
+// count of memory equals the allocator's reserved bytes, and on the host backend
+// every live block keeps the bytes written into it (a granule mapped twice, or
+// memory handed out twice, would overwrite another block's).
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
@@ -139,6 +143,9 @@ class Stress {
   uintptr_t gen_stream() { return kStreams[rng_.below(c_.streams)]; }
 
   static unsigned char pattern(uintptr_t ptr) { return (unsigned char)((ptr >> 9) * 31 + 7); }
+  // Touched bytes: one per 4 KiB page and the last, so that any page of a live
+  // block that another block shares is caught.
+  static constexpr size_t kTouchStride = 4096;
 
   void step() {
     uint64_t r = rng_.below(1000);
@@ -201,9 +208,9 @@ class Stress {
           << "block 0x" << std::hex << l.ptr << " overlaps live 0x" << prev->first;
     }
     if (c_.touch && size) {
-      size_t n = size < 256 ? size : 256;
-      memset(p, pattern(l.ptr), n);
-      memset(static_cast<char *>(p) + size - n, pattern(l.ptr), n);
+      unsigned char *b = static_cast<unsigned char *>(p);
+      for (size_t k = 0; k < size; k += kTouchStride) b[k] = pattern(l.ptr);
+      b[size - 1] = pattern(l.ptr);
     }
     m[l.ptr] = live_.size();
     live_.push_back(l);
@@ -212,14 +219,7 @@ class Stress {
   void free_at(size_t i) {
     Live l = live_[i];
     what_ = "free block of " + std::to_string(l.requested) + " bytes";
-    if (c_.touch && l.requested) {
-      size_t n = l.requested < 256 ? l.requested : 256;
-      const unsigned char *b = reinterpret_cast<const unsigned char *>(l.ptr);
-      for (size_t k = 0; k < n; k++) {
-        ASSERT_EQ(b[k], pattern(l.ptr)) << "block head overwritten at +" << k;
-        ASSERT_EQ(b[l.requested - n + k], pattern(l.ptr)) << "block tail overwritten";
-      }
-    }
+    if (c_.touch) check_bytes(l);
     ASSERT_EQ(mf_free(a_.get(), reinterpret_cast<void *>(l.ptr)), MF_OK) << mf_last_error();
     if (l.recorded) pending_bytes_[l.device] += (int64_t)l.requested;
     by_addr_[l.device].erase(l.ptr);
@@ -273,6 +273,14 @@ class Stress {
     EXPECT_EQ(mf_free(a_.get(), reinterpret_cast<void *>(0x40 + 512 * rng_.below(1000))), MF_ERR_INVALID);
   }
 
+  void check_bytes(const Live &l) {
+    if (!l.requested) return;
+    const unsigned char *b = reinterpret_cast<const unsigned char *>(l.ptr);
+    for (size_t k = 0; k < l.requested; k += kTouchStride)
+      ASSERT_EQ(b[k], pattern(l.ptr)) << "block 0x" << std::hex << l.ptr << " overwritten at +0x" << k;
+    ASSERT_EQ(b[l.requested - 1], pattern(l.ptr)) << "block 0x" << std::hex << l.ptr << " tail overwritten";
+  }
+
   uint64_t capacity(int device) { return mf_capacity(a_.get(), device); }
 
   void verify() {
@@ -297,7 +305,22 @@ class Stress {
       ASSERT_GE(s.reserved_bytes.current, s.allocated_bytes.current);
       ASSERT_LE(s.reserved_bytes.current, (int64_t)capacity(d));
       ASSERT_GE(s.requested_bytes.peak, s.requested_bytes.current);
+      // Reserved is what the backend really holds: with vmm, every granule it
+      // made is mapped, and nothing else.
+      uint64_t physical = 0, mapped = 0;
+      ASSERT_EQ(mf_backend_sim_usage(mf_allocator_backend(a_.get()), d, &physical, &mapped), MF_OK);
+      ASSERT_EQ((int64_t)physical, s.reserved_bytes.current) << "device " << d;
+      if (mf_allocator_granule(a_.get())) {
+        ASSERT_EQ((int64_t)mapped, s.reserved_bytes.current) << "device " << d;
+      }
     }
+    // With real memory, every live block still holds its bytes (a sweep every
+    // few operations and after each empty_cache).
+    if (c_.touch && (op_ % 16 == 0 || what_ == "empty_cache"))
+      for (const Live &l : live_) {
+        check_bytes(l);
+        if (testing::Test::HasFatalFailure()) return;
+      }
     // Every live block as the model has it (a full sweep every few operations:
     // blocks do not change between their own operations).
     if (op_ % 8 == 0 || live_.size() < 16) {
@@ -343,36 +366,43 @@ void run_config(const Config &c, bool expect_ooms) {
   else EXPECT_EQ(s.ooms(), 0) << c.name;
 }
 
-TEST(Stress, VirtualSmallBlocks) {
-  run_config({"virtual-small", "backend:virtual", 0x5EED0001, 1, 1, 64 * KiB, 300, false, false}, false);
+// Each configuration runs twice: page-mapped pools, then segments.
+void run_both(const char *test, Config c, bool expect_ooms, const char *vmm) {
+  std::string conf = std::string(c.conf) + ",vmm:" + vmm;
+  std::string name = std::string(c.name) + "-vmm-" + vmm;
+  c.conf = conf.c_str();
+  c.name = name.c_str();
+  SCOPED_TRACE(test);
+  run_config(c, expect_ooms);
 }
 
-TEST(Stress, VirtualLargeBlocksWithMaxSplitSize) {
-  run_config({"virtual-large", "backend:virtual,max_split_size:32MiB", 0x5EED0002, 1, 1, 96 * MiB, 120, false,
-              false},
-             false);
-}
+#define STRESS(test, expect_ooms, ...)                                                              \
+  TEST(Stress, test##Vmm) { run_both(#test, Config{__VA_ARGS__}, expect_ooms, "on"); }      \
+  TEST(Stress, test##Segments) { run_both(#test, Config{__VA_ARGS__}, expect_ooms, "off"); }
 
-TEST(Stress, VirtualLargeSegmentsWithoutMerging) {
-  run_config({"virtual-20MiB", "backend:virtual,large_segment:20MiB,merge_segments:false", 0x5EED0003, 1, 1,
-              24 * MiB, 150, false, false},
-             false);
-}
+STRESS(VirtualSmallBlocks, false, "virtual-small", "backend:virtual", 0x5EED0001, 1, 1, 64 * KiB, 300, false, false)
+STRESS(VirtualLargeBlocksWithMaxSplitSize, false, "virtual-large", "backend:virtual,max_split_size:32MiB",
+       0x5EED0002, 1, 1, 96 * MiB, 120, false, false)
+STRESS(VirtualLargeSegmentsWithoutMerging, false, "virtual-20MiB",
+       "backend:virtual,large_segment:20MiB,merge_segments:false", 0x5EED0003, 1, 1, 24 * MiB, 150, false, false)
+STRESS(VirtualTwoDevicesTwoStreams, false, "virtual-streams", "backend:virtual,devices:2", 0x5EED0004, 2, 2,
+       8 * MiB, 200, false, false)
+STRESS(VirtualSmallCapacityWithStreams, true, "virtual-oom", "backend:virtual,capacity:192MiB,max_split_size:24MiB",
+       0x5EED0005, 1, 3, 40 * MiB, 100, true, false)
+STRESS(HostSmallCapacity, true, "host-oom", "backend:host,capacity:96MiB,merge_segments:false", 0x5EED0006, 1, 2,
+       12 * MiB, 80, true, true)
 
-TEST(Stress, VirtualTwoDevicesTwoStreams) {
-  run_config({"virtual-streams", "backend:virtual,devices:2", 0x5EED0004, 2, 2, 8 * MiB, 200, false, false},
-             false);
-}
-
-TEST(Stress, VirtualSmallCapacityWithStreams) {
-  run_config({"virtual-oom", "backend:virtual,capacity:192MiB,max_split_size:24MiB", 0x5EED0005, 1, 3, 40 * MiB,
-              100, true, false},
+// vmm only: granules smaller than most requests, so that nearly every miss
+// stitches granules from several free blocks, on real memory and with streams.
+TEST(Stress, HostPageGranulesWithStreams) {
+  run_config({"host-4KiB", "backend:host,vmm:on,vmm_granule:4KiB,capacity:24MiB", 0x5EED0007, 1, 3, 3 * MiB, 120,
+              true, true},
              true);
 }
 
-TEST(Stress, HostSmallCapacity) {
-  run_config({"host-oom", "backend:host,capacity:96MiB,merge_segments:false", 0x5EED0006, 1, 2, 12 * MiB, 80, true,
-              true},
+TEST(Stress, VirtualTightCapacityTwoDevices) {
+  run_config({"virtual-64KiB", "backend:virtual,vmm:on,vmm_granule:64KiB,devices:2,capacity:64MiB", 0x5EED0008, 2,
+              3, 16 * MiB, 150, true, false},
              true);
 }
 

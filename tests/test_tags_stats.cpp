@@ -19,7 +19,7 @@ namespace {
 
 using namespace memfit_test;
 
-constexpr const char *kConf = "backend:virtual,large_segment:2MiB,merge_segments:false";
+constexpr const char *kConf = "backend:virtual,vmm:off,large_segment:2MiB,merge_segments:false";
 
 mf_tag_stats tag_stats(mf_allocator *a, mf_category c, uint32_t layer, int device = 0) {
   mf_tag_stats t;
@@ -486,7 +486,7 @@ TEST(TagsStats, PerTagAndPerCategoryStats) {
 }
 
 TEST(TagsStats, TagStatsArePerDevice) {
-  Allocator a = create("backend:virtual,devices:2,large_segment:2MiB,merge_segments:false");
+  Allocator a = create("backend:virtual,vmm:off,devices:2,large_segment:2MiB,merge_segments:false");
   ASSERT_TRUE(a);
   uint32_t layer = mf_layer_intern("tags.device.layer");
   void *p = mf_malloc_tagged(a.get(), 1, 4 * MiB, 0, mf_tag{layer, MF_CAT_GRADIENT, MF_PHASE_BACKWARD});
@@ -549,7 +549,7 @@ TEST(TagsStats, GlobalStatsWithPeaks) {
 }
 
 TEST(TagsStats, ResetPeaksOfEveryDevice) {
-  Allocator a = create("backend:virtual,devices:2,large_segment:2MiB,merge_segments:false");
+  Allocator a = create("backend:virtual,vmm:off,devices:2,large_segment:2MiB,merge_segments:false");
   ASSERT_TRUE(a);
   for (int d = 0; d < 2; d++) must_free(a.get(), must_malloc(a.get(), 4 * MiB, d));
   ASSERT_EQ(stats(a.get(), 1).allocated_bytes.peak, (int64_t)(4 * MiB));

@@ -51,7 +51,7 @@ static inline size_t round_up(size_t size, size_t to) { return (size + to - 1) /
 
 /* ------------------------------------------------------------ block metadata */
 
-static mf_block *block_new(mf_device *d) {
+mf_block *_mf_block_new(mf_device *d) {
   mf_block *b = d->spare_blocks;
   if (b) {
     d->spare_blocks = b->left;
@@ -69,7 +69,7 @@ static mf_block *block_new(mf_device *d) {
   return b;
 }
 
-static void block_recycle(mf_device *d, mf_block *b) {
+void _mf_block_recycle(mf_device *d, mf_block *b) {
   free(b->used_streams);
   memset(b, 0, sizeof *b);
   b->left = d->spare_blocks;
@@ -98,7 +98,7 @@ static mf_stream_pools *stream_pools(mf_device *d, uintptr_t stream) {
 }
 
 /* Put a segment on, or take it off, its pool's list of wholly free segments. */
-static void set_wholly_free(mf_segment *s, bool now) {
+void _mf_segment_set_free(mf_segment *s, bool now) {
   if (now == s->wholly_free) return;
   mf_pool *pool = s->pool;
   if (now) {
@@ -116,8 +116,22 @@ static void set_wholly_free(mf_segment *s, bool now) {
 }
 
 /* Keep the list in step with the segment's first block. */
-static void update_wholly_free(mf_segment *s) {
-  set_wholly_free(s, s->first->state == MF_BLOCK_FREE && s->first->size == s->size);
+void _mf_segment_update_free(mf_segment *s) {
+  _mf_segment_set_free(s, s->first->state == MF_BLOCK_FREE && s->first->size == s->size);
+}
+
+void _mf_segment_link(mf_device *d, mf_segment *s) {
+  s->prev = NULL;
+  s->next = d->segments;
+  if (d->segments) d->segments->prev = s;
+  d->segments = s;
+}
+
+void _mf_segment_unlink(mf_device *d, mf_segment *s) {
+  if (s->prev) s->prev->next = s->next;
+  else d->segments = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = NULL;
 }
 
 /* ---------------------------------------------------------------- segments */
@@ -127,32 +141,30 @@ static mf_status map_segment(mf_device *d, mf_pool *pool, size_t size, mf_segmen
   if (d->capacity && (uint64_t)d->stats.reserved_bytes.current + size > d->capacity)
     return _mf_error(MF_ERR_OOM, "capacity reached");
   mf_segment *s = calloc(1, sizeof *s);
-  mf_block *b = block_new(d);
+  mf_block *b = _mf_block_new(d);
   if (!s || !b) {
     free(s);
-    if (b) block_recycle(d, b);
+    if (b) _mf_block_recycle(d, b);
     return _mf_error(MF_ERR_HOST_MEMORY, "out of host memory for segment metadata");
   }
   uintptr_t addr = 0;
   mf_status st = a->backend->ops->map(a->backend, d->index, size, &addr);
   if (st != MF_OK) {
     free(s);
-    block_recycle(d, b);
+    _mf_block_recycle(d, b);
     return st;
   }
   s->addr = addr;
   s->size = size;
   s->pool = pool;
-  s->first = b;
-  s->next = d->segments;
-  if (d->segments) d->segments->prev = s;
-  d->segments = s;
+  s->first = s->last = b;
+  _mf_segment_link(d, s);
   b->addr = addr;
   b->size = size;
   b->segment = s;
   b->state = MF_BLOCK_FREE;
   _mf_index_insert(pool, b);
-  update_wholly_free(s);
+  _mf_segment_update_free(s);
   _mf_counter_add(&d->stats.reserved_bytes, (int64_t)size);
   _mf_counter_add(&d->stats.segments, 1);
   d->stats.segment_maps++;
@@ -168,15 +180,13 @@ static mf_status unmap_segment(mf_device *d, mf_segment *s) {
   if (st != MF_OK) return st; /* keep it cached: still consistent */
   mf_pool *pool = s->pool;
   _mf_index_remove(pool, s->first);
-  set_wholly_free(s, false);
-  if (s->prev) s->prev->next = s->next;
-  else d->segments = s->next;
-  if (s->next) s->next->prev = s->prev;
+  _mf_segment_set_free(s, false);
+  _mf_segment_unlink(d, s);
   _mf_counter_add(&d->stats.reserved_bytes, -(int64_t)s->size);
   _mf_counter_add(&d->stats.segments, -1);
   d->stats.segment_unmaps++;
   _mf_log_event(a, d->index, MF_LOG_SEGMENT_UNMAP, s->addr, s->size, s->size, pool->stream, (mf_tag){0});
-  block_recycle(d, s->first);
+  _mf_block_recycle(d, s->first);
   free(s);
   return MF_OK;
 }
@@ -193,7 +203,7 @@ static bool should_split(const mf_allocator *a, const mf_pool *pool, size_t bloc
 static mf_status take_block(mf_device *d, mf_pool *pool, mf_block *b, size_t size, size_t requested, mf_tag tag) {
   _mf_index_remove(pool, b);
   if (should_split(d->allocator, pool, b->size, size)) {
-    mf_block *rest = block_new(d); /* without metadata the block is simply not split */
+    mf_block *rest = _mf_block_new(d); /* without metadata the block is simply not split */
     if (rest) {
       rest->addr = b->addr + size;
       rest->size = b->size - size;
@@ -202,24 +212,24 @@ static mf_status take_block(mf_device *d, mf_pool *pool, mf_block *b, size_t siz
       rest->prev = b;
       rest->next = b->next;
       if (b->next) b->next->prev = rest;
+      else b->segment->last = rest;
       b->next = rest;
       b->size = size;
       _mf_index_insert(pool, rest);
     }
   }
   b->state = MF_BLOCK_LIVE;
+  _mf_segment_update_free(b->segment);
   b->requested = requested;
   if (!_mf_stats_reserve_layer(d, tag.layer)) tag.layer = 0; /* count it as "no layer" rather than fail */
   b->tag = tag;
-  update_wholly_free(b->segment);
   mf_status st = _mf_map_insert(&d->live, b);
   if (st != MF_OK) return st;
   _mf_stats_account(d, b, +1);
   return MF_OK;
 }
 
-/* Return a block to its pool, merged with free neighbours. */
-static void release_block(mf_device *d, mf_block *b) {
+void _mf_release_block(mf_device *d, mf_block *b) {
   mf_pool *pool = b->segment->pool;
   b->state = MF_BLOCK_FREE;
   b->requested = 0;
@@ -232,7 +242,8 @@ static void release_block(mf_device *d, mf_block *b) {
     prev->size += b->size;
     prev->next = b->next;
     if (b->next) b->next->prev = prev;
-    block_recycle(d, b);
+    else b->segment->last = prev;
+    _mf_block_recycle(d, b);
     b = prev;
   }
   mf_block *next = b->next;
@@ -241,10 +252,11 @@ static void release_block(mf_device *d, mf_block *b) {
     b->size += next->size;
     b->next = next->next;
     if (next->next) next->next->prev = b;
-    block_recycle(d, next);
+    else b->segment->last = b;
+    _mf_block_recycle(d, next);
   }
   _mf_index_insert(pool, b);
-  update_wholly_free(b->segment);
+  _mf_segment_update_free(b->segment);
 }
 
 /* Best fit under the oversize rules. */
@@ -258,8 +270,7 @@ static mf_block *find_block(const mf_allocator *a, const mf_pool *pool, size_t s
 
 /* ------------------------------------------------------------------ events */
 
-/* Complete the frees that waited on events; with wait, block until all have. */
-static void process_pending(mf_device *d, bool wait) {
+void _mf_process_pending(mf_device *d, bool wait) {
   mf_allocator *a = d->allocator;
   const mf_backend_ops *ops = a->backend->ops;
   mf_pending_event **link = &d->pending;
@@ -282,7 +293,7 @@ static void process_pending(mf_device *d, bool wait) {
     ops->event_destroy(a->backend, d->index, p->event);
     mf_block *b = p->block;
     free(p);
-    if (--b->pending_events == 0) release_block(d, b);
+    if (--b->pending_events == 0) _mf_release_block(d, b);
   }
 }
 
@@ -312,7 +323,7 @@ static uint64_t release_mergeable(mf_device *d, mf_pool *pool) {
  * On failure *status says whether it was an OOM or a backend/host failure. */
 static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *status) {
   mf_allocator *a = d->allocator;
-  size_t minimum = pool->small ? MF_SMALL_SEGMENT : round_up(size, a->segment_round);
+  size_t minimum = pool->small ? a->small_segment : round_up(size, a->segment_round);
   size_t wanted = minimum;
   if (!pool->small && size <= a->max_split_size) {
     wanted = round_up(size > a->large_segment ? size : a->large_segment, a->segment_round);
@@ -332,7 +343,7 @@ static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *
   }
   if (st == MF_ERR_OOM) {
     /* Step 3: wait for deferred frees, release everything cached, retry. */
-    process_pending(d, true);
+    _mf_process_pending(d, true);
     if (release_segments(d, 0, UINT64_MAX) > 0) d->stats.ladder_releases++;
     st = try_map(d, pool, wanted, minimum, &s);
   }
@@ -430,6 +441,7 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
   a->segment_round = (size_t)_mf_opt_u64(o, MF_OPT_SEGMENT_ROUND);
   a->merge_segments = _mf_opt_bool(o, MF_OPT_MERGE_SEGMENTS);
   a->check_every_op = _mf_opt_bool(o, MF_OPT_CHECK);
+  a->small_segment = MF_SMALL_SEGMENT;
   pthread_mutex_init(&a->report_lock, NULL);
   pthread_mutex_init(&a->log_lock, NULL);
   uint64_t capacity = _mf_opt_u64(o, MF_OPT_CAPACITY);
@@ -443,6 +455,13 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
     d->stats.version = MF_STATS_VERSION;
     d->capacity = capacity;
     if (!capacity && backend->ops->total_memory(backend, i, &d->capacity) != MF_OK) d->capacity = 0;
+  }
+  mf_status vst = _mf_vmm_setup(a);
+  if (vst != MF_OK) {
+    char why[1024];
+    snprintf(why, sizeof why, "%s", mf_last_error());
+    mf_allocator_destroy(a);
+    return _mf_error(vst, "%s", why);
   }
   const char *log_path = _mf_opt_str(o, MF_OPT_EVENT_LOG);
   if (*log_path) {
@@ -467,10 +486,11 @@ MF_API void mf_allocator_destroy(mf_allocator *a) {
       a->backend->ops->event_destroy(a->backend, i, p->event);
       free(p);
     }
+    if (a->granule) _mf_vmm_destroy_device(d); /* unmaps every segment, keeps their metadata */
     while (d->segments) {
       mf_segment *s = d->segments;
       d->segments = s->next;
-      a->backend->ops->unmap(a->backend, i, s->addr, s->size);
+      if (!a->granule) a->backend->ops->unmap(a->backend, i, s->addr, s->size);
       for (mf_block *b = s->first; b;) {
         mf_block *next = b->next;
         free(b->used_streams);
@@ -486,6 +506,7 @@ MF_API void mf_allocator_destroy(mf_allocator *a) {
     }
     for (int j = 0; j < d->stream_count; j++) free(d->streams[j]);
     free(d->streams);
+    free(d->spare_handles);
     _mf_map_free(&d->live);
     free(d->tag_stats);
     pthread_mutex_unlock(&d->lock);
@@ -504,6 +525,7 @@ MF_API void mf_allocator_destroy(mf_allocator *a) {
 
 MF_API int mf_allocator_device_count(const mf_allocator *a) { return a ? a->device_count : 0; }
 MF_API const mf_options *mf_allocator_options(const mf_allocator *a) { return a ? a->options : NULL; }
+MF_API size_t mf_allocator_granule(const mf_allocator *a) { return a ? a->granule : 0; }
 MF_API mf_backend *mf_allocator_backend(mf_allocator *a) { return a ? a->backend : NULL; }
 
 /* --------------------------------------------------------- malloc and free */
@@ -555,7 +577,7 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
   size_t rounded = size ? round_up(size, MF_ROUND) : MF_ROUND; /* 0 bytes: a unique smallest block */
   mf_device *d = &a->devices[device];
   pthread_mutex_lock(&d->lock);
-  if (d->pending_count) process_pending(d, false);
+  if (d->pending_count) _mf_process_pending(d, false);
   void *result = NULL;
   mf_stream_pools *sp = stream_pools(d, stream);
   if (!sp) {
@@ -563,12 +585,14 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
     goto out;
   }
   mf_pool *pool = rounded <= MF_SMALL_REQUEST ? &sp->small : &sp->large;
-  mf_block *b = find_block(a, pool, rounded);
+  mf_block *b = NULL;
+  if (a->granule && pool->small && (b = _mf_vmm_fragment(&sp->large, rounded))) pool = &sp->large;
+  if (!b) b = find_block(a, pool, rounded);
   if (b) {
     d->stats.cache_hits++;
   } else {
     mf_status st;
-    b = grow_pool(d, pool, rounded, &st);
+    b = a->granule ? _mf_vmm_grow(d, pool, rounded, &st) : grow_pool(d, pool, rounded, &st);
     if (!b) {
       if (st == MF_ERR_OOM) record_oom(d, rounded, size, stream); /* else the backend's message stands */
       goto out;
@@ -576,7 +600,7 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
     d->stats.cache_misses++;
   }
   if (take_block(d, pool, b, rounded, size, tag) != MF_OK) {
-    release_block(d, b);
+    _mf_release_block(d, b);
     goto out;
   }
   d->stats.allocs++;
@@ -644,7 +668,7 @@ MF_API mf_status mf_free(mf_allocator *a, void *ptr) {
     b->state = MF_BLOCK_PENDING;
     d->stats.deferred_frees++;
   } else {
-    release_block(d, b);
+    _mf_release_block(d, b);
   }
   after_operation(d);
   pthread_mutex_unlock(&d->lock);
@@ -682,8 +706,9 @@ MF_API mf_status mf_empty_cache(mf_allocator *a) {
   for (int i = 0; i < a->device_count; i++) {
     mf_device *d = &a->devices[i];
     pthread_mutex_lock(&d->lock);
-    process_pending(d, true);
-    release_segments(d, 0, UINT64_MAX);
+    _mf_process_pending(d, true);
+    if (a->granule) _mf_vmm_release_cached(d);
+    else release_segments(d, 0, UINT64_MAX);
     after_operation(d);
     pthread_mutex_unlock(&d->lock);
   }

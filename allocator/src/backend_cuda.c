@@ -49,6 +49,18 @@ typedef CUresult(CUDAAPI *pfn_cuEventSynchronize)(CUevent);
 typedef CUresult(CUDAAPI *pfn_cuEventDestroy)(CUevent);
 typedef CUresult(CUDAAPI *pfn_cuGetErrorName)(CUresult, const char **);
 typedef CUresult(CUDAAPI *pfn_cuGetErrorString)(CUresult, const char **);
+/* Virtual memory management (vmm): optional, CUDA >= 10.2 drivers. */
+typedef CUresult(CUDAAPI *pfn_cuDeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
+typedef CUresult(CUDAAPI *pfn_cuMemGetAllocationGranularity)(size_t *, const CUmemAllocationProp *,
+                                                             CUmemAllocationGranularity_flags);
+typedef CUresult(CUDAAPI *pfn_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
+                                           unsigned long long);
+typedef CUresult(CUDAAPI *pfn_cuMemRelease)(CUmemGenericAllocationHandle);
+typedef CUresult(CUDAAPI *pfn_cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+typedef CUresult(CUDAAPI *pfn_cuMemAddressFree)(CUdeviceptr, size_t);
+typedef CUresult(CUDAAPI *pfn_cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+typedef CUresult(CUDAAPI *pfn_cuMemUnmap)(CUdeviceptr, size_t);
+typedef CUresult(CUDAAPI *pfn_cuMemSetAccess)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
 
 typedef struct cuda_api {
   pfn_cuInit Init;
@@ -72,7 +84,32 @@ typedef struct cuda_api {
   pfn_cuMemGetInfo MemGetInfo;
   pfn_cuGetErrorName GetErrorName;
   pfn_cuGetErrorString GetErrorString;
+  /* Optional: page mapping (vmm); all or none. */
+  pfn_cuDeviceGetAttribute DeviceGetAttribute;
+  pfn_cuMemGetAllocationGranularity MemGetAllocationGranularity;
+  pfn_cuMemCreate MemCreate;
+  pfn_cuMemRelease MemRelease;
+  pfn_cuMemAddressReserve MemAddressReserve;
+  pfn_cuMemAddressFree MemAddressFree;
+  pfn_cuMemMap MemMap;
+  pfn_cuMemUnmap MemUnmap;
+  pfn_cuMemSetAccess MemSetAccess;
 } cuda_api;
+
+static const struct {
+  const char *name;
+  size_t offset;
+} cuda_vmm_symbols[] = {
+    {"cuDeviceGetAttribute", offsetof(cuda_api, DeviceGetAttribute)},
+    {"cuMemGetAllocationGranularity", offsetof(cuda_api, MemGetAllocationGranularity)},
+    {"cuMemCreate", offsetof(cuda_api, MemCreate)},
+    {"cuMemRelease", offsetof(cuda_api, MemRelease)},
+    {"cuMemAddressReserve", offsetof(cuda_api, MemAddressReserve)},
+    {"cuMemAddressFree", offsetof(cuda_api, MemAddressFree)},
+    {"cuMemMap", offsetof(cuda_api, MemMap)},
+    {"cuMemUnmap", offsetof(cuda_api, MemUnmap)},
+    {"cuMemSetAccess", offsetof(cuda_api, MemSetAccess)},
+};
 
 /* Required symbols, in the order of the fields above (all but the optional
  * ones). cuEventRecord is the legacy-default-stream flavour on purpose: stream
@@ -123,6 +160,7 @@ typedef struct cuda_backend {
   int count;
   pthread_mutex_t init_lock; /* serializes lazy context retains across devices */
   cuda_device *devices;
+  const char *vmm_missing; /* the first vmm symbol the driver lacks, NULL if it has them all */
 } cuda_backend;
 
 static cuda_backend *cuda_of(mf_backend *b) { return (cuda_backend *)b; }
@@ -346,6 +384,137 @@ static mf_status cuda_synchronize(mf_backend *b, int device) {
   return cuda_leave(cb, device, pushed, st);
 }
 
+/* ------------------------------------------------------ page mapping (vmm) */
+
+static CUmemAllocationProp cuda_pinned_on(const cuda_device *d) {
+  CUmemAllocationProp prop;
+  memset(&prop, 0, sizeof prop);
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = d->dev;
+  return prop;
+}
+
+static mf_status cuda_granularity(mf_backend *b, int device, size_t *minimum, size_t *recommended) {
+  cuda_backend *cb = cuda_of(b);
+  mf_status st = cuda_check_device(cb, device);
+  if (st != MF_OK) return st;
+  if (cb->vmm_missing)
+    return _mf_error(MF_ERR_NO_DEVICE, "cuda backend: the NVIDIA driver has no %s (virtual memory management)",
+                     cb->vmm_missing);
+  int supported = 0;
+  CUresult r = cb->api.DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+                                          cb->devices[device].dev);
+  if (r != CUDA_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuDeviceGetAttribute", device);
+  if (!supported)
+    return _mf_error(MF_ERR_NO_DEVICE, "cuda backend: device %d does not support virtual memory management", device);
+  CUmemAllocationProp prop = cuda_pinned_on(&cb->devices[device]);
+  r = cb->api.MemGetAllocationGranularity(minimum, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+  if (r == CUDA_SUCCESS) r = cb->api.MemGetAllocationGranularity(recommended, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+  if (r != CUDA_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemGetAllocationGranularity", device);
+  return MF_OK;
+}
+
+static mf_status cuda_reserve(mf_backend *b, int device, size_t size, size_t align, uintptr_t *addr) {
+  cuda_backend *cb = cuda_of(b);
+  bool pushed;
+  mf_status st = cuda_enter(cb, device, &pushed);
+  if (st != MF_OK) return st;
+  CUdeviceptr p = 0;
+  CUresult r = cb->api.MemAddressReserve(&p, size, align, 0, 0);
+  if (r == CUDA_SUCCESS) *addr = (uintptr_t)p;
+  else st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemAddressReserve", device);
+  return cuda_leave(cb, device, pushed, st);
+}
+
+static mf_status cuda_unreserve(mf_backend *b, int device, uintptr_t addr, size_t size) {
+  cuda_backend *cb = cuda_of(b);
+  bool pushed;
+  mf_status st = cuda_enter(cb, device, &pushed);
+  if (st != MF_OK) return st;
+  CUresult r = cb->api.MemAddressFree((CUdeviceptr)addr, size);
+  if (r != CUDA_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemAddressFree", device);
+  return cuda_leave(cb, device, pushed, st);
+}
+
+static void cuda_release(mf_backend *b, int device, size_t granule, size_t n, const uint64_t *handles) {
+  (void)granule;
+  cuda_backend *cb = cuda_of(b);
+  bool pushed;
+  if (cuda_enter(cb, device, &pushed) != MF_OK) return;
+  for (size_t i = 0; i < n; i++) cb->api.MemRelease((CUmemGenericAllocationHandle)handles[i]);
+  cuda_leave(cb, device, pushed, MF_OK);
+}
+
+static mf_status cuda_create(mf_backend *b, int device, size_t granule, size_t n, uint64_t *handles) {
+  cuda_backend *cb = cuda_of(b);
+  bool pushed;
+  mf_status st = cuda_enter(cb, device, &pushed);
+  if (st != MF_OK) return st;
+  CUmemAllocationProp prop = cuda_pinned_on(&cb->devices[device]);
+  size_t made = 0;
+  for (; made < n; made++) {
+    CUmemGenericAllocationHandle h = 0;
+    CUresult r = cb->api.MemCreate(&h, granule, &prop, 0);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+      char want[32];
+      st = _mf_error(MF_ERR_OOM, "cuda backend: cuMemCreate of %zu granules (%s) on device %d: out of memory", n,
+                     _mf_format_size((uint64_t)n * granule, want, sizeof want), device);
+      break;
+    }
+    if (r != CUDA_SUCCESS) {
+      st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemCreate", device);
+      break;
+    }
+    handles[made] = (uint64_t)h;
+  }
+  if (st != MF_OK)
+    for (size_t i = 0; i < made; i++) cb->api.MemRelease((CUmemGenericAllocationHandle)handles[i]);
+  return cuda_leave(cb, device, pushed, st);
+}
+
+static mf_status cuda_vunmap(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n) {
+  cuda_backend *cb = cuda_of(b);
+  bool pushed;
+  mf_status st = cuda_enter(cb, device, &pushed);
+  if (st != MF_OK) return st;
+  /* Each granule was mapped on its own: cuMemUnmap takes whole mappings only. */
+  for (size_t i = 0; i < n; i++) {
+    CUresult r = cb->api.MemUnmap((CUdeviceptr)(addr + i * granule), granule);
+    if (r != CUDA_SUCCESS && st == MF_OK) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemUnmap", device);
+  }
+  return cuda_leave(cb, device, pushed, st);
+}
+
+static mf_status cuda_vmap(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n,
+                           const uint64_t *handles) {
+  cuda_backend *cb = cuda_of(b);
+  bool pushed;
+  mf_status st = cuda_enter(cb, device, &pushed);
+  if (st != MF_OK) return st;
+  size_t mapped = 0;
+  CUresult r = CUDA_SUCCESS;
+  for (; mapped < n; mapped++) {
+    r = cb->api.MemMap((CUdeviceptr)(addr + mapped * granule), granule, 0,
+                       (CUmemGenericAllocationHandle)handles[mapped], 0);
+    if (r != CUDA_SUCCESS) break;
+  }
+  if (r == CUDA_SUCCESS) {
+    CUmemAccessDesc access;
+    memset(&access, 0, sizeof access);
+    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    access.location.id = cb->devices[device].dev;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    r = cb->api.MemSetAccess((CUdeviceptr)addr, n * granule, &access, 1); /* one call for the whole run */
+    if (r != CUDA_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemSetAccess", device);
+  } else {
+    st = cuda_fail(cb, r == CUDA_ERROR_OUT_OF_MEMORY ? MF_ERR_OOM : MF_ERR_BACKEND, r, "cuMemMap", device);
+  }
+  if (st != MF_OK)
+    for (size_t i = 0; i < mapped; i++) cb->api.MemUnmap((CUdeviceptr)(addr + i * granule), granule);
+  return cuda_leave(cb, device, pushed, st);
+}
+
 static void cuda_destroy(mf_backend *b) {
   cuda_backend *cb = cuda_of(b);
   if (cb == NULL) return;
@@ -381,6 +550,13 @@ static const mf_backend_ops cuda_ops = {
     .event_destroy = cuda_event_destroy,
     .synchronize = cuda_synchronize,
     .destroy = cuda_destroy,
+    .vmm_granularity = cuda_granularity,
+    .vmm_reserve = cuda_reserve,
+    .vmm_unreserve = cuda_unreserve,
+    .vmm_create = cuda_create,
+    .vmm_release = cuda_release,
+    .vmm_map = cuda_vmap,
+    .vmm_unmap = cuda_vunmap,
 };
 
 /* ------------------------------------------------------------- creation */
@@ -408,6 +584,13 @@ static mf_status cuda_load(cuda_backend *cb) {
   if ((f = dlsym(cb->lib, "cuMemGetInfo_v2"))) memcpy(&cb->api.MemGetInfo, &f, sizeof f);
   if ((f = dlsym(cb->lib, "cuGetErrorName"))) memcpy(&cb->api.GetErrorName, &f, sizeof f);
   if ((f = dlsym(cb->lib, "cuGetErrorString"))) memcpy(&cb->api.GetErrorString, &f, sizeof f);
+  for (size_t i = 0; i < sizeof cuda_vmm_symbols / sizeof cuda_vmm_symbols[0]; i++) {
+    if (!(f = dlsym(cb->lib, cuda_vmm_symbols[i].name))) {
+      cb->vmm_missing = cuda_vmm_symbols[i].name; /* vmm:auto falls back to cuMemAlloc segments */
+      break;
+    }
+    memcpy((char *)&cb->api + cuda_vmm_symbols[i].offset, &f, sizeof f);
+  }
   return MF_OK;
 }
 

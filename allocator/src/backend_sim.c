@@ -1,7 +1,8 @@
 /* backend_sim.c — the two simulated backends: `virtual` (address arithmetic
  * only, nothing touched, so an 80 GiB trace replays on a small machine) and
- * `host` (real host memory from jemalloc, loaded at run time, capped to
- * simulate a device budget). Their events complete when a test says so. */
+ * `host` (real host memory, capped to simulate a device budget: segments from
+ * jemalloc loaded at run time, or page-mapped granules of a memfd file, see
+ * host_pages.c). Their events complete when a test says so. */
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,8 @@
 
 #define VIRTUAL_SPAN ((uintptr_t)1 << 46) /* 64 TiB of addresses per device */
 #define HOST_LG_ALIGN 12                  /* page-aligned segments, like the driver's */
+#define VIRTUAL_MIN_GRANULE ((size_t)4096)        /* any page-sized granule may be asked for */
+#define VIRTUAL_GRANULE ((size_t)2 * 1024 * 1024) /* CUDA's mapping granularity: traces replay as on a GPU */
 
 typedef struct {
   int device;
@@ -28,8 +31,11 @@ typedef struct {
   mf_backend base;
   int devices;
   uint64_t capacity; /* per device */
-  uint64_t *mapped;  /* per device */
+  uint64_t *mapped;  /* per device: physical bytes given out (segments, or granules created) */
+  uint64_t *vmapped; /* per device: bytes of granules mapped (vmm) */
   uintptr_t *next_addr;
+  uint64_t next_handle; /* virtual granules: a counter */
+  mf_host_pages *pages; /* host granules */
   int fail_maps; /* injected failures still to come; < 0: none */
   pthread_mutex_t lock;
   sim_stream *streams;
@@ -117,6 +123,136 @@ static mf_status host_unmap(mf_backend *b, int device, uintptr_t addr, size_t si
   return MF_OK;
 }
 
+/* ---------------------------------------------------------- page mapping */
+
+static mf_status virtual_granularity(mf_backend *b, int device, size_t *minimum, size_t *recommended) {
+  if (device < 0 || device >= ((sim_backend *)b)->devices) return _mf_error(MF_ERR_INVALID, "bad device %d", device);
+  *minimum = VIRTUAL_MIN_GRANULE;
+  *recommended = VIRTUAL_GRANULE;
+  return MF_OK;
+}
+
+static mf_status virtual_reserve(mf_backend *b, int device, size_t size, size_t align, uintptr_t *addr) {
+  sim_backend *s = (sim_backend *)b;
+  pthread_mutex_lock(&s->lock);
+  uintptr_t base = (uintptr_t)(device + 1) * VIRTUAL_SPAN;
+  uintptr_t at = (s->next_addr[device] + align - 1) / align * align;
+  mf_status st = MF_OK;
+  if (at < s->next_addr[device] || size > base + VIRTUAL_SPAN - at) {
+    st = _mf_error(MF_ERR_BACKEND, "virtual backend: address space of device %d exhausted", device);
+  } else {
+    *addr = at;
+    s->next_addr[device] = at + size;
+  }
+  pthread_mutex_unlock(&s->lock);
+  return st;
+}
+
+static mf_status virtual_unreserve(mf_backend *b, int device, uintptr_t addr, size_t size) {
+  sim_backend *s = (sim_backend *)b;
+  pthread_mutex_lock(&s->lock);
+  if (addr + size == s->next_addr[device]) s->next_addr[device] = addr; /* reuse the top of the range */
+  pthread_mutex_unlock(&s->lock);
+  return MF_OK;
+}
+
+/* Granule accounting shared by both backends: the cap and injected failures. */
+static mf_status sim_admit_granules(sim_backend *s, int device, size_t granule, size_t n) {
+  pthread_mutex_lock(&s->lock);
+  mf_status st = admit(s, device, granule * n);
+  if (st == MF_OK) s->mapped[device] += granule * n;
+  pthread_mutex_unlock(&s->lock);
+  return st;
+}
+
+static void sim_count(sim_backend *s, uint64_t *counter, int64_t delta) {
+  pthread_mutex_lock(&s->lock);
+  *counter += (uint64_t)delta;
+  pthread_mutex_unlock(&s->lock);
+}
+
+static mf_status virtual_create(mf_backend *b, int device, size_t granule, size_t n, uint64_t *handles) {
+  sim_backend *s = (sim_backend *)b;
+  mf_status st = sim_admit_granules(s, device, granule, n);
+  if (st != MF_OK) return st;
+  pthread_mutex_lock(&s->lock);
+  for (size_t i = 0; i < n; i++) handles[i] = ++s->next_handle;
+  pthread_mutex_unlock(&s->lock);
+  return MF_OK;
+}
+
+static void virtual_release(mf_backend *b, int device, size_t granule, size_t n, const uint64_t *handles) {
+  (void)handles;
+  sim_backend *s = (sim_backend *)b;
+  sim_count(s, &s->mapped[device], -(int64_t)(granule * n));
+}
+
+static mf_status virtual_vmap(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n,
+                              const uint64_t *handles) {
+  (void)addr;
+  (void)handles;
+  sim_backend *s = (sim_backend *)b;
+  sim_count(s, &s->vmapped[device], (int64_t)(granule * n));
+  return MF_OK;
+}
+
+static mf_status virtual_vunmap(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n) {
+  (void)addr;
+  sim_backend *s = (sim_backend *)b;
+  sim_count(s, &s->vmapped[device], -(int64_t)(granule * n));
+  return MF_OK;
+}
+
+static mf_status host_granularity(mf_backend *b, int device, size_t *minimum, size_t *recommended) {
+  sim_backend *s = (sim_backend *)b;
+  if (device < 0 || device >= s->devices) return _mf_error(MF_ERR_INVALID, "bad device %d", device);
+  return _mf_host_pages_granularity(s->pages, device, minimum, recommended);
+}
+
+static mf_status host_reserve(mf_backend *b, int device, size_t size, size_t align, uintptr_t *addr) {
+  (void)b;
+  (void)device;
+  return _mf_host_pages_reserve(size, align, addr);
+}
+
+static mf_status host_unreserve(mf_backend *b, int device, uintptr_t addr, size_t size) {
+  (void)b;
+  (void)device;
+  return _mf_host_pages_unreserve(addr, size);
+}
+
+static mf_status host_create(mf_backend *b, int device, size_t granule, size_t n, uint64_t *handles) {
+  sim_backend *s = (sim_backend *)b;
+  mf_status st = sim_admit_granules(s, device, granule, n);
+  if (st != MF_OK) return st;
+  st = _mf_host_pages_create(s->pages, device, granule, n, handles);
+  if (st != MF_OK) sim_count(s, &s->mapped[device], -(int64_t)(granule * n));
+  return st;
+}
+
+static void host_release(mf_backend *b, int device, size_t granule, size_t n, const uint64_t *handles) {
+  sim_backend *s = (sim_backend *)b;
+  _mf_host_pages_release(s->pages, device, granule, n, handles);
+  sim_count(s, &s->mapped[device], -(int64_t)(granule * n));
+}
+
+static mf_status host_vmap(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n,
+                           const uint64_t *handles) {
+  sim_backend *s = (sim_backend *)b;
+  mf_status st = _mf_host_pages_map(s->pages, device, addr, granule, n, handles);
+  if (st == MF_OK) sim_count(s, &s->vmapped[device], (int64_t)(granule * n));
+  return st;
+}
+
+static mf_status host_vunmap(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n) {
+  sim_backend *s = (sim_backend *)b;
+  mf_status st = _mf_host_pages_unmap(addr, granule, n);
+  if (st == MF_OK) sim_count(s, &s->vmapped[device], -(int64_t)(granule * n));
+  return st;
+}
+
+/* ----------------------------------------------------------------- events */
+
 static sim_stream *find_stream(sim_backend *s, int device, uintptr_t stream) {
   for (int i = 0; i < s->stream_count; i++)
     if (s->streams[i].device == device && s->streams[i].stream == stream) return &s->streams[i];
@@ -180,29 +316,33 @@ static void sim_destroy(mf_backend *b) {
   /* jemalloc stays loaded: unloading an allocator whose blocks or thread
    * caches may still be referenced is not safe. */
   pthread_mutex_destroy(&s->lock);
+  _mf_host_pages_free(s->pages);
   free(s->mapped);
+  free(s->vmapped);
   free(s->next_addr);
   free(s->streams);
   free(s);
 }
 
+#define SIM_EVENTS                                                                             \
+  .device_count = sim_device_count, .total_memory = sim_total_memory, .event_record = sim_event_record, \
+  .event_query = sim_event_query, .event_synchronize = sim_event_synchronize,                          \
+  .event_destroy = sim_event_destroy, .synchronize = NULL, .destroy = sim_destroy
+#define HOST_PAGES                                                                                     \
+  .vmm_granularity = host_granularity, .vmm_reserve = host_reserve, .vmm_unreserve = host_unreserve,   \
+  .vmm_create = host_create, .vmm_release = host_release, .vmm_map = host_vmap, .vmm_unmap = host_vunmap
+
 static const mf_backend_ops virtual_ops = {
-    .name = "virtual", .device_count = sim_device_count, .total_memory = sim_total_memory,
-    .map = virtual_map, .unmap = virtual_unmap, .event_record = sim_event_record,
-    .event_query = sim_event_query, .event_synchronize = sim_event_synchronize,
-    .event_destroy = sim_event_destroy, .synchronize = NULL, .destroy = sim_destroy};
+    .name = "virtual", .map = virtual_map, .unmap = virtual_unmap, SIM_EVENTS,
+    .vmm_granularity = virtual_granularity, .vmm_reserve = virtual_reserve, .vmm_unreserve = virtual_unreserve,
+    .vmm_create = virtual_create, .vmm_release = virtual_release, .vmm_map = virtual_vmap,
+    .vmm_unmap = virtual_vunmap};
 
-static const mf_backend_ops host_ops = {
-    .name = "host", .device_count = sim_device_count, .total_memory = sim_total_memory,
-    .map = host_map, .unmap = host_unmap, .event_record = sim_event_record,
-    .event_query = sim_event_query, .event_synchronize = sim_event_synchronize,
-    .event_destroy = sim_event_destroy, .synchronize = NULL, .destroy = sim_destroy};
+static const mf_backend_ops host_ops = {.name = "host", .map = host_map, .unmap = host_unmap, SIM_EVENTS, HOST_PAGES};
 
+/* Segments from posix_memalign where jemalloc cannot be loaded. */
 static const mf_backend_ops host_libc_ops = {
-    .name = "host-libc", .device_count = sim_device_count, .total_memory = sim_total_memory,
-    .map = host_map, .unmap = host_unmap, .event_record = sim_event_record,
-    .event_query = sim_event_query, .event_synchronize = sim_event_synchronize,
-    .event_destroy = sim_event_destroy, .synchronize = NULL, .destroy = sim_destroy};
+    .name = "host-libc", .map = host_map, .unmap = host_unmap, SIM_EVENTS, HOST_PAGES};
 
 static bool is_sim(const mf_backend *b) {
   return b && (b->ops == &virtual_ops || b->ops == &host_ops || b->ops == &host_libc_ops);
@@ -213,11 +353,13 @@ static mf_status sim_create(int devices, uint64_t capacity, sim_backend **out) {
   sim_backend *s = calloc(1, sizeof *s);
   if (s) {
     s->mapped = calloc((size_t)devices, sizeof *s->mapped);
+    s->vmapped = calloc((size_t)devices, sizeof *s->vmapped);
     s->next_addr = calloc((size_t)devices, sizeof *s->next_addr);
   }
-  if (!s || !s->mapped || !s->next_addr) {
+  if (!s || !s->mapped || !s->vmapped || !s->next_addr) {
     if (s) {
       free(s->mapped);
+      free(s->vmapped);
       free(s->next_addr);
       free(s);
     }
@@ -248,6 +390,11 @@ MF_API mf_status mf_backend_host_create(int devices, uint64_t capacity, mf_backe
   sim_backend *s;
   mf_status st = sim_create(devices, capacity, &s);
   if (st != MF_OK) return st;
+  if ((st = _mf_host_pages_new(devices, &s->pages)) != MF_OK) {
+    s->base.ops = &host_ops;
+    sim_destroy(&s->base);
+    return st;
+  }
   /* RTLD_LOCAL: jemalloc's malloc must not replace the host process's malloc.
    * Debian's jemalloc uses initial-exec TLS, which glibc can only give a
    * dlopen'ed library from its small static TLS surplus: in a process started
@@ -290,6 +437,17 @@ MF_API mf_status mf_backend_sim_fail_maps(mf_backend *b, int n) {
   sim_backend *s = (sim_backend *)b;
   pthread_mutex_lock(&s->lock);
   s->fail_maps = n;
+  pthread_mutex_unlock(&s->lock);
+  return MF_OK;
+}
+
+MF_API mf_status mf_backend_sim_usage(mf_backend *b, int device, uint64_t *physical_bytes, uint64_t *mapped_bytes) {
+  if (!is_sim(b)) return _mf_error(MF_ERR_INVALID, "mf_backend_sim_usage: not a simulated backend");
+  sim_backend *s = (sim_backend *)b;
+  if (device < 0 || device >= s->devices) return _mf_error(MF_ERR_INVALID, "mf_backend_sim_usage: bad device %d", device);
+  pthread_mutex_lock(&s->lock);
+  if (physical_bytes) *physical_bytes = s->mapped[device];
+  if (mapped_bytes) *mapped_bytes = s->vmapped[device];
   pthread_mutex_unlock(&s->lock);
   return MF_OK;
 }

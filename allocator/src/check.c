@@ -56,6 +56,75 @@ typedef struct {
   int64_t bytes, requested, blocks;
 } sums;
 
+static int compare_handles(const void *x, const void *y) {
+  uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+  return a < b ? -1 : a > b;
+}
+
+/* vmm: segments are whole granules inside their pool's ranges, in address
+ * order, runs of a large pool never touch (they would have been merged), no
+ * granule is mapped twice, nothing is held unmapped between operations, and
+ * reserved bytes are the mapped granules. */
+static mf_status check_pages(mf_device *d, size_t segments, int64_t reserved) {
+  const int dev = d->index;
+  const size_t g = d->allocator->granule;
+  size_t reached = 0, granules = 0;
+  if (d->spare_len) FAIL("device %d: %zu granules held unmapped between operations", dev, d->spare_len);
+  for (int i = 0; i < d->stream_count; i++) {
+    const mf_pool *pools[2] = {&d->streams[i]->small, &d->streams[i]->large};
+    for (int k = 0; k < 2; k++) {
+      const mf_pool *pool = pools[k];
+      for (const mf_vrange *r = pool->ranges; r; r = r->next) {
+        if (r->base % g || r->size % g || !r->size)
+          FAIL("device %d: range 0x%llx of %zu bytes is not whole granules", dev, (unsigned long long)r->base, r->size);
+        const mf_segment *prev = NULL;
+        for (const mf_segment *s = r->first; s; prev = s, s = s->range_next) {
+          reached++;
+          unsigned long long at = s->addr;
+          if (s->range != r || s->pool != pool) FAIL("device %d: segment 0x%llx is listed in another pool's range", dev, at);
+          if (s->range_prev != prev) FAIL("device %d: range list links broken at segment 0x%llx", dev, at);
+          if (s->addr % g || s->size % g || !s->size)
+            FAIL("device %d: segment 0x%llx of %zu bytes is not whole granules", dev, at, s->size);
+          if (s->addr < r->base || s->addr + s->size > r->base + r->size || s->addr + s->size < s->addr)
+            FAIL("device %d: segment 0x%llx lies outside its range", dev, at);
+          if (prev && prev->addr + prev->size > s->addr)
+            FAIL("device %d: segments 0x%llx and 0x%llx of a range overlap or are out of order", dev,
+                 (unsigned long long)prev->addr, at);
+          if (prev && !pool->small && prev->addr + prev->size == s->addr)
+            FAIL("device %d: touching segments 0x%llx and 0x%llx of a large pool are not merged", dev,
+                 (unsigned long long)prev->addr, at);
+          if (pool->small && s->size != d->allocator->small_segment)
+            FAIL("device %d: small segment 0x%llx has %zu bytes", dev, at, s->size);
+          if ((s->addr - r->base + s->size) / g > r->handles_cap)
+            FAIL("device %d: segment 0x%llx has no handles recorded", dev, at);
+          granules += s->size / g;
+        }
+      }
+    }
+  }
+  if (reached != segments) FAIL("device %d: %zu segments, %zu of them in ranges", dev, segments, reached);
+  if ((int64_t)(granules * g) != reserved)
+    FAIL("device %d: %lld reserved bytes but %zu granules mapped", dev, (long long)reserved, granules);
+  if (granules) {
+    uint64_t *all = malloc(granules * sizeof *all);
+    if (!all) FAIL("mf_check: out of host memory");
+    size_t n = 0;
+    for (const mf_segment *s = d->segments; s; s = s->next) {
+      const uint64_t *h = s->range->handles + (s->addr - s->range->base) / g;
+      for (size_t j = 0; j < s->size / g && n < granules; j++) all[n++] = h[j];
+    }
+    qsort(all, n, sizeof *all, compare_handles);
+    for (size_t j = 1; j < n; j++)
+      if (all[j] == all[j - 1]) {
+        unsigned long long handle = all[j];
+        free(all);
+        FAIL("device %d: granule handle 0x%llx is mapped twice", dev, handle);
+      }
+    free(all);
+  }
+  return MF_OK;
+}
+
 mf_status _mf_check_device(mf_device *d) {
   const int dev = d->index;
   size_t segments = 0, free_blocks = 0, live_blocks = 0;
@@ -109,6 +178,8 @@ mf_status _mf_check_device(mf_device *d) {
     }
     if (end != s->addr + s->size) FAIL("device %d: blocks of segment 0x%llx end at 0x%llx, not at its end", dev,
                                        (unsigned long long)s->addr, (unsigned long long)end);
+    if (!s->last || s->last->next || s->last->segment != s || s->last->addr + s->last->size != end)
+      FAIL("device %d: segment 0x%llx does not know its last block", dev, (unsigned long long)s->addr);
     bool wholly_free = s->first->state == MF_BLOCK_FREE && s->first->size == s->size;
     if (wholly_free != s->wholly_free) FAIL("device %d: segment 0x%llx free flag is stale", dev, (unsigned long long)s->addr);
   }
@@ -162,6 +233,7 @@ mf_status _mf_check_device(mf_device *d) {
            i / MF_CAT_COUNT, mf_category_name((mf_category)(i % MF_CAT_COUNT)), (long long)t->bytes.current,
            (long long)by_tag[i].bytes);
   }
+  if (d->allocator->granule && (st = check_pages(d, segments, reserved)) != MF_OK) goto done;
   size_t pending_blocks = 0;
   for (const mf_pending_event *p = d->pending; p; p = p->next) {
     if (p->block->state != MF_BLOCK_PENDING) FAIL("device %d: an event waits on a block that is not pending", dev);

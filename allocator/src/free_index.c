@@ -86,3 +86,15 @@ static bool walk(const mf_block *t, bool (*fn)(const mf_block *, void *), void *
 bool _mf_index_walk(const mf_pool *pool, bool (*fn)(const mf_block *b, void *ctx), void *ctx) {
   return walk(pool->root, fn, ctx);
 }
+
+static bool walk_desc(const mf_block *t, bool (*fn)(const mf_block *, void *), void *ctx) {
+  while (t) {
+    if (!walk_desc(t->right, fn, ctx) || !fn(t, ctx)) return false;
+    t = t->left;
+  }
+  return true;
+}
+
+bool _mf_index_walk_desc(const mf_pool *pool, bool (*fn)(const mf_block *b, void *ctx), void *ctx) {
+  return walk_desc(pool->root, fn, ctx);
+}

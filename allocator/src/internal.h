@@ -47,6 +47,8 @@ typedef enum mf_option_id {
   MF_OPT_LARGE_SPLIT,      /* size: a large block is split when the remainder exceeds it */
   MF_OPT_SEGMENT_ROUND,    /* size: large segments are multiples of it */
   MF_OPT_MERGE_SEGMENTS,   /* bool: merge free whole segments on a miss */
+  MF_OPT_VMM,              /* string: auto | on | off: page-mapped pools */
+  MF_OPT_VMM_GRANULE,      /* size: the pools' granule, 0 = the backend's */
   MF_OPT_EVENT_LOG,        /* string: path of the event log, "" = off */
   MF_OPT_CHECK,            /* bool: run mf_check after every operation */
   MF_OPT_COUNT
@@ -98,14 +100,32 @@ typedef struct mf_block {
   mf_tag tag;
 } mf_block;
 
+typedef struct mf_vrange mf_vrange;
+
+/* A segment is a contiguous mapped range that blocks tile: a backend map
+ * (vmm:off), or a maximal run of mapped granules in one of its pool's reserved
+ * ranges (vmm). */
 struct mf_segment {
   uintptr_t addr;
   size_t size;
   mf_pool *pool;
-  mf_block *first;
+  mf_block *first, *last;
   mf_segment *prev, *next;           /* all segments of the device */
   mf_segment *free_prev, *free_next; /* the pool's list of wholly free segments */
+  mf_vrange *range;                  /* vmm: the reserved range it lies in */
+  mf_segment *range_prev, *range_next; /* vmm: the range's segments by address */
   bool wholly_free;
+};
+
+/* vmm: a range of reserved addresses owned by one pool; granules are mapped
+ * into it where its segments are. */
+struct mf_vrange {
+  uintptr_t base;
+  size_t size;          /* a multiple of the granule */
+  uint64_t *handles;    /* [granule index]: the handle mapped there (valid inside segments) */
+  size_t handles_cap;   /* granule indexes the array has room for (grown on demand) */
+  mf_segment *first;    /* its segments, by address */
+  mf_vrange *next;      /* the pool's other ranges */
 };
 
 struct mf_pool {
@@ -113,6 +133,7 @@ struct mf_pool {
   size_t free_blocks;
   uint64_t free_bytes;
   mf_segment *free_segments; /* wholly free segments: candidates to release or merge */
+  mf_vrange *ranges;       /* vmm: its reserved ranges */
   uintptr_t stream;
   bool small;
   mf_device *device;
@@ -147,6 +168,9 @@ struct mf_device {
   mf_pending_event *pending; /* frees waiting on record_stream events */
   size_t pending_count;
   mf_block *spare_blocks;   /* recycled metadata: no host allocation in steady state */
+  uint64_t *spare_handles;  /* vmm: granules held but unmapped, only inside one operation */
+  size_t spare_len, spare_cap;
+  bool synced;              /* vmm: the device was synchronized in this operation */
   uint32_t priority_state;  /* xorshift state for treap priorities */
   mf_stats stats;
   mf_tag_stats *tag_stats;  /* [layer * MF_CAT_COUNT + category] */
@@ -165,6 +189,8 @@ struct mf_allocator {
   size_t segment_round;     /* large segments are multiples of this */
   bool merge_segments;
   bool check_every_op;
+  size_t granule;           /* vmm: the pools' granule; 0 with segments (vmm off) */
+  size_t small_segment;     /* the small pool's segment: 2 MiB, whole granules with vmm */
   pthread_mutex_t report_lock;
   char *oom_report;         /* last OOM report, owned */
   pthread_mutex_t log_lock;
@@ -176,6 +202,36 @@ struct mf_allocator {
   uint64_t trace_start_ns;
 };
 
+/* ------------------------------------------------------------- allocator.c */
+/* Block metadata from the device's recycled list (NULL: out of host memory). */
+mf_block *_mf_block_new(mf_device *d);
+void _mf_block_recycle(mf_device *d, mf_block *b);
+/* The device's list of every segment. */
+void _mf_segment_link(mf_device *d, mf_segment *s);
+void _mf_segment_unlink(mf_device *d, mf_segment *s);
+/* Keep the pool's wholly-free list in step with the segment's blocks. */
+void _mf_segment_update_free(mf_segment *s);
+void _mf_segment_set_free(mf_segment *s, bool now);
+/* Complete the frees that waited on events; with wait, block until all have. */
+void _mf_process_pending(mf_device *d, bool wait);
+/* Return a block to its pool's free index, merged with free neighbours. */
+void _mf_release_block(mf_device *d, mf_block *b);
+
+/* ------------------------------------------------------------------- vmm.c */
+/* Decide, at creation, whether the allocator maps pages (sets a->granule). */
+mf_status _mf_vmm_setup(mf_allocator *a);
+/* A request of `size` rounded bytes missed `pool`: map granules (moved from
+ * free blocks first, then new ones) so that a free block of at least size
+ * exists, climbing the OOM ladder. NULL with *status on failure. */
+mf_block *_mf_vmm_grow(mf_device *d, mf_pool *pool, size_t size, mf_status *status);
+/* A free block of the large pool that holds no whole granule (so nothing
+ * could move it) and fits a small request, or NULL. */
+mf_block *_mf_vmm_fragment(const mf_pool *large, size_t size);
+/* empty_cache: unmap and release every whole free granule. */
+void _mf_vmm_release_cached(mf_device *d);
+/* Destruction: give every granule and range of the device back. */
+void _mf_vmm_destroy_device(mf_device *d);
+
 /* ------------------------------------------------------------ free_index.c */
 void _mf_index_insert(mf_pool *pool, mf_block *block);
 void _mf_index_remove(mf_pool *pool, mf_block *block);
@@ -183,6 +239,8 @@ void _mf_index_remove(mf_pool *pool, mf_block *block);
 mf_block *_mf_index_lower_bound(const mf_pool *pool, size_t size);
 /* Visit every block in order; stops early when fn returns false. */
 bool _mf_index_walk(const mf_pool *pool, bool (*fn)(const mf_block *b, void *ctx), void *ctx);
+/* The same from the largest block down. */
+bool _mf_index_walk_desc(const mf_pool *pool, bool (*fn)(const mf_block *b, void *ctx), void *ctx);
 
 /* ------------------------------------------------------------- block_map.c */
 mf_status _mf_map_insert(mf_block_map *m, mf_block *block);
@@ -237,6 +295,20 @@ void _mf_trace_append(mf_allocator *a, uint8_t kind, int device, uintptr_t addr,
 void _mf_log_retag(mf_allocator *a, int device, uintptr_t addr, size_t requested, size_t size, mf_tag old,
                    mf_tag tag);
 void _mf_trace_free(mf_allocator *a);
+
+/* ------------------------------------------------------------ host_pages.c */
+/* The host backend's granules: memfd pages, reserved ranges, fork safety. */
+typedef struct mf_host_pages mf_host_pages;
+mf_status _mf_host_pages_new(int devices, mf_host_pages **out);
+void _mf_host_pages_free(mf_host_pages *p);
+mf_status _mf_host_pages_granularity(mf_host_pages *p, int device, size_t *minimum, size_t *recommended);
+mf_status _mf_host_pages_reserve(size_t size, size_t align, uintptr_t *addr);
+mf_status _mf_host_pages_unreserve(uintptr_t addr, size_t size);
+mf_status _mf_host_pages_create(mf_host_pages *p, int device, size_t granule, size_t n, uint64_t *handles);
+void _mf_host_pages_release(mf_host_pages *p, int device, size_t granule, size_t n, const uint64_t *handles);
+mf_status _mf_host_pages_map(mf_host_pages *p, int device, uintptr_t addr, size_t granule, size_t n,
+                             const uint64_t *handles);
+mf_status _mf_host_pages_unmap(uintptr_t addr, size_t granule, size_t n);
 
 /* ----------------------------------------------------------------- check.c */
 mf_status _mf_check_device(mf_device *d);

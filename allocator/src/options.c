@@ -40,6 +40,12 @@ static const opt_row option_table[MF_OPT_COUNT] = {
     [MF_OPT_MERGE_SEGMENTS] = {"merge_segments", OPT_BOOL, "true",
                                "on a cache miss, release this pool's whole free segments and map one "
                                "segment that covers them and the request"},
+    [MF_OPT_VMM] = {"vmm", OPT_STRING, "auto",
+                    "page-mapped pools: auto (where the backend can map pages, else segments with a "
+                    "one-line message), on (fail where it cannot) or off (segments)"},
+    [MF_OPT_VMM_GRANULE] = {"vmm_granule", OPT_SIZE, "0",
+                            "the granule of page-mapped pools (0: the backend's: cuda's mapping granularity, "
+                            "host 64KiB, virtual 2MiB); a multiple of the backend's"},
     [MF_OPT_EVENT_LOG] = {"event_log", OPT_STRING, "", "write every alloc/free/segment event to this file"},
     [MF_OPT_CHECK] = {"check", OPT_BOOL, "false", "run mf_check after every operation (slow; for debugging)"},
 };
@@ -137,6 +143,8 @@ static mf_status set_option(mf_options *o, int id, const char *value) {
     if (id == MF_OPT_BACKEND && strcmp(value, "cuda") != 0 && strcmp(value, "host") != 0 &&
         strcmp(value, "virtual") != 0)
       return _mf_error(MF_ERR_INVALID, "option backend: bad value '%s' (expected cuda, host or virtual)", value);
+    if (id == MF_OPT_VMM && strcmp(value, "auto") != 0 && strcmp(value, "on") != 0 && strcmp(value, "off") != 0)
+      return _mf_error(MF_ERR_INVALID, "option vmm: bad value '%s' (expected auto, on or off)", value);
     char *copy = strdup(value);
     if (!copy) return _mf_error(MF_ERR_HOST_MEMORY, "option %s: out of host memory", row->name);
     free(v->text);
@@ -224,7 +232,7 @@ MF_API mf_status mf_options_set(mf_options *o, const char *key, const char *valu
   if (!o || !key || !value) return _mf_error(MF_ERR_INVALID, "mf_options_set: NULL argument");
   int id = find_option(key, strlen(key));
   if (id < 0) {
-    char keys[256];
+    char keys[512];
     list_keys(keys, sizeof keys);
     return _mf_error(MF_ERR_INVALID, "unknown option '%s' (known: %s)", key, keys);
   }

@@ -29,20 +29,9 @@ if not LIBMEMFIT.exists():
 MiB = 1 << 20
 MF_ERR_OOM = 2
 
-# mf_stats, from allocator/include/memfit/memfit.h (MF_STATS_VERSION 1).
-COUNTERS = ["requested_bytes", "allocated_bytes", "reserved_bytes", "active_blocks", "segments"]
-EVENTS = ["allocs", "frees", "cache_hits", "cache_misses", "ooms", "segment_maps", "segment_unmaps",
-          "ladder_releases", "deferred_frees"]
-
-
-class Counter(ctypes.Structure):
-    _fields_ = [("current", ctypes.c_int64), ("peak", ctypes.c_int64), ("total", ctypes.c_int64)]
-
-
-class Stats(ctypes.Structure):
-    _fields_ = ([("struct_size", ctypes.c_uint32), ("version", ctypes.c_uint32)]
-                + [(name, Counter) for name in COUNTERS]
-                + [(name, ctypes.c_int64) for name in EVENTS])
+# mf_stats: the layout the Python package declares (memfit._lib), which its own
+# tests hold against the library's struct_size and version.
+from memfit._lib import STATS_VERSION, Stats  # noqa: E402
 
 
 def _load():
@@ -83,7 +72,7 @@ def stats(a):
     raw = ctypes.create_string_buffer(4096)  # room for a newer, larger struct
     assert mf.mf_get_stats(a, 0, raw) == 0, mf.mf_last_error().decode()
     s = Stats.from_buffer_copy(raw.raw[:ctypes.sizeof(Stats)])
-    assert s.struct_size == ctypes.sizeof(Stats) and s.version == 1, "mf_stats layout changed"
+    assert s.struct_size == ctypes.sizeof(Stats) and s.version == STATS_VERSION, "mf_stats layout changed"
     return s
 
 

@@ -159,6 +159,28 @@ typedef struct mf_backend_ops {
   /* Wait for all work on the device (before memory goes back). May be NULL. */
   mf_status (*synchronize)(mf_backend *b, int device);
   void (*destroy)(mf_backend *b);
+
+  /* Page mapping ("vmm", see allocator/README.md, Note [Page-mapped pools]):
+   * physical granules mapped into reserved virtual ranges. All optional: a
+   * backend that leaves vmm_granularity NULL is used with segments (map/unmap
+   * above). Sizes and addresses are multiples of the granule. */
+  /* The smallest granule the device can map and the one it recommends (bytes;
+   * the recommended one is a multiple of the minimum), or an error saying why
+   * it cannot map pages (no memfd, a driver without virtual memory). */
+  mf_status (*vmm_granularity)(mf_backend *b, int device, size_t *minimum, size_t *recommended);
+  /* Reserve / free a range of addresses with no memory behind it. */
+  mf_status (*vmm_reserve)(mf_backend *b, int device, size_t size, size_t align, uintptr_t *addr);
+  mf_status (*vmm_unreserve)(mf_backend *b, int device, uintptr_t addr, size_t size);
+  /* Create n physical granules (all or none; MF_ERR_OOM when the device has no
+   * room); their handles go to handles[0..n). Release gives them back. */
+  mf_status (*vmm_create)(mf_backend *b, int device, size_t granule, size_t n, uint64_t *handles);
+  void (*vmm_release)(mf_backend *b, int device, size_t granule, size_t n, const uint64_t *handles);
+  /* Map handles[i] at addr + i * granule, readable and writable (all or none);
+   * unmap n granules from addr. Unmapping needs the device idle on those pages:
+   * the allocator calls synchronize (when not NULL) first. */
+  mf_status (*vmm_map)(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n,
+                       const uint64_t *handles);
+  mf_status (*vmm_unmap)(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n);
 } mf_backend_ops;
 
 struct mf_backend {
@@ -182,9 +204,16 @@ MF_API void mf_backend_destroy(mf_backend *b);
  * far on that stream of that device; stream UINTPTR_MAX: on every stream of
  * that device. */
 MF_API mf_status mf_backend_sim_complete(mf_backend *b, int device, uintptr_t stream);
-/* Fault injection for tests: the next n maps of the simulated backend fail
- * with MF_ERR_OOM (n < 0: never fail). */
+/* Fault injection for tests: the next n maps (segment maps, or granule
+ * creations with vmm) of the simulated backend fail with MF_ERR_OOM (n < 0:
+ * never fail). */
 MF_API mf_status mf_backend_sim_fail_maps(mf_backend *b, int n);
+/* What a simulated backend holds on a device, by its own count: the bytes of
+ * physical memory it gave out (segments, or granules created) and, with vmm,
+ * the bytes of granules mapped. Tests hold the allocator's reserved bytes
+ * against these. */
+MF_API mf_status mf_backend_sim_usage(mf_backend *b, int device, uint64_t *physical_bytes,
+                                      uint64_t *mapped_bytes);
 
 /* -------------------------------------------------------------- allocator */
 
@@ -203,6 +232,9 @@ MF_API void mf_allocator_destroy(mf_allocator *a);
 MF_API int mf_allocator_device_count(const mf_allocator *a);
 MF_API const mf_options *mf_allocator_options(const mf_allocator *a);
 MF_API mf_backend *mf_allocator_backend(mf_allocator *a);
+/* The granule of the page-mapped pools in bytes, or 0 when the allocator uses
+ * segments (vmm:off, or vmm:auto on a backend that cannot map pages). */
+MF_API size_t mf_allocator_granule(const mf_allocator *a);
 
 /* Allocate size bytes on device for stream. Returns NULL when the OOM ladder
  * fails (mf_last_error and mf_oom_report say why) or on bad arguments. A
@@ -238,7 +270,9 @@ MF_API uint64_t mf_capacity(mf_allocator *a, int device);
 /* Walk every segment and block of every device and check the invariants:
  * blocks tile their segment without overlap, free neighbours are coalesced,
  * the free-block index holds exactly the free blocks, and the stats equal the
- * sums over live blocks. MF_ERR_CORRUPT with the first violation in
+ * sums over live blocks; with vmm also: segments are whole granules inside
+ * their pool's reserved ranges, no granule is mapped twice, and reserved bytes
+ * are the mapped granules. MF_ERR_CORRUPT with the first violation in
  * mf_last_error. */
 MF_API mf_status mf_check(mf_allocator *a);
 
@@ -270,10 +304,15 @@ typedef struct mf_counter {
   X(ooms)            /* requests that failed after the whole ladder */             \
   X(segment_maps)                                                                  \
   X(segment_unmaps)                                                                \
-  X(ladder_releases) /* times the OOM ladder released cached segments */           \
-  X(deferred_frees)  /* frees held back by record_stream events */
+  X(ladder_releases) /* times the OOM ladder released cached memory or waited */   \
+  X(deferred_frees)  /* frees held back by record_stream events */                 \
+  X(granule_maps)    /* vmm: granules mapped (new, or moved from a free block) */  \
+  X(granule_unmaps)  /* vmm: granules unmapped from free blocks */                 \
+  X(granule_creates) /* vmm: physical granules taken from the backend */           \
+  X(granule_releases) /* vmm: physical granules given back */                      \
+  X(syncs)           /* device synchronizations before unmapping */
 
-#define MF_STATS_VERSION 1
+#define MF_STATS_VERSION 2
 typedef struct mf_stats {
   uint32_t struct_size; /* sizeof(mf_stats) */
   uint32_t version;     /* MF_STATS_VERSION */

@@ -10,7 +10,18 @@ from typing import Dict, List, Optional, Tuple
 ENV_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 # The keys memfit takes out of PyTorch's variables: its option table minus
 # `backend` (always cuda there) and `devices` (a simulated backend's).
-MEMFIT_KEYS = ("capacity", "max_split_size", "large_segment", "large_split", "segment_round", "merge_segments", "event_log", "check")
+MEMFIT_KEYS = (
+    "capacity",
+    "max_split_size",
+    "large_segment",
+    "large_split",
+    "segment_round",
+    "merge_segments",
+    "vmm",
+    "vmm_granule",
+    "event_log",
+    "check",
+)
 
 
 def split_conf(value: str) -> Tuple[bool, List[str], List[str]]:

@@ -78,8 +78,13 @@ _EVENTS = (
     "segment_unmaps",
     "ladder_releases",
     "deferred_frees",
+    "granule_maps",
+    "granule_unmaps",
+    "granule_creates",
+    "granule_releases",
+    "syncs",
 )
-STATS_VERSION = 1
+STATS_VERSION = 2
 
 
 class Stats(ctypes.Structure):
