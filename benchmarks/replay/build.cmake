@@ -7,6 +7,7 @@ add_executable(memfit-replay
   ${CMAKE_CURRENT_LIST_DIR}/idmap.c
   ${CMAKE_CURRENT_LIST_DIR}/replay.c
   ${CMAKE_CURRENT_LIST_DIR}/baseline.c
+  ${CMAKE_CURRENT_LIST_DIR}/native.c
   ${CMAKE_CURRENT_LIST_DIR}/summary.c)
 # dladdr and Dl_info are GNU extensions; clock_gettime and strdup are POSIX.
 target_compile_definitions(memfit-replay PRIVATE _GNU_SOURCE)

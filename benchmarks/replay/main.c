@@ -7,6 +7,7 @@
 
 #include "baseline.h"
 #include "memfit/memfit.h"
+#include "native.h"
 #include "replay.h"
 #include "summary.h"
 #include "trace.h"
@@ -22,7 +23,7 @@ enum exit_status {
 static void usage(FILE *out) {
   fputs("usage: memfit-replay TRACE [--backend virtual|host] [--capacity SIZE]\n"
         "                     [--conf \"key:value,...\"] [--json] [--baseline malloc|jemalloc]\n"
-        "                     [--repeat N] [--check]\n"
+        "                     [--repeat N] [--check] [--compare native]\n"
         "\n"
         "Replays an allocation trace (\"alloc <id> <bytes> [<stream>]\" and \"free <id>\"\n"
         "lines, '#' comments; TRACE '-' reads standard input) through memfit and prints\n"
@@ -37,6 +38,9 @@ static void usage(FILE *out) {
         "                  and print speed_ratio = memfit time / baseline time\n"
         "  --repeat N      timed passes of each kind (1..1000, default 5)\n"
         "  --check         run mf_check after every event in an extra untimed pass\n"
+        "  --compare C     native: also replay through an emulation of PyTorch's\n"
+        "                  caching allocator (segments, then expandable_segments:True)\n"
+        "                  and print its peaks; reserved_vs_native = memfit / native\n"
         "\n"
         "Exit status: 0 ok, 1 setup or backend failure, 2 usage error or bad trace,\n"
         "3 out of memory, 4 mf_check found corruption.\n",
@@ -49,6 +53,7 @@ typedef struct cli {
   const char *capacity;
   const char *conf;
   const char *baseline;
+  const char *compare;
   int repeat;
   bool json, check;
 } cli;
@@ -96,6 +101,7 @@ static int parse_cli(int argc, char **argv, cli *c) {
     else if (strcmp(name, "--capacity") == 0) slot = &c->capacity;
     else if (strcmp(name, "--conf") == 0) slot = &c->conf;
     else if (strcmp(name, "--baseline") == 0) slot = &c->baseline;
+    else if (strcmp(name, "--compare") == 0) slot = &c->compare;
     else if (strcmp(name, "--repeat") == 0) slot = &repeat_text;
     else return usage_error("unknown option '%s'", arg);
     if (eq) *slot = eq + 1;
@@ -115,6 +121,8 @@ static int parse_cli(int argc, char **argv, cli *c) {
     return usage_error("unknown backend '%s' (expected virtual or host)", c->backend);
   if (c->baseline && strcmp(c->baseline, "malloc") != 0 && strcmp(c->baseline, "jemalloc") != 0)
     return usage_error("unknown baseline '%s' (expected malloc or jemalloc)", c->baseline);
+  if (c->compare && strcmp(c->compare, "native") != 0)
+    return usage_error("unknown comparison '%s' (expected native)", c->compare);
   return -1;
 }
 
@@ -261,6 +269,27 @@ static int memfit_pass(mf_allocator *a, const trace *t, void **ptrs, bool check_
   return check_now(a, t, where);
 }
 
+/* A size or count option of the allocator as resolved (0 if unreadable). */
+static uint64_t option_u64(mf_allocator *a, const char *key) {
+  char text[32];
+  if (mf_options_get(mf_allocator_options(a), key, text, sizeof text) != MF_OK) return 0;
+  return strtoull(text, NULL, 10);
+}
+
+/* --compare native: the emulation of PyTorch's allocator, once with
+ * segments and once with expandable segments; untimed, deterministic. An OOM
+ * of the emulation is one of its results, not a failure of the run. */
+static int run_native(const trace *t, replay_summary *s) {
+  native_config conf = s->native_conf;
+  conf.expandable = false;
+  if (native_replay(t, &conf, &s->native) == 0) {
+    conf.expandable = true;
+    if (native_replay(t, &conf, &s->native_expandable) == 0) return EXIT_OK;
+  }
+  fputs("memfit-replay: out of host memory in the native emulation\n", stderr);
+  return EXIT_RUNTIME;
+}
+
 static int run(const cli *c, const trace *t, const baseline *base, replay_summary *s) {
   char *conf = s->conf;
   int rc = build_conf(c, t, conf, sizeof s->conf);
@@ -290,6 +319,10 @@ static int run(const cli *c, const trace *t, const baseline *base, replay_summar
       char backend[sizeof s->backend];
       if (mf_options_get(mf_allocator_options(a), "backend", backend, sizeof backend) == MF_OK)
         snprintf(s->backend, sizeof s->backend, "%s", backend);
+      s->granule = mf_allocator_granule(a);
+      /* The emulation of --compare native gets memfit's budget and split limit. */
+      s->native_conf.capacity = option_u64(a, "capacity");
+      s->native_conf.max_split_size = option_u64(a, "max_split_size");
     }
     rc = memfit_pass(a, t, ptrs, false, "first pass", &s->first_pass[r], r == 0 ? &s->first : NULL);
     if (rc < 0 && r == 0 && t->tagged) read_category_stats(a, s->category);
@@ -375,7 +408,10 @@ int main(int argc, char **argv) {
   s->repeat = c.repeat;
   s->check_each = c.check;
   s->base = c.baseline ? &base : NULL;
+  s->compare_native = c.compare != NULL;
   rc = run(&c, &t, s->base, s);
+  /* After memfit's passes, so that their figures and times are unchanged. */
+  if (rc == EXIT_OK && s->compare_native) rc = run_native(&t, s);
   if (rc == EXIT_OK) {
     if (c.json) summary_print_json(s, stdout);
     else summary_print_table(s, stdout);

@@ -27,7 +27,14 @@ typedef struct figures {
   double ns_op, ns_op_min, ns_first, ns_base, ratio;
   double paired_ratio; /* median of each repetition's memfit/baseline: robust to drift */
   double fragmentation, warm_fragmentation; /* < 0: undefined (nothing allocated) */
+  /* --compare native; < 0: undefined */
+  double native_fragmentation, native_expandable_fragmentation;
+  double vs_native, vs_native_expandable; /* memfit's peak reserved / the emulation's */
 } figures;
+
+static double ratio_or_undefined(uint64_t num, uint64_t den) {
+  return den > 0 ? (double)num / (double)den : -1.0;
+}
 
 static figures compute(const replay_summary *s) {
   figures f;
@@ -52,6 +59,14 @@ static figures compute(const replay_summary *s) {
   f.warm_fragmentation = s->warm.allocated_bytes.peak > 0
                              ? (double)s->warm.reserved_bytes.peak / (double)s->warm.allocated_bytes.peak
                              : -1.0;
+  if (s->compare_native) {
+    const native_result *n = &s->native, *x = &s->native_expandable;
+    uint64_t reserved = (uint64_t)s->first.reserved_bytes.peak;
+    f.native_fragmentation = ratio_or_undefined(n->peak_reserved, n->peak_allocated);
+    f.native_expandable_fragmentation = ratio_or_undefined(x->peak_reserved, x->peak_allocated);
+    f.vs_native = ratio_or_undefined(reserved, n->peak_reserved);
+    f.vs_native_expandable = ratio_or_undefined(reserved, x->peak_reserved);
+  }
   return f;
 }
 
@@ -74,6 +89,54 @@ static void row_bytes(FILE *out, const char *label, int64_t bytes) {
           (long long)bytes);
 }
 
+static void row_ratio(FILE *out, const char *label, double v, const char *note) {
+  if (v >= 0) fprintf(out, "  %-22s %14.4f  (%s)\n", label, v, note);
+  else fprintf(out, "  %-22s %14s\n", label, "n/a");
+}
+
+/* The OOM of an emulation, if it had one: where it stopped. */
+static void row_native_ooms(FILE *out, const char *label, const trace *t, const native_result *n) {
+  if (!n->ooms) {
+    fprintf(out, "  %-22s %14d\n", label, 0);
+    return;
+  }
+  fprintf(out, "  %-22s %14llu  (stopped at line %u: alloc of %llu bytes on device %d)\n", label,
+          (unsigned long long)n->ooms, t->lines[n->oom_op],
+          (unsigned long long)t->ops[n->oom_op].size, t->ops[n->oom_op].device);
+}
+
+/* --compare native, for people. */
+static void native_table(const replay_summary *s, const figures *f, FILE *out) {
+  const trace *t = s->trace;
+  const native_result *n = &s->native, *x = &s->native_expandable;
+  char h[32], limits[160];
+  int len = snprintf(limits, sizeof limits, "capacity %s",
+                     s->native_conf.capacity ? human(s->native_conf.capacity, h, sizeof h) : "unlimited");
+  if (s->native_conf.max_split_size)
+    snprintf(limits + len, sizeof limits - (size_t)len, ", max_split_size %s",
+             human(s->native_conf.max_split_size, h, sizeof h));
+  fprintf(out, "  %-22s %14s  (PyTorch CUDACachingAllocator emulated; %s)\n", "compare", "native",
+          limits);
+  row_bytes(out, "native peak reserved", (int64_t)n->peak_reserved);
+  row_bytes(out, "native peak allocated", (int64_t)n->peak_allocated);
+  row_ratio(out, "native fragmentation", f->native_fragmentation, "peak reserved / peak allocated");
+  fprintf(out, "  %-22s %14llu  (cudaMalloc calls; %llu cudaFree, %llu cache releases)\n",
+          "native segment maps", (unsigned long long)n->segment_maps,
+          (unsigned long long)n->segment_unmaps, (unsigned long long)n->alloc_retries);
+  row_native_ooms(out, "native ooms", t, n);
+  row_bytes(out, "expandable reserved", (int64_t)x->peak_reserved);
+  row_bytes(out, "expandable allocated", (int64_t)x->peak_allocated);
+  row_ratio(out, "expandable frag.", f->native_expandable_fragmentation,
+            "expandable_segments:True; peak reserved / peak allocated");
+  row_native_ooms(out, "expandable ooms", t, x);
+  row_ratio(out, "reserved vs native", f->vs_native,
+            "memfit's peak reserved / native's");
+  row_ratio(out, "reserved vs expandable", f->vs_native_expandable,
+            "memfit's peak reserved / expandable's");
+  fprintf(out, "  %-22s %11.1f ms  (both emulations, untimed passes)\n", "native emulation",
+          (n->seconds + x->seconds) * 1e3);
+}
+
 void summary_print_table(const replay_summary *s, FILE *out) {
   const trace *t = s->trace;
   figures f = compute(s);
@@ -92,6 +155,11 @@ void summary_print_table(const replay_summary *s, FILE *out) {
   fprintf(out, "  %-22s %14lld  (%lld misses, %lld segment maps)\n", "cache hits",
           (long long)s->first.cache_hits, (long long)s->first.cache_misses,
           (long long)s->first.segment_maps);
+  if (s->granule)
+    fprintf(out, "  %-22s %14lld  (granule %llu KiB; %lld unmapped to move, %lld new; %lld syncs)\n",
+            "granules mapped", (long long)s->first.granule_maps, (unsigned long long)(s->granule / 1024),
+            (long long)s->first.granule_unmaps, (long long)s->first.granule_creates, (long long)s->first.syncs);
+  else fprintf(out, "  %-22s %14s\n", "page mapping", "off (segments)");
   if (t->tagged) {
     for (int c = 0; c < MF_CAT_COUNT; c++) {
       if (!s->category[c].bytes.peak) continue;
@@ -100,6 +168,7 @@ void summary_print_table(const replay_summary *s, FILE *out) {
       row_bytes(out, label, s->category[c].bytes.peak);
     }
   }
+  if (s->compare_native) native_table(s, &f, out);
   fprintf(out, "  %-22s %11.1f ns  (median of %d warm passes; min %.1f)\n", "time per event", f.ns_op,
           s->repeat, f.ns_op_min);
   fprintf(out, "  %-22s %11.1f ns\n", "time per alloc+free", 2 * f.ns_op);
@@ -134,6 +203,33 @@ static void json_number_or_null(FILE *out, double v) {
   else fprintf(out, "%.6f", v);
 }
 
+static void json_size_or_null(FILE *out, uint64_t v) {
+  if (v) fprintf(out, "%llu", (unsigned long long)v);
+  else fputs("null", out);
+}
+
+/* The trace line of an emulation's OOM, or null. */
+static void json_oom_line(FILE *out, const trace *t, const native_result *n) {
+  if (n->ooms) fprintf(out, "%u", t->lines[n->oom_op]);
+  else fputs("null", out);
+}
+
+/* --compare native, for scripts: one emulation's figures under a prefix. */
+static void json_native(FILE *out, const trace *t, const char *prefix, const native_result *n,
+                        double fragmentation) {
+  fprintf(out, ",\n  \"%s_peak_reserved_bytes\": %llu", prefix, (unsigned long long)n->peak_reserved);
+  fprintf(out, ",\n  \"%s_peak_allocated_bytes\": %llu", prefix,
+          (unsigned long long)n->peak_allocated);
+  fprintf(out, ",\n  \"%s_fragmentation\": ", prefix);
+  json_number_or_null(out, fragmentation);
+  fprintf(out, ",\n  \"%s_segment_maps\": %llu", prefix, (unsigned long long)n->segment_maps);
+  fprintf(out, ",\n  \"%s_segment_unmaps\": %llu", prefix, (unsigned long long)n->segment_unmaps);
+  fprintf(out, ",\n  \"%s_alloc_retries\": %llu", prefix, (unsigned long long)n->alloc_retries);
+  fprintf(out, ",\n  \"%s_ooms\": %llu", prefix, (unsigned long long)n->ooms);
+  fprintf(out, ",\n  \"%s_oom_line\": ", prefix);
+  json_oom_line(out, t, n);
+}
+
 static void json_samples(FILE *out, const replay_summary *s, const double *passes) {
   fputc('[', out);
   for (int i = 0; i < s->repeat; i++) fprintf(out, "%s%.3f", i ? ", " : "", ns_per_op(s, passes[i]));
@@ -166,6 +262,11 @@ void summary_print_json(const replay_summary *s, FILE *out) {
           (long long)s->first.ooms, (long long)s->first.cache_hits, (long long)s->first.cache_misses,
           (long long)s->first.segment_maps, (long long)s->first.segment_unmaps,
           (long long)s->first.ladder_releases);
+  fprintf(out,
+          ",\n  \"granule_bytes\": %llu,\n  \"granule_maps\": %lld,\n  \"granule_unmaps\": %lld,\n"
+          "  \"granule_creates\": %lld,\n  \"syncs\": %lld,\n  \"warm_granule_maps\": %lld",
+          (unsigned long long)s->granule, (long long)s->first.granule_maps, (long long)s->first.granule_unmaps,
+          (long long)s->first.granule_creates, (long long)s->first.syncs, (long long)s->warm.granule_maps);
   fprintf(out, ",\n  \"ns_per_op\": %.3f,\n  \"ns_per_pair\": %.3f,\n  \"ns_per_op_min\": %.3f",
           f.ns_op, 2 * f.ns_op, f.ns_op_min);
   fprintf(out, ",\n  \"ns_per_op_first_pass\": %.3f", f.ns_first);
@@ -185,6 +286,19 @@ void summary_print_json(const replay_summary *s, FILE *out) {
       fprintf(out, ": %lld", (long long)s->category[c].bytes.peak);
     }
     fputc('}', out);
+  }
+  if (s->compare_native) {
+    fputs(",\n  \"compare\": \"native\",\n  \"native_capacity_bytes\": ", out);
+    json_size_or_null(out, s->native_conf.capacity);
+    fputs(",\n  \"native_max_split_size_bytes\": ", out);
+    json_size_or_null(out, s->native_conf.max_split_size);
+    json_native(out, t, "native", &s->native, f.native_fragmentation);
+    json_native(out, t, "native_expandable", &s->native_expandable, f.native_expandable_fragmentation);
+    fputs(",\n  \"reserved_vs_native\": ", out);
+    json_number_or_null(out, f.vs_native);
+    fputs(",\n  \"reserved_vs_native_expandable\": ", out);
+    json_number_or_null(out, f.vs_native_expandable);
+    fprintf(out, ",\n  \"native_seconds\": %.6f", s->native.seconds + s->native_expandable.seconds);
   }
   if (s->base) {
     fputs(",\n  \"baseline\": ", out);

@@ -8,6 +8,7 @@
 
 #include "baseline.h"
 #include "memfit/memfit.h"
+#include "native.h"
 #include "trace.h"
 
 #define SUMMARY_MAX_REPEAT 1000
@@ -15,6 +16,7 @@
 typedef struct replay_summary {
   const trace *trace;
   char backend[64];  /* as the allocator's options resolved it */
+  uint64_t granule;  /* the page-mapped pools' granule, 0 with segments (vmm off) */
   char conf[4096];   /* the string given to mf_allocator_create */
   int repeat;
   bool check_each;
@@ -32,6 +34,13 @@ typedef struct replay_summary {
   double warm_pass[SUMMARY_MAX_REPEAT];
   double baseline_pass[SUMMARY_MAX_REPEAT];
   const baseline *base; /* NULL without --baseline */
+
+  /* --compare native: PyTorch's caching allocator emulated on the same
+   * trace, once with segments, once with expandable_segments:True, with
+   * memfit's capacity and max_split_size (native_conf, expandable unset). */
+  bool compare_native;
+  native_config native_conf;
+  native_result native, native_expandable;
 } replay_summary;
 
 void summary_print_table(const replay_summary *s, FILE *out);

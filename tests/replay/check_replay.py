@@ -32,6 +32,10 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
                         help="a JSON field must equal VALUE (compared as JSON)")
     parser.add_argument("--has", action="append", default=[], metavar="KEY",
                         help="a JSON field that must be present")
+    parser.add_argument("--lacks", action="append", default=[], metavar="KEY",
+                        help="a JSON field that must be absent")
+    parser.add_argument("--native", action="store_true",
+                        help="the --compare native figures are there and agree with each other")
     parser.add_argument("--ldd-lacks", help="the command's executable must not load this library")
     parser.add_argument("--skip-if-stderr", help="regex: skip the test (exit 77) if stderr matches")
     return cli_check.parse(parser)
@@ -65,6 +69,36 @@ def check_invariants(doc: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"ooms is {doc.get('ooms')!r} in a run that succeeded")
 
 
+# Each emulation's JSON prefix, and the field holding memfit's reserved / its reserved.
+NATIVE_RATIOS = {"native": "reserved_vs_native", "native_expandable": "reserved_vs_native_expandable"}
+
+
+def check_native(doc: dict[str, Any], problems: list[str]) -> None:
+    """Both emulations: integer peaks, reserved >= allocated (>= requested when
+    the emulation ran to the end), the ratios recomputed from the peaks."""
+    req = doc.get("peak_requested_bytes")
+    for prefix in NATIVE_RATIOS:
+        res, alloc, ooms = (doc.get(f"{prefix}_{k}") for k in
+                            ("peak_reserved_bytes", "peak_allocated_bytes", "ooms"))
+        if not all(isinstance(v, int) for v in (res, alloc, ooms)):
+            problems.append(f"{prefix} figures are not integers: {res!r} {alloc!r} {ooms!r}")
+            continue
+        if ooms not in (0, 1) or (ooms == 1) != isinstance(doc.get(f"{prefix}_oom_line"), int):
+            problems.append(f"{prefix}_ooms {ooms!r} disagrees with {prefix}_oom_line "
+                            f"{doc.get(prefix + '_oom_line')!r}")
+        if res < alloc or (ooms == 0 and isinstance(req, int) and alloc < req):
+            problems.append(f"expected {prefix} reserved {res} >= allocated {alloc}"
+                            + (f" >= requested {req}" if ooms == 0 else ""))
+        frag = doc.get(f"{prefix}_fragmentation")
+        if alloc > 0 and (not isinstance(frag, (int, float)) or abs(frag - res / alloc) > 1e-4):
+            problems.append(f"{prefix}_fragmentation {frag!r} is not reserved/allocated = {res / alloc}")
+        ratio = doc.get(NATIVE_RATIOS[prefix])
+        memfit = doc.get("peak_reserved_bytes")
+        if res > 0 and isinstance(memfit, int) and (
+                not isinstance(ratio, (int, float)) or abs(ratio - memfit / res) > 1e-4):
+            problems.append(f"the reserved_vs ratio for {prefix} is {ratio!r}, not {memfit / res}")
+
+
 def main() -> int:
     args, command = parse_args()
     problems: list[str] = []
@@ -74,7 +108,7 @@ def main() -> int:
         return SKIP
     cli_check.match_output(args, status, out, err, problems)
 
-    if args.json or args.invariants or args.field or args.has:
+    if args.json or args.invariants or args.native or args.field or args.has or args.lacks:
         try:
             doc = json.loads(out)
             if not isinstance(doc, dict):
@@ -84,9 +118,14 @@ def main() -> int:
             doc = {}
         if args.invariants and doc:
             check_invariants(doc, problems)
+        if args.native and doc:
+            check_native(doc, problems)
         for key in args.has:
             if key not in doc:
                 problems.append(f"JSON has no {key!r}")
+        for key in args.lacks:
+            if key in doc:
+                problems.append(f"JSON has {key!r}, which it should not")
         for item in args.field:
             key, _, value = item.partition("=")
             if doc.get(key) != json.loads(value):

@@ -1,6 +1,7 @@
 # tests/replay/tests.cmake — command-line tests of memfit-replay (ctest -R replay):
 # the bundled traces replay with consistent peaks, bad traces and OOMs exit with
-# their documented status and name the line, baselines report a speed ratio.
+# their documented status and name the line, baselines report a speed ratio,
+# --compare native reports the peaks of PyTorch's allocator emulated.
 # Each test runs check_replay.py, which asserts the exit status and the output.
 find_package(Python3 COMPONENTS Interpreter QUIET)
 if(NOT Python3_Interpreter_FOUND)
@@ -118,3 +119,83 @@ replay_test(event_log.replay --json --invariants --field peak_requested_bytes=72
             --has peak_bytes_by_category
             -- ${REPLAY} ${CMAKE_CURRENT_BINARY_DIR}/replay_small_events.log --json --repeat 1)
 set_tests_properties(replay.event_log.replay PROPERTIES FIXTURES_REQUIRED replay_event_log)
+
+# --- --compare native: PyTorch's caching allocator emulated on the same trace.
+# Every bundled trace: exit 0, memfit's figures as without it, both emulations'
+# figures present and consistent (reserved >= allocated >= requested, ratios).
+file(GLOB replay_bundled_traces CONFIGURE_DEPENDS ${REPLAY_TRACE_DIR}/*.mftrace)
+foreach(path ${replay_bundled_traces})
+  get_filename_component(trace ${path} NAME_WE)
+  replay_test(native.${trace} --json --invariants --native --field native_ooms=0
+              --field native_expandable_ooms=0 --field "compare=\"native\""
+              --has native_segment_maps --has native_expandable_fragmentation
+              -- ${REPLAY} ${path} --json --repeat 1 --compare native)
+endforeach()
+# Hand-written traces whose peaks follow from the policy (each file says how).
+# native_replay_test(NAME RESERVED EXPANDABLE_RESERVED CHECKS... -- ARGS...)
+function(native_replay_test name reserved expandable)
+  replay_test(native.${name} --json --native --field native_peak_reserved_bytes=${reserved}
+              --field native_expandable_peak_reserved_bytes=${expandable} ${ARGN})
+endfunction()
+set(NATIVE_ARGS --json --repeat 1 --compare native)
+native_replay_test(small 2097152 2097152 --field native_peak_allocated_bytes=1024
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_small.mftrace ${NATIVE_ARGS})
+native_replay_test(medium 20971520 20971520 --field native_peak_allocated_bytes=5242880
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_medium.mftrace ${NATIVE_ARGS})
+native_replay_test(large 14680064 20971520 --field native_peak_allocated_bytes=12583424
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_large.mftrace ${NATIVE_ARGS})
+# a cached block too small for the next request: a second segment; the
+# expandable segment serves both from its one page (it maps less)
+native_replay_test(growth 29360128 20971520 --field native_segment_maps=2
+                   --field native_expandable_segment_maps=1
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_growth.mftrace ${NATIVE_ARGS})
+native_replay_test(split 20971520 20971520 --field native_peak_allocated_bytes=20971520
+                   --field native_segment_maps=1
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_split.mftrace ${NATIVE_ARGS})
+native_replay_test(streams 41943040 41943040
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_streams.mftrace ${NATIVE_ARGS})
+# memory pressure: unlimited, a budget that release_cached_blocks meets, and
+# one that the expandable emulation cannot meet (its OOM is a result: exit 0)
+native_replay_test(release.unlimited 52428800 41943040 --field native_alloc_retries=0
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_release.mftrace ${NATIVE_ARGS})
+native_replay_test(release.capacity 31457280 41943040 --field native_alloc_retries=1
+                   --field native_segment_unmaps=1 --field native_ooms=0
+                   --field native_capacity_bytes=41943040
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_release.mftrace ${NATIVE_ARGS} --capacity 40MiB)
+native_replay_test(release.expandable_oom 31457280 20971520 --field native_ooms=0
+                   --field native_expandable_ooms=1 --field native_expandable_oom_line=11
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_release.mftrace ${NATIVE_ARGS} --capacity 35MiB)
+# the emulation runs out of memory where memfit does not: reported, exit 0
+native_replay_test(oom 20971520 20971520 --invariants --field native_ooms=1 --field native_oom_line=12
+                   --field native_expandable_ooms=1
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_oom.mftrace ${NATIVE_ARGS} --capacity 24MiB)
+replay_test(native.oom_table --stdout "native ooms +1  \\(stopped at line 12: alloc of 8388608 bytes"
+            -- ${REPLAY} ${REPLAY_TEST_DIR}/native_oom.mftrace --repeat 1 --compare native --capacity 24MiB)
+# memfit's own OOM decides the exit status, with or without the comparison
+replay_test(native.memfit_oom --exit 3 --stderr "oom\\.mftrace:5: out of memory"
+            -- ${REPLAY} ${REPLAY_TEST_DIR}/oom.mftrace --capacity 8MiB --compare native)
+# max_split_size from memfit's options applies to the emulation too
+native_replay_test(max_split.unset 31457280 41943040 --field native_max_split_size_bytes=null
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_max_split.mftrace ${NATIVE_ARGS})
+native_replay_test(max_split.set 52428800 41943040 --field native_max_split_size_bytes=20971520
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_max_split.mftrace ${NATIVE_ARGS}
+                      --conf max_split_size:20MiB)
+native_replay_test(oversize 94371840 104857600 --field native_segment_maps=3
+                   --field native_segment_unmaps=1 --field native_alloc_retries=0
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/native_oversize.mftrace ${NATIVE_ARGS}
+                      --conf max_split_size:20MiB --capacity 100MiB)
+# the other tests' traces: zero-byte requests, two streams; devices emulated
+# apart (2 MiB on device 3 + 2 MiB on device 0)
+native_replay_test(small_trace 92274688 88080384 --field native_peak_allocated_bytes=72878080
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/small.mftrace ${NATIVE_ARGS})
+native_replay_test(devices 4194304 4194304 --field devices=4
+                   -- ${REPLAY} ${REPLAY_TEST_DIR}/device3.mftrace ${NATIVE_ARGS})
+replay_test(native.table --stdout "native peak reserved +2\\.00 MiB  \\(2097152 B\\)"
+            --stdout "expandable reserved +2\\.00 MiB" --stdout "reserved vs native +[0-9.]+"
+            -- ${REPLAY} ${REPLAY_TEST_DIR}/native_small.mftrace --repeat 1 --compare native)
+# without --compare nothing is added; any other value is a usage error
+replay_test(native.absent --json --lacks native_peak_reserved_bytes --lacks reserved_vs_native
+            -- ${REPLAY} ${REPLAY_TEST_DIR}/native_small.mftrace --json --repeat 1)
+replay_test(usage.compare --exit 2 --stderr "unknown comparison 'jemalloc' \\(expected native\\)"
+            --stderr "^usage: memfit-replay"
+            -- ${REPLAY} ${REPLAY_TEST_DIR}/small.mftrace --compare jemalloc)
