@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SEED = 20261122
+CKPT_BATCH, CKPT_STEPS = 16, 20  # gpt_ckpt: checkpointing buys a larger batch
 F32, BF16, I64 = 4, 2, 8
 
 
@@ -156,7 +157,157 @@ def gpt_build(tr: Trace, cfg: GPTConfig) -> Params:
     return p
 
 
-def gpt_step(tr: Trace, cfg: GPTConfig, p: Params, adam: dict, batch: int, seq: int, step: int) -> None:
+def gpt_block_forward(tr: Trace, d: int, N: int, att: int, x: int, cache: list[int],
+                      keep: bool = True, early_stop: bool = False) -> tuple[dict[str, int], int | None]:
+    """One decoder block on the residual stream x; returns what it saved for
+    backward and its output. `cache` is autocast's cast cache (bias casts
+    always, weight casts too when they are not saved), freed by the caller
+    when the autocast region ends. keep=False is a checkpointed block's
+    forward: every saved tensor is dropped once the forward is done with it
+    (`used`), and only the input x survives, held by the checkpoint.
+    early_stop is the recomputation of non-reentrant checkpoint: it stops
+    once the last saved tensor is recomputed, before the final matmul and
+    residual run (no output)."""
+    s: dict[str, int] = {"x_in": x}  # layer_norm saves its input
+
+    def used(*names: str) -> None:
+        if not keep:
+            tr.free_all([s.pop(name) for name in names])
+
+    def weight_cast(name: str, nbytes: int) -> None:
+        t = tr.alloc(nbytes)
+        if keep:
+            s[name] = t
+        else:
+            cache.append(t)
+
+    ln1 = tr.alloc(N * d * F32)
+    s["mean1"], s["rstd1"] = tr.alloc(N * F32), tr.alloc(N * F32)
+    used("mean1", "rstd1")
+    s["h1"] = tr.alloc(N * d * BF16)  # ln output cast to bf16, saved by the qkv matmul
+    tr.free(ln1)
+    weight_cast("w_qkv", 3 * d * d * BF16)
+    cache.append(tr.alloc(3 * d * BF16))
+    qkv = tr.alloc(N * 3 * d * BF16)
+    used("h1")
+    # q, k, v made contiguous per head for the batched matmuls, which save them.
+    s["q"], s["k"], s["v"] = (tr.alloc(N * d * BF16) for _ in range(3))
+    tr.free(qkv)
+    scores = tr.alloc(att * BF16)  # q @ k^T
+    used("q", "k")
+    scaled = tr.alloc(att * BF16)  # * 1/sqrt(head_dim)
+    tr.free(scores)
+    masked = tr.alloc(att * BF16)  # masked_fill(-inf)
+    tr.free(scaled)
+    s["p32"] = tr.alloc(att * F32)  # softmax runs in fp32 under autocast; saved
+    tr.free(masked)
+    s["p16"] = tr.alloc(att * BF16)  # cast back for p @ v; saved
+    used("p32")
+    y = tr.alloc(N * d * BF16)
+    used("p16", "v")
+    s["y"] = tr.alloc(N * d * BF16)  # transpose(1, 2).contiguous(); saved by proj
+    tr.free(y)
+    weight_cast("w_proj", d * d * BF16)
+    cache.append(tr.alloc(d * BF16))
+    o = tr.alloc(N * d * BF16)
+    used("y")
+    s["x_mid"] = tr.alloc(N * d * F32)  # residual add promotes to fp32; saved by ln2
+    tr.free(o)
+    ln2 = tr.alloc(N * d * F32)
+    s["mean2"], s["rstd2"] = tr.alloc(N * F32), tr.alloc(N * F32)
+    used("mean2", "rstd2")
+    s["h2"] = tr.alloc(N * d * BF16)
+    tr.free(ln2)
+    weight_cast("w_fc", 4 * d * d * BF16)
+    cache.append(tr.alloc(4 * d * BF16))
+    s["fc"] = tr.alloc(N * 4 * d * BF16)  # saved by gelu
+    used("h2")
+    s["gelu"] = tr.alloc(N * 4 * d * BF16)  # saved by the second matmul
+    used("fc")
+    weight_cast("w_mproj", 4 * d * d * BF16)
+    cache.append(tr.alloc(d * BF16))
+    if early_stop:  # the second matmul has saved its inputs: nothing more to recompute
+        return s, None
+    m = tr.alloc(N * d * BF16)
+    used("gelu")
+    x = tr.alloc(N * d * F32)
+    used("x_mid")
+    tr.free(m)
+    return s, x
+
+
+def gpt_block_backward(tr: Trace, p: Params, i: int, saved: Callable[[], dict[str, int]],
+                       g_x: int, d: int, N: int, att: int) -> int:
+    """Backward of block i from the gradient g_x of its output; returns the
+    gradient of its input. saved() is called when the first node that
+    unpacks a saved tensor runs (the second matmul's): a checkpointed block
+    recomputes its forward there."""
+    pre = f"h{i}."
+    g_m = tr.alloc(N * d * BF16)  # the add's cast backward
+    s = saved()
+    g_gelu = tr.alloc(N * 4 * d * BF16)
+    p.accumulate(pre + "mproj.w", 4 * d * d * BF16)
+    p.accumulate(pre + "mproj.b", d * BF16)
+    tr.free_all([g_m, s["gelu"], s["w_mproj"]])
+    g_fc = tr.alloc(N * 4 * d * BF16)
+    tr.free_all([g_gelu, s["fc"]])
+    g_h2 = tr.alloc(N * d * BF16)
+    p.accumulate(pre + "fc.w", 4 * d * d * BF16)
+    p.accumulate(pre + "fc.b", 4 * d * BF16)
+    tr.free_all([g_fc, s["h2"], s["w_fc"]])
+    g_ln2_in = tr.alloc(N * d * F32)
+    tr.free(g_h2)
+    g_ln2 = tr.alloc(N * d * F32)
+    p.accumulate_fp32(pre + "ln2.w", tr.alloc(d * F32))
+    p.accumulate_fp32(pre + "ln2.b", tr.alloc(d * F32))
+    tr.free_all([g_ln2_in, s["x_mid"], s["mean2"], s["rstd2"]])
+    g_sum = tr.alloc(N * d * F32)  # residual: both paths' gradients added
+    tr.free_all([g_x, g_ln2])
+    g_x = g_sum
+    g_o = tr.alloc(N * d * BF16)
+    g_y = tr.alloc(N * d * BF16)
+    p.accumulate(pre + "proj.w", d * d * BF16)
+    p.accumulate(pre + "proj.b", d * BF16)
+    tr.free_all([g_o, s["y"], s["w_proj"]])
+    g_yt = tr.alloc(N * d * BF16)
+    tr.free(g_y)
+    g_p16 = tr.alloc(att * BF16)
+    g_v = tr.alloc(N * d * BF16)
+    tr.free_all([g_yt, s["p16"], s["v"]])
+    g_p32 = tr.alloc(att * F32)
+    tr.free(g_p16)
+    g_s32 = tr.alloc(att * F32)  # softmax backward
+    tr.free_all([g_p32, s["p32"]])
+    g_s16 = tr.alloc(att * BF16)
+    tr.free(g_s32)
+    g_masked = tr.alloc(att * BF16)
+    tr.free(g_s16)
+    g_scaled = tr.alloc(att * BF16)
+    tr.free(g_masked)
+    g_q, g_k = tr.alloc(N * d * BF16), tr.alloc(N * d * BF16)
+    tr.free_all([g_scaled, s["q"], s["k"]])
+    g_qkv = tr.alloc(N * 3 * d * BF16)
+    tr.free_all([g_q, g_k, g_v])
+    g_h1 = tr.alloc(N * d * BF16)
+    p.accumulate(pre + "qkv.w", 3 * d * d * BF16)
+    p.accumulate(pre + "qkv.b", 3 * d * BF16)
+    tr.free_all([g_qkv, s["h1"], s["w_qkv"]])
+    g_ln1_in = tr.alloc(N * d * F32)
+    tr.free(g_h1)
+    g_ln1 = tr.alloc(N * d * F32)
+    p.accumulate_fp32(pre + "ln1.w", tr.alloc(d * F32))
+    p.accumulate_fp32(pre + "ln1.b", tr.alloc(d * F32))
+    tr.free_all([g_ln1_in, s["x_in"], s["mean1"], s["rstd1"]])
+    g_sum = tr.alloc(N * d * F32)
+    tr.free_all([g_x, g_ln1])
+    return g_sum
+
+
+def gpt_step(tr: Trace, cfg: GPTConfig, p: Params, adam: dict, batch: int, seq: int, step: int,
+             checkpoint: bool = False) -> None:
+    """One training step. checkpoint: every block under non-reentrant
+    torch.utils.checkpoint (only its input is kept through the forward; its
+    backward first recomputes its forward)."""
     B, T, d, h, V = batch, seq, cfg.d_model, cfg.heads, cfg.vocab
     N = B * T
     att = B * h * T * T  # elements of one attention matrix
@@ -168,50 +319,13 @@ def gpt_step(tr: Trace, cfg: GPTConfig, p: Params, adam: dict, batch: int, seq: 
     tok, pos = tr.alloc(N * d * F32), tr.alloc(T * d * F32)
     x = tr.alloc(N * d * F32)
     tr.free_all([tok, pos])
-    bias_casts: list[int] = []
+    bias_casts: list[int] = []  # autocast's cache
     saved: list[dict[str, int]] = []
     for _ in range(cfg.layers):
-        s: dict[str, int] = {"x_in": x}  # layer_norm saves its input
-        ln1 = tr.alloc(N * d * F32)
-        s["mean1"], s["rstd1"] = tr.alloc(N * F32), tr.alloc(N * F32)
-        s["h1"] = tr.alloc(N * d * BF16)  # ln output cast to bf16, saved by the qkv matmul
-        tr.free(ln1)
-        s["w_qkv"] = tr.alloc(3 * d * d * BF16)
-        bias_casts.append(tr.alloc(3 * d * BF16))
-        qkv = tr.alloc(N * 3 * d * BF16)
-        # q, k, v made contiguous per head for the batched matmuls, which save them.
-        s["q"], s["k"], s["v"] = (tr.alloc(N * d * BF16) for _ in range(3))
-        tr.free(qkv)
-        scores = tr.alloc(att * BF16)  # q @ k^T
-        scaled = tr.alloc(att * BF16)  # * 1/sqrt(head_dim)
-        tr.free(scores)
-        masked = tr.alloc(att * BF16)  # masked_fill(-inf)
-        tr.free(scaled)
-        s["p32"] = tr.alloc(att * F32)  # softmax runs in fp32 under autocast; saved
-        tr.free(masked)
-        s["p16"] = tr.alloc(att * BF16)  # cast back for p @ v; saved
-        y = tr.alloc(N * d * BF16)
-        s["y"] = tr.alloc(N * d * BF16)  # transpose(1, 2).contiguous(); saved by proj
-        tr.free(y)
-        s["w_proj"] = tr.alloc(d * d * BF16)
-        bias_casts.append(tr.alloc(d * BF16))
-        o = tr.alloc(N * d * BF16)
-        s["x_mid"] = tr.alloc(N * d * F32)  # residual add promotes to fp32; saved by ln2
-        tr.free(o)
-        ln2 = tr.alloc(N * d * F32)
-        s["mean2"], s["rstd2"] = tr.alloc(N * F32), tr.alloc(N * F32)
-        s["h2"] = tr.alloc(N * d * BF16)
-        tr.free(ln2)
-        s["w_fc"] = tr.alloc(4 * d * d * BF16)
-        bias_casts.append(tr.alloc(4 * d * BF16))
-        s["fc"] = tr.alloc(N * 4 * d * BF16)  # saved by gelu
-        s["gelu"] = tr.alloc(N * 4 * d * BF16)  # saved by the second matmul
-        s["w_mproj"] = tr.alloc(4 * d * d * BF16)
-        bias_casts.append(tr.alloc(d * BF16))
-        m = tr.alloc(N * d * BF16)
-        x = tr.alloc(N * d * F32)
-        tr.free(m)
-        saved.append(s)
+        s, x_out = gpt_block_forward(tr, d, N, att, x, bias_casts, keep=not checkpoint)
+        assert x_out is not None
+        saved.append(s)  # a checkpointed block's is just {"x_in": x}
+        x = x_out
     x_f = x
     lnf = tr.alloc(N * d * F32)
     mean_f, rstd_f = tr.alloc(N * F32), tr.alloc(N * F32)
@@ -243,66 +357,19 @@ def gpt_step(tr: Trace, cfg: GPTConfig, p: Params, adam: dict, batch: int, seq: 
     p.accumulate_fp32("lnf.w", tr.alloc(d * F32))
     p.accumulate_fp32("lnf.b", tr.alloc(d * F32))
     tr.free_all([g_lnf, x_f, mean_f, rstd_f])
+
+    def recompute(x_in: int) -> dict[str, int]:
+        # checkpoint re-enters autocast for the recomputation: a fresh cache,
+        # cleared (bias casts freed) when it stops; weight casts are saved.
+        cache: list[int] = []
+        s, _ = gpt_block_forward(tr, d, N, att, x_in, cache, early_stop=True)
+        tr.free_all(cache)
+        return s
+
     for i in reversed(range(cfg.layers)):
         s = saved[i]
-        pre = f"h{i}."
-        g_m = tr.alloc(N * d * BF16)  # the add's cast backward
-        g_gelu = tr.alloc(N * 4 * d * BF16)
-        p.accumulate(pre + "mproj.w", 4 * d * d * BF16)
-        p.accumulate(pre + "mproj.b", d * BF16)
-        tr.free_all([g_m, s["gelu"], s["w_mproj"]])
-        g_fc = tr.alloc(N * 4 * d * BF16)
-        tr.free_all([g_gelu, s["fc"]])
-        g_h2 = tr.alloc(N * d * BF16)
-        p.accumulate(pre + "fc.w", 4 * d * d * BF16)
-        p.accumulate(pre + "fc.b", 4 * d * BF16)
-        tr.free_all([g_fc, s["h2"], s["w_fc"]])
-        g_ln2_in = tr.alloc(N * d * F32)
-        tr.free(g_h2)
-        g_ln2 = tr.alloc(N * d * F32)
-        p.accumulate_fp32(pre + "ln2.w", tr.alloc(d * F32))
-        p.accumulate_fp32(pre + "ln2.b", tr.alloc(d * F32))
-        tr.free_all([g_ln2_in, s["x_mid"], s["mean2"], s["rstd2"]])
-        g_sum = tr.alloc(N * d * F32)  # residual: both paths' gradients added
-        tr.free_all([g_x, g_ln2])
-        g_x = g_sum
-        g_o = tr.alloc(N * d * BF16)
-        g_y = tr.alloc(N * d * BF16)
-        p.accumulate(pre + "proj.w", d * d * BF16)
-        p.accumulate(pre + "proj.b", d * BF16)
-        tr.free_all([g_o, s["y"], s["w_proj"]])
-        g_yt = tr.alloc(N * d * BF16)
-        tr.free(g_y)
-        g_p16 = tr.alloc(att * BF16)
-        g_v = tr.alloc(N * d * BF16)
-        tr.free_all([g_yt, s["p16"], s["v"]])
-        g_p32 = tr.alloc(att * F32)
-        tr.free(g_p16)
-        g_s32 = tr.alloc(att * F32)  # softmax backward
-        tr.free_all([g_p32, s["p32"]])
-        g_s16 = tr.alloc(att * BF16)
-        tr.free(g_s32)
-        g_masked = tr.alloc(att * BF16)
-        tr.free(g_s16)
-        g_scaled = tr.alloc(att * BF16)
-        tr.free(g_masked)
-        g_q, g_k = tr.alloc(N * d * BF16), tr.alloc(N * d * BF16)
-        tr.free_all([g_scaled, s["q"], s["k"]])
-        g_qkv = tr.alloc(N * 3 * d * BF16)
-        tr.free_all([g_q, g_k, g_v])
-        g_h1 = tr.alloc(N * d * BF16)
-        p.accumulate(pre + "qkv.w", 3 * d * d * BF16)
-        p.accumulate(pre + "qkv.b", 3 * d * BF16)
-        tr.free_all([g_qkv, s["h1"], s["w_qkv"]])
-        g_ln1_in = tr.alloc(N * d * F32)
-        tr.free(g_h1)
-        g_ln1 = tr.alloc(N * d * F32)
-        p.accumulate_fp32(pre + "ln1.w", tr.alloc(d * F32))
-        p.accumulate_fp32(pre + "ln1.b", tr.alloc(d * F32))
-        tr.free_all([g_ln1_in, s["x_in"], s["mean1"], s["rstd1"]])
-        g_sum = tr.alloc(N * d * F32)
-        tr.free_all([g_x, g_ln1])
-        g_x = g_sum
+        unpack = (lambda s=s: recompute(s["x_in"])) if checkpoint else (lambda s=s: s)
+        g_x = gpt_block_backward(tr, p, i, unpack, g_x, d, N, att)
     g_pos = tr.alloc(T * d * F32)  # summed over the batch
     p.accumulate_fp32("wpe", tr.alloc(cfg.max_seq * d * F32))
     tr.free(g_pos)
@@ -313,19 +380,21 @@ def gpt_step(tr: Trace, cfg: GPTConfig, p: Params, adam: dict, batch: int, seq: 
     adamw_step(tr, p, adam)
 
 
-def gpt_trace(path: Path, steps: int, shape: Callable[[int], tuple[int, int]], what: str) -> None:
+def gpt_trace(path: Path, steps: int, shape: Callable[[int], tuple[int, int]], what: str,
+              checkpoint: bool = False) -> None:
     tr = Trace()
     cfg = GPTConfig()
     p = gpt_build(tr, cfg)
     adam: dict[str, tuple[int, int]] = {}
     shapes = [shape(step) for step in range(steps)]
     for step, (batch, seq) in enumerate(shapes):
-        gpt_step(tr, cfg, p, adam, batch, seq, step)
+        gpt_step(tr, cfg, p, adam, batch, seq, step, checkpoint)
     seqs = sorted({s for _, s in shapes})
     tr.write(path, [
         f"{path.name}: {what}",
         f"GPT-2-small-like: {cfg.layers} layers, d_model {cfg.d_model}, {cfg.heads} heads, "
-        f"vocab {cfg.vocab}, fp32 weights, bf16 autocast, AdamW(foreach), grad clipping",
+        f"vocab {cfg.vocab}, fp32 weights, bf16 autocast, AdamW(foreach), grad clipping"
+        + (", activation checkpointing of every block (non-reentrant)" if checkpoint else ""),
         f"{steps} steps; batch {shapes[0][0]}; sequence lengths {seqs[0]}..{seqs[-1]}",
         f"written by benchmarks/traces/gen_traces.py (seed {SEED}); see benchmarks/traces/README.md",
     ])
@@ -538,21 +607,27 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    rng = random.Random(SEED)
-    seq = [512]
-
-    def drifting(step: int) -> tuple[int, int]:
+    def drifting(batch: int) -> Callable[[int], tuple[int, int]]:
         # A random walk of the sequence length in steps of 64 tokens, as with
         # length-bucketed batches: every step the activations change size.
-        if step:
-            seq[0] = min(1024, max(256, seq[0] + rng.choice([-128, -64, 64, 128])))
-        return 8, seq[0]
+        # Each trace walks from its own Random(SEED): the same lengths.
+        rng = random.Random(SEED)
+        seq = [512]
 
-    gpt_trace(args.out / "gpt_varlen.mftrace", 40, drifting,
+        def shape(step: int) -> tuple[int, int]:
+            if step:
+                seq[0] = min(1024, max(256, seq[0] + rng.choice([-128, -64, 64, 128])))
+            return batch, seq[0]
+        return shape
+
+    gpt_trace(args.out / "gpt_varlen.mftrace", 40, drifting(8),
               "GPT training, sequence length drifting between 256 and 1024 (random walk)")
     gpt_trace(args.out / "gpt_fixed.mftrace", 16, lambda step: (8, 512),
               "GPT training at a fixed shape (steady state)")
     resnet_trace(args.out / "resnet_2stream.mftrace", 12, batch=64, image=224)
+    gpt_trace(args.out / "gpt_ckpt.mftrace", CKPT_STEPS, drifting(CKPT_BATCH),
+              "GPT training with every block checkpointed, sequence length drifting (random walk)",
+              checkpoint=True)
 
 
 if __name__ == "__main__":
