@@ -10,9 +10,13 @@
 #include "test_util.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace {
 
@@ -479,6 +483,50 @@ TEST(Vmm, HostGranulesAreRealMemoryThatMovesWithoutAliasing) {
   expect_backend_agrees(a.get());
   must_free(a.get(), B);
   must_free(a.get(), D);
+}
+
+
+// ---------------------------------------------------------------- fork
+
+// A forked child (a DataLoader worker) works on its own copy: what it writes
+// into an inherited block, and the blocks it allocates and frees, never reach
+// the parent's memory, though both map pages of the same memfd file.
+TEST(Vmm, AForkedChildNeverWritesTheParentsMemory) {
+  Allocator a = create("backend:host,vmm:on,large_split:0,capacity:32MiB");
+  ASSERT_TRUE(a);
+  unsigned char *kept = static_cast<unsigned char *>(must_malloc(a.get(), 3 * MiB));
+  unsigned char *freed = static_cast<unsigned char *>(must_malloc(a.get(), 4 * MiB));
+  memset(kept, 0x11, 3 * MiB);
+  must_free(a.get(), freed);  // cached, free in both processes after the fork
+  fflush(nullptr);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // In the child: overwrite the inherited block, take the free memory (the
+    // parent's cache hands out the same addresses) and more, write it all.
+    memset(kept, 0x22, 3 * MiB);
+    unsigned char *mine = static_cast<unsigned char *>(mf_malloc(a.get(), 0, 4 * MiB, 0));
+    unsigned char *more = static_cast<unsigned char *>(mf_malloc(a.get(), 0, 9 * MiB, 0));
+    if (!mine || !more) _exit(2);
+    memset(mine, 0x33, 4 * MiB);
+    memset(more, 0x44, 9 * MiB);
+    if (mf_free(a.get(), more) != MF_OK || mf_empty_cache(a.get()) != MF_OK) _exit(3);  // punches nothing of the parent's
+    _exit(mf_check(a.get()) == MF_OK ? 0 : 4);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  for (size_t i = 0; i < 3 * MiB; i += 4096) ASSERT_EQ(kept[i], 0x11) << "the child's write reached the parent at +" << i;
+  // The parent's cache is intact and its memory its own.
+  unsigned char *again = static_cast<unsigned char *>(must_malloc(a.get(), 4 * MiB));
+  memset(again, 0x55, 4 * MiB);
+  EXPECT_EQ(kept[0], 0x11);
+  EXPECT_EQ(kept[3 * MiB - 1], 0x11);
+  expect_consistent(a.get());
+  expect_backend_agrees(a.get());
+  must_free(a.get(), again);
+  must_free(a.get(), kept);
 }
 
 }  // namespace
