@@ -411,7 +411,7 @@ TEST(Oom, CapacityOptionCapsReservedMemory) {
 // --------------------------------------------------------------- host backend
 
 TEST(Oom, HostBackendUnderASmallCapacity) {
-  Allocator a = create("backend:host,capacity:16MiB,large_segment:2MiB,merge_segments:false");
+  Allocator a = create("backend:host,vmm:off,capacity:16MiB,large_segment:2MiB,merge_segments:false");
   ASSERT_TRUE(a);
   EXPECT_EQ(mf_capacity(a.get(), 0), 16 * MiB);
   char *p = static_cast<char *>(must_malloc(a.get(), 4 * MiB));

@@ -151,7 +151,7 @@ TEST(Vmm, GranuleFollowsTheBackendAndTheOption) {
   EXPECT_EQ(mf_allocator_granule(create("backend:virtual").get()), G);  // vmm:auto, on where it can
   EXPECT_EQ(mf_allocator_granule(create("backend:virtual,vmm:off").get()), 0u);
   EXPECT_EQ(mf_allocator_granule(create("backend:virtual,vmm_granule:64KiB").get()), 64 * KiB);
-  EXPECT_EQ(mf_allocator_granule(create("backend:host").get()), 64 * KiB);
+  EXPECT_EQ(mf_allocator_granule(create("backend:host").get()), (size_t)sysconf(_SC_PAGESIZE));
   mf_allocator *bad = nullptr;
   EXPECT_EQ(mf_allocator_create("backend:virtual,vmm_granule:6KiB", &bad), MF_ERR_INVALID);
   EXPECT_NE(std::string(mf_last_error()).find("vmm_granule"), std::string::npos) << mf_last_error();
@@ -457,7 +457,7 @@ TEST(Vmm, AFailedMapIsABackendErrorAndGivesTheGranulesBack) {
 // -------------------------------------------------------------- real memory
 
 TEST(Vmm, HostGranulesAreRealMemoryThatMovesWithoutAliasing) {
-  Allocator a = create("backend:host,vmm:on,large_split:0,capacity:8MiB");
+  Allocator a = create("backend:host,vmm:on,vmm_granule:64KiB,large_split:0,capacity:8MiB");
   ASSERT_TRUE(a);
   ASSERT_EQ(mf_allocator_granule(a.get()), 64 * KiB);
   auto fill = [](void *p, size_t n, unsigned char v) { memset(p, v, n); };

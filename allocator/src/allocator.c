@@ -323,7 +323,7 @@ static uint64_t release_mergeable(mf_device *d, mf_pool *pool) {
  * On failure *status says whether it was an OOM or a backend/host failure. */
 static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *status) {
   mf_allocator *a = d->allocator;
-  size_t minimum = pool->small ? a->small_segment : round_up(size, a->segment_round);
+  size_t minimum = pool->small ? MF_SMALL_SEGMENT : round_up(size, a->segment_round);
   size_t wanted = minimum;
   if (!pool->small && size <= a->max_split_size) {
     wanted = round_up(size > a->large_segment ? size : a->large_segment, a->segment_round);
@@ -441,7 +441,6 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
   a->segment_round = (size_t)_mf_opt_u64(o, MF_OPT_SEGMENT_ROUND);
   a->merge_segments = _mf_opt_bool(o, MF_OPT_MERGE_SEGMENTS);
   a->check_every_op = _mf_opt_bool(o, MF_OPT_CHECK);
-  a->small_segment = MF_SMALL_SEGMENT;
   pthread_mutex_init(&a->report_lock, NULL);
   pthread_mutex_init(&a->log_lock, NULL);
   uint64_t capacity = _mf_opt_u64(o, MF_OPT_CAPACITY);

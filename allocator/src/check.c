@@ -90,11 +90,9 @@ static mf_status check_pages(mf_device *d, size_t segments, int64_t reserved) {
           if (prev && prev->addr + prev->size > s->addr)
             FAIL("device %d: segments 0x%llx and 0x%llx of a range overlap or are out of order", dev,
                  (unsigned long long)prev->addr, at);
-          if (prev && !pool->small && prev->addr + prev->size == s->addr)
-            FAIL("device %d: touching segments 0x%llx and 0x%llx of a large pool are not merged", dev,
+          if (prev && prev->addr + prev->size == s->addr)
+            FAIL("device %d: touching segments 0x%llx and 0x%llx of a pool are not merged", dev,
                  (unsigned long long)prev->addr, at);
-          if (pool->small && s->size != d->allocator->small_segment)
-            FAIL("device %d: small segment 0x%llx has %zu bytes", dev, at, s->size);
           if ((s->addr - r->base + s->size) / g > r->handles_cap)
             FAIL("device %d: segment 0x%llx has no handles recorded", dev, at);
           granules += s->size / g;

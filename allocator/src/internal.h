@@ -190,7 +190,6 @@ struct mf_allocator {
   bool merge_segments;
   bool check_every_op;
   size_t granule;           /* vmm: the pools' granule; 0 with segments (vmm off) */
-  size_t small_segment;     /* the small pool's segment: 2 MiB, whole granules with vmm */
   pthread_mutex_t report_lock;
   char *oom_report;         /* last OOM report, owned */
   pthread_mutex_t log_lock;

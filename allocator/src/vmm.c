@@ -9,7 +9,7 @@
  * reserved; on training traces reserved ran 4-31% above allocated, which the
  * planner then had to keep free. With pages under the pools, free memory is
  * not tied to its address: only the partial granules at the ends of free
- * blocks (and the small pool's 2 MiB segments) cannot be moved.
+ * blocks cannot be moved.
  * How (allocator/README.md, "Policy with vmm", has the bullets):
  * - Each (stream, pool) reserves ranges of addresses (the capacity's worth:
  *   addresses are cheap; a pool that fills one gets another). Granules are
@@ -18,11 +18,17 @@
  * - A miss picks the site needing the fewest new granules: after a segment
  *   whose last block is free (the pool grows at its end), before a segment
  *   whose first block is free, across a hole joining both, or a fresh hole.
- * - The granules come from whole free granules of other free blocks (largest
- *   blocks first, this pool first; the small pool gives only wholly free
- *   segments), unmapped and mapped again at the site ("stitching"), and only
- *   for the rest from new physical memory within the capacity. So reserved
- *   grows only when no free granule is left anywhere on the device.
+ * - The small pool (requests up to 1 MiB) and the large pool of a stream are
+ *   both page-mapped this way: they differ only in what they hold. Fixed
+ *   2 MiB small segments pinned by one long-lived small tensor each made CPU
+ *   runs, whose tensors are mostly small, reserve 3-22% more than they
+ *   allocated (benchmarks/results/host-granule-*.md).
+ * - The granules come from whole free granules of other free blocks, unmapped
+ *   and mapped again at the site ("stitching"): first from blocks that are a
+ *   whole segment, then from a segment's end, then from its middle (which
+ *   splits it), largest first within each; only the rest is new physical
+ *   memory, within the capacity. So reserved grows only when no free granule
+ *   is left anywhere on the device.
  * - Unmapping needs the device idle on those pages: one synchronize per
  *   operation that unmaps (counted in stats.syncs). Steady state (every
  *   request a cache hit) makes no backend call.
@@ -40,7 +46,7 @@
 /* A pool's range covers twice what the device may hold (the capacity: room
  * for the holes that moving granules leaves), up to these; beyond, ranges are
  * added as they fill. The small pool holds small tensors only, so its ranges
- * start smaller. */
+ * start smaller. Addresses cost nothing until mapped. */
 #define MF_VMM_LARGE_RANGE ((size_t)1 << 40) /* 1 TiB */
 #define MF_VMM_SMALL_RANGE ((size_t)4 << 30) /* 4 GiB */
 
@@ -100,7 +106,6 @@ mf_status _mf_vmm_setup(mf_allocator *a) {
                      "option vmm_granule: %zu bytes is not a multiple of backend %s's granule (%zu bytes) up to 1GiB",
                      granule, ops->name, minimum);
   a->granule = granule;
-  a->small_segment = round_up(MF_SMALL_SEGMENT, granule);
   /* The segment options that keep remainders from being split exist because
    * a remainder is stuck where it was cut: max_split_size keeps big cached
    * blocks whole, large_split leaves remainders up to 1 MiB inside blocks.
@@ -391,13 +396,7 @@ static bool harvest_visit(const mf_block *b, void *ctx) {
 }
 
 static void harvest_pool(mf_pool *pool, harvest_list *h) {
-  if (!pool->small) {
-    _mf_index_walk_desc(pool, harvest_visit, h);
-    return;
-  }
-  /* The small pool gives only wholly free segments: its segments stay 2 MiB. */
-  for (mf_segment *s = pool->free_segments; s && !h->out_of_memory; s = s->free_next)
-    harvest_add(h, s->first, s->size / h->granule);
+  _mf_index_walk_desc(pool, harvest_visit, h);
 }
 
 static int compare_candidates(const void *x, const void *y) {
@@ -424,7 +423,7 @@ static mf_status harvest_take(mf_device *d, const harvest_list *h, size_t want) 
   for (size_t i = 0; i < h->len && want; i++) {
     mf_block *b = h->items[i].block;
     size_t n = h->items[i].granules;
-    if (n > want && !b->segment->pool->small) n = want;
+    if (n > want) n = want;
     uintptr_t lo = round_up(b->addr, g), hi = round_down(block_end(b), g);
     bool from_bottom = b->addr == b->segment->addr && block_end(b) != segment_end(b->segment);
     mf_status st = from_bottom ? unmap_run(d, b, lo, lo + n * g) : unmap_run(d, b, hi - n * g, hi);
@@ -455,16 +454,14 @@ static void consider(site *best, mf_vrange *r, uintptr_t at, size_t n, bool exte
 /* The site needing the fewest granules for a free block of `size` bytes. */
 static site find_site(mf_device *d, mf_pool *pool, size_t size) {
   size_t g = d->allocator->granule;
-  size_t fresh = (pool->small ? d->allocator->small_segment : round_up(size, g)) / g;
+  size_t fresh = round_up(size, g) / g;
   site best = {0};
   for (mf_vrange *r = pool->ranges; r; r = r->next) {
     mf_segment *prev = NULL;
     for (mf_segment *next = r->first;; next = next->range_next) {
       uintptr_t hs = prev ? segment_end(prev) : r->base, he = next ? next->addr : r->base + r->size;
       size_t holes = (he - hs) / g;
-      if (pool->small) {
-        if (holes >= fresh) consider(&best, r, hs, fresh, false, NULL, NULL);
-      } else if (holes) {
+      if (holes) {
         const mf_block *left = prev && prev->last->state == MF_BLOCK_FREE ? prev->last : NULL;
         const mf_block *right = next && next->first->state == MF_BLOCK_FREE ? next->first : NULL;
         size_t l = left ? left->size : 0, rr = right ? right->size : 0;
@@ -501,8 +498,8 @@ static mf_status map_run(mf_device *d, mf_pool *pool, mf_vrange *r, uintptr_t at
     prev = next;
     next = next->range_next;
   }
-  bool merge_left = !pool->small && prev && segment_end(prev) == at;
-  bool merge_right = !pool->small && next && next->addr == at + bytes;
+  bool merge_left = prev && segment_end(prev) == at;
+  bool merge_right = next && next->addr == at + bytes;
   mf_segment *seg = merge_left ? NULL : calloc(1, sizeof *seg);
   mf_block *blk = _mf_block_new(d);
   if ((!merge_left && !seg) || !blk) {

@@ -78,8 +78,9 @@ def _cases(d):
         "report-not-a-profile": (["report", str(d / "other.json")], ["is not a memfit profile"]),
         "out-dir-missing": (["profile", "--job", f"{job}:make", "--batch-sizes", "2", "--steps", "1",
                              "--out", str(d / "no" / "such" / "dir.json"), "--quiet"], ["dir.json"]),
-        "capacity-too-small": (profile("capacity-too-small", "--job", f"{job}:make", "--capacity", "64KiB", "--quiet"),
-                               ["out of memory", "capacity 64.00 KiB"]),
+        # 8 KiB: two host pages, less than the model's parameters, gradients and AdamW state
+        "capacity-too-small": (profile("capacity-too-small", "--job", f"{job}:make", "--capacity", "8KiB", "--quiet"),
+                               ["out of memory", "capacity 8.00 KiB"]),
     }
 
 

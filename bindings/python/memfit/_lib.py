@@ -152,6 +152,7 @@ _PROTOTYPES = {
     "mf_block_info": (_S, [_P, _P, ctypes.POINTER(Tag), ctypes.POINTER(_SZ), ctypes.POINTER(_SZ)]),
     "mf_set_capacity": (_S, [_P, ctypes.c_int, ctypes.c_uint64]),
     "mf_capacity": (ctypes.c_uint64, [_P, ctypes.c_int]),
+    "mf_allocator_granule": (ctypes.c_size_t, [_P]),
     "mf_check": (_S, [_P]),
     "mf_get_stats": (_S, [_P, ctypes.c_int, ctypes.POINTER(Stats)]),
     "mf_get_tag_stats": (_S, [_P, ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(TagStats)]),

@@ -123,6 +123,10 @@ class Allocator:
     def capacity(self, device: Optional[int] = None) -> int:
         return int(lib().mf_capacity(self.handle, self._dev(device)))
 
+    def granule(self) -> int:
+        """The page-mapped pools' granule in bytes; 0 when memfit maps segments (vmm off)."""
+        return int(lib().mf_allocator_granule(self.handle))
+
     def set_capacity(self, nbytes: int, device: Optional[int] = None) -> None:
         check(lib().mf_set_capacity(self.handle, self._dev(device), nbytes), "setting the capacity")
 
