@@ -465,13 +465,14 @@ static site find_site(mf_device *d, mf_pool *pool, size_t size) {
         const mf_block *left = prev && prev->last->state == MF_BLOCK_FREE ? prev->last : NULL;
         const mf_block *right = next && next->first->state == MF_BLOCK_FREE ? next->first : NULL;
         size_t l = left ? left->size : 0, rr = right ? right->size : 0;
+        /* Each site keeps from harvesting only the free blocks its run takes in. */
         if (l < size) { /* grow the segment before the hole at its end */
           size_t n = round_up(size - l, g) / g;
-          if (n <= holes) consider(&best, r, hs, n, prev != NULL, left, right);
+          if (n <= holes) consider(&best, r, hs, n, prev != NULL, left, n == holes ? right : NULL);
         }
         if (rr < size) { /* grow the segment after the hole at its start */
           size_t n = round_up(size - rr, g) / g;
-          if (n <= holes) consider(&best, r, he - n * g, n, next != NULL, left, right);
+          if (n <= holes) consider(&best, r, he - n * g, n, next != NULL, n == holes ? left : NULL, right);
         }
         if (l + holes * g + rr >= size) consider(&best, r, hs, holes, prev || next, left, right); /* join both */
       }
