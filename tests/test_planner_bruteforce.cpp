@@ -108,10 +108,10 @@ void run_case(uint64_t seed, Tally &tally) {
   }
   int64_t target = uni(lean - lean / 20, fat + fat / 20);
   uint64_t budget = (uint64_t)std::ceil((double)target / (1.0 - headroom));
-  int64_t usable = usable_bytes(budget, headroom);
+  int64_t usable = usable_bytes(budget, headroom), limit = allocated_limit(budget, headroom);
 
   int64_t largest;
-  std::vector<BatchBest> best = enumerate(p, allowed, usable, max_batch, &largest);
+  std::vector<BatchBest> best = enumerate(p, allowed, limit, max_batch, &largest);
   size_t per_batch = 1;
   for (size_t i = 0; i < n; i++) per_batch *= 2 * allowed.size();
   tally.assignments += per_batch * (size_t)std::min<int64_t>(max_batch, largest + 2);
@@ -148,11 +148,15 @@ void run_case(uint64_t seed, Tally &tally) {
     EXPECT_TRUE(sm.exact);
     EXPECT_TRUE(sm.monotone);
     EXPECT_EQ(sm.usable_bytes, (uint64_t)usable);
+    EXPECT_EQ(sm.usable_allocated_bytes, (uint64_t)limit);
+    EXPECT_FALSE(sm.headroom_auto);
     // The plan is what the simulator says it is, and it fits.
     mfp_simulation sim = simulate_plan(p, plan.get(), sm.batch_size);
     EXPECT_EQ(sim.peak_bytes, sm.predicted_peak_bytes);
     EXPECT_EQ(sim.step_seconds, sm.predicted_step_seconds);
-    EXPECT_LE(sim.peak_bytes, usable);
+    EXPECT_LE(sim.peak_bytes, limit);
+    EXPECT_EQ(sm.predicted_reserved_bytes, sim.peak_bytes + kSynthReserveOverhead);
+    EXPECT_LE(sm.predicted_reserved_bytes, usable);
     bool any_checkpoint = false, any_other_precision = false;
     for (size_t i = 0; i < n; i++) {
       mfp_plan_layer l, first;
@@ -248,7 +252,7 @@ TEST(PlannerBruteForce, CoarsenedFrontStillFits) {
     mfp_plan_get_summary(coarse.get(), &b);
     EXPECT_TRUE(a.exact);
     EXPECT_LE(b.batch_size, a.batch_size);
-    EXPECT_LE(b.predicted_peak_bytes, (int64_t)b.usable_bytes);
+    EXPECT_LE(b.predicted_reserved_bytes, (int64_t)b.usable_bytes);
     if (b.batch_size == a.batch_size) {
       EXPECT_GE(b.predicted_step_seconds, a.predicted_step_seconds);
     }

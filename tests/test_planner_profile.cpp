@@ -86,6 +86,7 @@ TEST(PlannerSelfCheck, ReportsTheErrorOfAModelThatIsOff) {
   Json &setting = profile["settings"][1];
   int64_t measured = setting["peak_allocated_bytes"].i;
   setting["peak_allocated_bytes"] = Json((int64_t)(measured * 1.25));
+  setting["peak_reserved_bytes"] = Json((int64_t)(measured * 1.25) + kSynthReserveOverhead);
   Profile p = parse(profile.str());
   mfp_options opts;
   mfp_options_init(&opts);
@@ -96,6 +97,10 @@ TEST(PlannerSelfCheck, ReportsTheErrorOfAModelThatIsOff) {
   mfp_plan_summary sm;
   mfp_plan_get_summary(plan.get(), &sm);
   EXPECT_NEAR(sm.model_error, 0.2, 1e-6);  // |m - 1.25 m| / 1.25 m
+  // The automatic headroom covers that error: 1% + 20%.
+  EXPECT_TRUE(sm.headroom_auto);
+  EXPECT_NEAR(sm.headroom, 0.21, 1e-6);
+  EXPECT_EQ(sm.usable_bytes, (uint64_t)std::floor((double)opts.budget_bytes * (1 - sm.headroom)));
 }
 
 // ------------------------------------------------------------ profile errors
@@ -278,7 +283,7 @@ TEST(PlannerOptions, JsonKeysAndDefaults) {
   EXPECT_EQ(o.budget_bytes, 8ull << 30);
   EXPECT_EQ(o.objective, MFP_OBJECTIVE_MAX_BATCH);
   EXPECT_EQ(o.max_batch, 65536);
-  EXPECT_DOUBLE_EQ(o.headroom, 0.25);
+  EXPECT_EQ(o.headroom, MFP_HEADROOM_AUTO);
   EXPECT_EQ(o.precision_count, 0);
   ASSERT_EQ(mfp_options_parse_json("{\"budget\": 1000000, \"objective\": \"global-batch\", \"global_batch\": 96,"
                                    " \"precisions\": [\"bf16\", \"fp32\"], \"max_batch\": 512, \"headroom\": 0}",
@@ -314,8 +319,9 @@ TEST(PlannerOptions, BadOptionsNameTheKey) {
       {"{\"budget\": \"8GiB\", \"precisions\": [\"bf16\", \"bf16\"]}", "precisions[1]: bf16 is listed twice"},
       {"{\"budget\": \"8GiB\", \"max_batch\": 0}", "max_batch: must be in 1..2^30"},
       {"{\"budget\": \"8GiB\", \"max_batch\": 1.5}", "max_batch: expected an integer"},
-      {"{\"budget\": \"8GiB\", \"headroom\": 1}", "headroom: must be a fraction in [0, 1)"},
-      {"{\"budget\": \"8GiB\", \"headroom\": \"3%\"}", "headroom: expected a number"},
+      {"{\"budget\": \"8GiB\", \"headroom\": 1}", "headroom: must be a fraction in [0, 1) or \"auto\""},
+      {"{\"budget\": \"8GiB\", \"headroom\": -1}", "headroom: must be a fraction in [0, 1) or \"auto\""},
+      {"{\"budget\": \"8GiB\", \"headroom\": \"3%\"}", "headroom: expected a fraction or \"auto\""},
       {"[1]", "options: expected a JSON object"},
       {"{\"budget\": ", "options: not valid JSON"},
   };
@@ -359,7 +365,10 @@ TEST(PlannerPlan, NothingFitsHasItsStatus) {
   std::string e = mfp_last_error();
   EXPECT_TRUE(starts_with(e, "nothing fits: even batch 1 with everything checkpointed in the cheapest precision ("))
       << e;
-  EXPECT_NE(e.find("> usable budget 993 B (993 bytes"), std::string::npos) << e;
+  // floor(1024 * 0.97) less the profile's 4096 bytes of reserve overhead leaves nothing
+  EXPECT_NE(e.find("allocated > the usable 0 B (0 bytes: the budget less the headroom and the reserve model"),
+            std::string::npos)
+      << e;
   EXPECT_STREQ(mfp_status_name(MFP_ERR_NO_FIT), "nothing fits");
 }
 

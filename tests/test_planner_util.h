@@ -184,6 +184,11 @@ inline Json totals() {
 }
 
 // The model's own walk (no checkpoint) at batch b: the windows and their peak.
+// Synthetic profiles come from a page-mapped allocator that reserved one page
+// beyond its blocks: the reserve model's overhead.
+constexpr int64_t kSynthGranule = 2 * 1024 * 1024;
+constexpr int64_t kSynthReserveOverhead = 4096;
+
 inline Json synth_setting(const Synth &s, const SynthPrecision &p, int64_t b, int64_t *peak_out = nullptr) {
   size_t n = s.names.size();
   int64_t fixed = s.fixed.at(b), cur = fixed, peak = fixed;
@@ -235,7 +240,7 @@ inline Json synth_setting(const Synth &s, const SynthPrecision &p, int64_t b, in
       .set("batch_size", b)
       .set("precision", mfp_precision_name(p.precision))
       .set("peak_allocated_bytes", peak)
-      .set("peak_reserved_bytes", peak + 4096)
+      .set("peak_reserved_bytes", peak + kSynthReserveOverhead)
       .set("peak_requested_bytes", peak)
       .set("fixed_bytes", fixed)
       .set("input_bytes", 64 * b)
@@ -267,6 +272,7 @@ inline Json synth_profile(const Synth &s) {
       .set("rounding_bytes", 512)
       .set("warmup_steps", 1)
       .set("steps", 2)
+      .set("granule_bytes", kSynthGranule)
       .set("settings", settings);
 }
 
@@ -284,9 +290,15 @@ inline Profile parse(const std::string &json) {
   return Profile(p);
 }
 
-// What mfp_plan computes as the usable bytes.
+// What mfp_plan computes as the usable bytes (for reserved bytes).
 inline int64_t usable_bytes(uint64_t budget, double headroom) {
   return (int64_t)std::floor((double)budget * (1.0 - headroom));
+}
+
+// The allocated peak a synthetic profile's plan may reach: PLAN.md's reserve
+// model with page-mapped pools, reserved = allocated + the profile's overhead.
+inline int64_t allocated_limit(uint64_t budget, double headroom) {
+  return usable_bytes(budget, headroom) - kSynthReserveOverhead;
 }
 
 }  // namespace planner_test

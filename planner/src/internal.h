@@ -19,7 +19,9 @@
 #define MFP_MAX_PROFILE_BYTES ((int64_t)1 << 53)
 #define MFP_MAX_BATCH_LIMIT ((int64_t)1 << 30)
 #define MFP_DEFAULT_MAX_BATCH 65536
-#define MFP_DEFAULT_HEADROOM 0.25 /* fragmentation allowance: see PLAN.md, "Headroom" */
+/* The automatic headroom's floor: what the profile cannot show (a plan's own
+ * partial granules, run-to-run variation); PLAN.md, "Reserved bytes and headroom". */
+#define MFP_HEADROOM_FLOOR 0.01
 #define MFP_DEFAULT_FRONT_CAP 16384
 
 /* ---------------------------------------------------------------- errors.c */
@@ -49,6 +51,7 @@ typedef struct _mfp_setting {
   int64_t batch;
   mfp_precision precision;
   int64_t peak_allocated;
+  int64_t peak_reserved;
   double step_seconds;
   double *layer_values; /* n_layers * MFP_LAYER_TERMS */
   double step_values[MFP_STEP_TERMS];
@@ -71,6 +74,9 @@ struct mfp_profile {
   mfp_precision precisions[MFP_PRECISION_COUNT];
   mfp_precision first_precision;           /* settings[0]'s: fixed and optimizer terms */
   int64_t largest_batch;
+  int64_t granule;          /* the allocator's page-mapped granule; 0: segments (or not recorded) */
+  int64_t reserve_overhead; /* max over settings of peak reserved - peak allocated */
+  double reserve_ratio;     /* max over settings of peak reserved / peak allocated */
   bool fitted[MFP_PRECISION_COUNT];
   _mfp_line *layer_fit[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
   _mfp_line step_fit[MFP_PRECISION_COUNT][MFP_STEP_TERMS];
@@ -147,6 +153,8 @@ typedef struct _mfp_self_check {
   mfp_precision precision;
   int64_t measured, predicted;
   double error;
+  int64_t measured_reserved, predicted_reserved;
+  double reserved_error;
   double measured_seconds, predicted_seconds;
 } _mfp_self_check;
 

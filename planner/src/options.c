@@ -18,7 +18,7 @@ MFP_API void mfp_options_init(mfp_options *o) {
   memset(o, 0, sizeof *o);
   o->size = sizeof *o;
   o->version = MFP_STRUCT_VERSION;
-  o->headroom = MFP_DEFAULT_HEADROOM;
+  o->headroom = MFP_HEADROOM_AUTO;
   o->objective = MFP_OBJECTIVE_MAX_BATCH;
   o->max_batch = MFP_DEFAULT_MAX_BATCH;
 }
@@ -82,8 +82,8 @@ static mfp_status check_options(const mfp_options *o) {
   if (o->budget_bytes > (uint64_t)MFP_MAX_BYTES)
     return _mfp_error(MFP_ERR_INVALID, "budget: %llu bytes is more than the planner's limit of 16 TiB",
                       (unsigned long long)o->budget_bytes);
-  if (!(o->headroom >= 0 && o->headroom < 1))
-    return _mfp_error(MFP_ERR_INVALID, "headroom: must be a fraction in [0, 1), got %g", o->headroom);
+  if (!(o->headroom >= 0 && o->headroom < 1) && o->headroom != MFP_HEADROOM_AUTO)
+    return _mfp_error(MFP_ERR_INVALID, "headroom: must be a fraction in [0, 1) or auto, got %g", o->headroom);
   if ((unsigned)o->objective > MFP_OBJECTIVE_GLOBAL_BATCH)
     return _mfp_error(MFP_ERR_INVALID, "objective: unknown objective %d", (int)o->objective);
   if (o->objective == MFP_OBJECTIVE_GLOBAL_BATCH) {
@@ -201,8 +201,15 @@ static mfp_status parse_key(const char *key, const json_t *v, mfp_options *o) {
   if (strcmp(key, "max_batch") == 0) return parse_int(v, key, &o->max_batch);
   if (strcmp(key, "precisions") == 0) return parse_precisions(v, o);
   if (strcmp(key, "headroom") == 0) {
-    if (!json_is_number(v)) return _mfp_error(MFP_ERR_INVALID, "headroom: expected a number, got %s", _mfp_json_type_name(v));
+    if (json_is_string(v) && strcmp(json_string_value(v), "auto") == 0) {
+      o->headroom = MFP_HEADROOM_AUTO;
+      return MFP_OK;
+    }
+    if (!json_is_number(v))
+      return _mfp_error(MFP_ERR_INVALID, "headroom: expected a fraction or \"auto\", got %s", _mfp_json_type_name(v));
     o->headroom = json_number_value(v);
+    if (!(o->headroom >= 0 && o->headroom < 1))
+      return _mfp_error(MFP_ERR_INVALID, "headroom: must be a fraction in [0, 1) or \"auto\", got %g", o->headroom);
     return MFP_OK;
   }
   return _mfp_error(MFP_ERR_INVALID, "%s: unknown option (known: budget, objective, global_batch, precisions, max_batch, headroom)",

@@ -45,7 +45,17 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
   put(root, "global_batch", json_integer(sm->global_batch), ok);
   put(root, "budget_bytes", json_integer((json_int_t)sm->budget_bytes), ok);
   put(root, "usable_bytes", json_integer((json_int_t)sm->usable_bytes), ok);
-  put(root, "headroom", json_real(o->headroom), ok);
+  put(root, "usable_allocated_bytes", json_integer((json_int_t)sm->usable_allocated_bytes), ok);
+  put(root, "headroom", json_real(sm->headroom), ok);
+  put(root, "headroom_rule", json_string(sm->headroom_auto ? "auto" : "option"), ok);
+  json_t *reserve = json_object();
+  if (reserve) {
+    put(reserve, "granule_bytes", json_integer(sm->granule_bytes), ok);
+    put(reserve, "overhead_bytes", json_integer(sm->reserve_overhead_bytes), ok);
+    put(reserve, "ratio", json_real(sm->reserve_ratio), ok);
+    put(reserve, "rule", json_string(sm->granule_bytes ? "allocated + overhead" : "max(allocated + overhead, allocated * ratio)"), ok);
+  }
+  put(root, "reserve_model", reserve, ok);
   json_t *precisions = json_array();
   for (int k = 0; precisions && k < o->precision_count; k++)
     if (json_array_append_new(precisions, json_string(mfp_precision_name(o->precisions[k]))) != 0) *ok = false;
@@ -53,6 +63,7 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
   put(root, "max_batch", json_integer(o->max_batch), ok);
 
   put(root, "predicted_peak_bytes", json_integer(sm->predicted_peak_bytes), ok);
+  put(root, "predicted_reserved_bytes", json_integer(sm->predicted_reserved_bytes), ok);
   json_t *breakdown = json_object();
   if (breakdown) {
     put(breakdown, "fixed_bytes", json_integer(r->sim.peak_fixed_bytes), ok);
@@ -70,6 +81,7 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
   put(root, "throughput_samples_per_second", real_or_null(sm->throughput_samples_per_second), ok);
 
   put(root, "model_error", json_real(sm->model_error), ok);
+  put(root, "model_error_reserved", json_real(sm->model_error_reserved), ok);
   json_t *checks = json_array();
   for (size_t k = 0; checks && k < r->n_checks; k++) {
     const _mfp_self_check *c = &r->checks[k];
@@ -80,6 +92,9 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
       put(item, "measured", json_integer(c->measured), ok);
       put(item, "predicted", json_integer(c->predicted), ok);
       put(item, "error", json_real(c->error), ok);
+      put(item, "measured_reserved", json_integer(c->measured_reserved), ok);
+      put(item, "predicted_reserved", json_integer(c->predicted_reserved), ok);
+      put(item, "reserved_error", json_real(c->reserved_error), ok);
       put(item, "measured_step_seconds", json_real(c->measured_seconds), ok);
       put(item, "predicted_step_seconds", json_real(c->predicted_seconds), ok);
     }

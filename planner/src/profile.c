@@ -263,7 +263,10 @@ static mfp_status parse_setting(mfp_profile *p, const json_t *setting, size_t in
     return _mfp_error(MFP_ERR_PROFILE, "%s.batch_size: %" PRId64 " is too large", path, st->batch);
   if ((s = parse_precision(setting, path, &st->precision)) != MFP_OK) return s;
   if ((s = get_int(setting, path, "peak_allocated_bytes", 0, &st->peak_allocated)) != MFP_OK) return s;
-  if ((s = get_int(setting, path, "peak_reserved_bytes", 0, &ignored)) != MFP_OK) return s;
+  if ((s = get_int(setting, path, "peak_reserved_bytes", 0, &st->peak_reserved)) != MFP_OK) return s;
+  if (st->peak_reserved < st->peak_allocated)
+    return _mfp_error(MFP_ERR_PROFILE, "%s.peak_reserved_bytes: %" PRId64 " is below peak_allocated_bytes (%" PRId64
+                      "): reserved memory holds every allocated block", path, st->peak_reserved, st->peak_allocated);
   if ((s = get_int(setting, path, "peak_requested_bytes", 0, &ignored)) != MFP_OK) return s;
   if ((s = get_int(setting, path, "fixed_bytes", 0, &fixed)) != MFP_OK) return s;
   if ((s = get_int(setting, path, "input_bytes", 0, &ignored)) != MFP_OK) return s;
@@ -334,6 +337,8 @@ static mfp_status parse_root(mfp_profile *p, const json_t *root) {
   if ((s = get_int(root, "", "rounding_bytes", 1, &ignored)) != MFP_OK) return s;
   if ((s = get_int(root, "", "warmup_steps", 0, &ignored)) != MFP_OK) return s;
   if ((s = get_int(root, "", "steps", 1, &ignored)) != MFP_OK) return s;
+  if (json_object_get(root, "granule_bytes") && (s = get_int(root, "", "granule_bytes", 0, &p->granule)) != MFP_OK)
+    return s;
   json_t *settings;
   if ((s = typed(root, "", "settings", JSON_ARRAY, "a list", &settings)) != MFP_OK) return s;
   p->n_settings = json_array_size(settings);
@@ -347,6 +352,11 @@ static mfp_status parse_root(mfp_profile *p, const json_t *root) {
     for (int k = 0; k < p->n_precisions; k++) seen |= p->precisions[k] == st->precision;
     if (!seen) p->precisions[p->n_precisions++] = st->precision;
     if (st->batch > p->largest_batch) p->largest_batch = st->batch;
+    /* What the allocator reserved beyond its blocks: PLAN.md, "Reserved bytes and headroom". */
+    int64_t over = st->peak_reserved - st->peak_allocated;
+    if (over > p->reserve_overhead) p->reserve_overhead = over;
+    double ratio = st->peak_allocated > 0 ? (double)st->peak_reserved / (double)st->peak_allocated : 1.0;
+    if (ratio > p->reserve_ratio) p->reserve_ratio = ratio;
   }
   p->first_precision = p->settings[0].precision;
   if ((s = check_unique_names(p)) != MFP_OK) return s;

@@ -171,11 +171,34 @@ static mfp_status baseline(search *sr, bool checkpoint, _mfp_baseline *out) {
   return MFP_OK;
 }
 
+/* Reserved bytes for an allocated peak: the profile's overhead on top and,
+ * where the allocator mapped segments (whose waste grows with what they
+ * hold), at least its largest reserved / allocated ratio. */
+static int64_t reserved_for(const mfp_profile *p, int64_t allocated) {
+  int64_t reserved = allocated + p->reserve_overhead;
+  if (p->granule == 0) {
+    double scaled = ceil((double)allocated * p->reserve_ratio);
+    if (scaled > (double)reserved) reserved = (int64_t)scaled;
+  }
+  return reserved;
+}
+
+/* The largest allocated peak whose reserved bytes fit `usable`. */
+static int64_t allocated_within(const mfp_profile *p, int64_t usable) {
+  int64_t allocated = usable - p->reserve_overhead;
+  if (p->granule == 0 && p->reserve_ratio > 1) {
+    int64_t scaled = (int64_t)floor((double)usable / p->reserve_ratio);
+    while (scaled > 0 && reserved_for(p, scaled) > usable) scaled--; /* floor of a double quotient can round up */
+    if (scaled < allocated) allocated = scaled;
+  }
+  return allocated > 0 ? allocated : 0;
+}
+
 static mfp_status self_check(const mfp_profile *p, mfp_plan_result *r, mfp_decision *scratch) {
   r->checks = calloc(p->n_settings, sizeof *r->checks);
   if (!r->checks) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory");
   r->n_checks = p->n_settings;
-  double worst = 0;
+  double worst = 0, worst_reserved = 0;
   for (size_t k = 0; k < p->n_settings; k++) {
     const _mfp_setting *st = &p->settings[k];
     _mfp_model m;
@@ -187,11 +210,17 @@ static mfp_status self_check(const mfp_profile *p, mfp_plan_result *r, mfp_decis
     _mfp_model_free(&m);
     double measured = (double)st->peak_allocated;
     double error = fabs((double)sim.peak_bytes - measured) / (measured > 0 ? measured : 1.0);
-    r->checks[k] = (_mfp_self_check){st->batch, st->precision, st->peak_allocated, sim.peak_bytes, error,
+    int64_t reserved = reserved_for(p, sim.peak_bytes);
+    double measured_reserved = (double)st->peak_reserved;
+    double reserved_error = fabs((double)reserved - measured_reserved) / (measured_reserved > 0 ? measured_reserved : 1.0);
+    r->checks[k] = (_mfp_self_check){st->batch,        st->precision,  st->peak_allocated, sim.peak_bytes,
+                                     error,            st->peak_reserved, reserved, reserved_error,
                                      st->step_seconds, sim.step_seconds};
     if (error > worst) worst = error;
+    if (reserved_error > worst_reserved) worst_reserved = reserved_error;
   }
   r->summary.model_error = worst;
+  r->summary.model_error_reserved = worst_reserved;
   return MFP_OK;
 }
 
@@ -223,7 +252,8 @@ static mfp_status nothing_fits(search *sr) {
     return _mfp_error(MFP_ERR_NO_FIT, "nothing fits: at batch 1 a term of the model is beyond 16 TiB");
   return _mfp_error(MFP_ERR_NO_FIT,
                     "nothing fits: even batch 1 with everything checkpointed in the cheapest precision (%s) needs "
-                    "%s (%" PRId64 " bytes) > usable budget %s (%" PRId64 " bytes; fixed bytes alone: %s)",
+                    "%s (%" PRId64 " bytes) allocated > the usable %s (%" PRId64 " bytes: the budget less the "
+                    "headroom and the reserve model; fixed bytes alone: %s)",
                     mfp_precision_name(cheapest), need, best, usable, sr->usable, fixed_text);
 }
 
@@ -310,8 +340,7 @@ static mfp_status run(const mfp_profile *p, search *sr, mfp_plan_result *r) {
   }
   if ((s = finish(p, r, batch, steps)) != MFP_OK) return s;
   if ((s = baseline(sr, false, &r->no_checkpoint)) != MFP_OK) return s;
-  if ((s = baseline(sr, true, &r->all_checkpoint)) != MFP_OK) return s;
-  return self_check(p, r, sr->decisions);
+  return baseline(sr, true, &r->all_checkpoint);
 }
 
 MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts, mfp_plan_result **out) {
@@ -338,19 +367,33 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
     plan_result_free(r);
     return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory");
   }
+  /* The self-check first: the automatic headroom is derived from its error. */
+  s = self_check(profile, r, sr.decisions);
+  mfp_plan_summary *sm = &r->summary;
+  sm->headroom_auto = r->opts.headroom < 0;
+  if (sm->headroom_auto) r->opts.headroom = MFP_HEADROOM_FLOOR + sm->model_error;
+  if (s == MFP_OK && !(r->opts.headroom < 1))
+    s = _mfp_error(MFP_ERR_PROFILE, "the model's self-check error (%.1f%%) leaves no budget: the profile does not "
+                   "describe its own peaks", 100 * sm->model_error);
   /* Exact: budget <= 2^44 is exact in a double. */
-  sr.usable = (int64_t)floor((double)r->opts.budget_bytes * (1.0 - r->opts.headroom));
-  s = run(profile, &sr, r);
+  int64_t usable = (int64_t)floor((double)r->opts.budget_bytes * (1.0 - r->opts.headroom));
+  sr.usable = allocated_within(profile, usable);
+  if (s == MFP_OK) s = run(profile, &sr, r);
   free(sr.decisions);
   if (s != MFP_OK) {
     plan_result_free(r);
     return s;
   }
-  mfp_plan_summary *sm = &r->summary;
   sm->size = sizeof *sm;
   sm->version = MFP_STRUCT_VERSION;
   sm->budget_bytes = r->opts.budget_bytes;
-  sm->usable_bytes = (uint64_t)sr.usable;
+  sm->usable_bytes = (uint64_t)usable;
+  sm->usable_allocated_bytes = (uint64_t)sr.usable;
+  sm->headroom = r->opts.headroom;
+  sm->predicted_reserved_bytes = reserved_for(profile, sm->predicted_peak_bytes);
+  sm->reserve_overhead_bytes = profile->reserve_overhead;
+  sm->reserve_ratio = profile->reserve_ratio;
+  sm->granule_bytes = profile->granule;
   sm->exact = sr.exact;
   sm->no_checkpoint_batch = r->no_checkpoint.batch;
   sm->no_checkpoint_peak_bytes = r->no_checkpoint.peak;

@@ -19,7 +19,7 @@ enum exit_status {
 
 static void usage(FILE *out) {
   fputs("usage: memfit-plan PROFILE.json --budget SIZE [--objective max-batch|throughput|global-batch=N]\n"
-        "                   [--precisions fp32,bf16,fp16] [--max-batch N] [--headroom F] [--json]\n"
+        "                   [--precisions fp32,bf16,fp16] [--max-batch N] [--headroom F|auto] [--json]\n"
         "                   [-o plan.json]\n"
         "\n"
         "Plans the batch size and, per layer, checkpointing and precision so that the\n"
@@ -33,7 +33,8 @@ static void usage(FILE *out) {
         "  --precisions LIST  allowed precisions, the first one for the baselines\n"
         "                     (default: every precision of the profile)\n"
         "  --max-batch N      the largest batch considered (default 65536)\n"
-        "  --headroom F       fraction of the budget kept free (default 0.25)\n"
+        "  --headroom F|auto  fraction of the budget kept free (default auto: 1% + the model's\n"
+        "                     self-check error; the reserve model is applied on top of it)\n"
         "  --json             print the plan JSON instead of the table\n"
         "  -o FILE            also write the plan JSON to FILE\n"
         "\n"
@@ -113,14 +114,22 @@ static void print_table(const char *profile_path, const mfp_plan_result *plan, c
   printf("memfit-plan %s\n", profile_path);
   printf("  objective         %s", mfp_objective_name(o->objective));
   if (o->objective == MFP_OBJECTIVE_GLOBAL_BATCH) printf(" (global batch %" PRId64 ")", o->global_batch);
-  printf("\n  budget            %s, usable %s (headroom %.1f%%)\n", human((int64_t)sm.budget_bytes, a, sizeof a),
-         human((int64_t)sm.usable_bytes, b, sizeof b), 100 * o->headroom);
+  printf("\n  budget            %s, usable %s (headroom %.2f%%%s)\n", human((int64_t)sm.budget_bytes, a, sizeof a),
+         human((int64_t)sm.usable_bytes, b, sizeof b), 100 * sm.headroom,
+         sm.headroom_auto ? ": 1% + the model's self-check error" : ", as given");
+  if (sm.granule_bytes)
+    printf("  reserve model     reserved = allocated + %s (the profile's overhead; pages of %s)\n",
+           human(sm.reserve_overhead_bytes, a, sizeof a), human(sm.granule_bytes, b, sizeof b));
+  else
+    printf("  reserve model     reserved = max(allocated + %s, allocated x %.4f) (the profile's; segments)\n",
+           human(sm.reserve_overhead_bytes, a, sizeof a), sm.reserve_ratio);
   printf("  batch size        %" PRId64, sm.batch_size);
   if (sm.grad_accumulation_steps > 1)
     printf(" x %" PRId64 " accumulation steps = global batch %" PRId64, sm.grad_accumulation_steps, sm.global_batch);
-  printf("\n  predicted peak    %s of %s usable (%.1f%%)\n", human(sm.predicted_peak_bytes, a, sizeof a),
-         human((int64_t)sm.usable_bytes, b, sizeof b),
-         100.0 * (double)sm.predicted_peak_bytes / (double)sm.usable_bytes);
+  printf("\n  predicted peak    %s allocated, %s reserved of %s usable (%.1f%%)\n",
+         human(sm.predicted_peak_bytes, a, sizeof a), human(sm.predicted_reserved_bytes, b, sizeof b),
+         human((int64_t)sm.usable_bytes, c, sizeof c),
+         100.0 * (double)sm.predicted_reserved_bytes / (double)sm.usable_bytes);
   mfp_plan_layer peak_layer = {0};
   if (sim.peak_layer >= 0) mfp_plan_get_layer(plan, (size_t)sim.peak_layer, &peak_layer);
   printf("    at %s%s%s: fixed %s + kept %s + transient %s\n", mfp_phase_name(sim.peak_phase),
@@ -134,7 +143,8 @@ static void print_table(const char *profile_path, const mfp_plan_result *plan, c
   printf("  baselines         no checkpoint: batch %" PRId64 " (%s); all checkpointed: batch %" PRId64 " (%s); in %s\n",
          sm.no_checkpoint_batch, human(sm.no_checkpoint_peak_bytes, a, sizeof a), sm.all_checkpoint_batch,
          human(sm.all_checkpoint_peak_bytes, b, sizeof b), mfp_precision_name(sm.baseline_precision));
-  printf("  model self-check  %.2f%% largest error over the profiled settings\n", 100 * sm.model_error);
+  printf("  model self-check  %.2f%% largest error of allocated peaks, %.2f%% of reserved, over the profiled settings\n",
+         100 * sm.model_error, 100 * sm.model_error_reserved);
   printf("  search            %s%s, %.3f s\n", sm.exact ? "exact" : "approximate (front coarsened)",
          sm.monotone ? "" : "; feasibility not provably monotone in the batch", sm.planning_seconds);
   size_t n = mfp_plan_layer_count(plan), width = 5;
@@ -197,9 +207,9 @@ int main(int argc, char **argv) {
         return usage_error("--max-batch wants a positive integer, got '%s'", value);
     } else if (strcmp(arg, "--headroom") == 0) {
       char *end;
-      o.headroom = strtod(value, &end);
-      if (end == value || *end || !(o.headroom >= 0 && o.headroom < 1))
-        return usage_error("--headroom wants a fraction in [0, 1), got '%s'", value);
+      if (strcmp(value, "auto") == 0) o.headroom = MFP_HEADROOM_AUTO;
+      else if ((o.headroom = strtod(value, &end)), end == value || *end || !(o.headroom >= 0 && o.headroom < 1))
+        return usage_error("--headroom wants a fraction in [0, 1) or auto, got '%s'", value);
     } else if (strcmp(arg, "-o") == 0) {
       output = value;
     } else if (arg[0] == '-' && arg[1]) {

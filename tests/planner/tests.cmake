@@ -23,17 +23,33 @@ function(plan_test name)
 endfunction()
 
 # --- the sample profile (6 layers, fp32 + bf16, batches 2 and 4) at 16 GiB
-plan_test(sample.table --stdout "^memfit-plan .*sample_profile\\.json" --stdout "batch size +29$"
-          --stdout "predicted peak +15\\.51 GiB of 15\\.52 GiB usable" --stdout "at loss_backward: fixed"
-          --stdout "of which recompute [0-9.]+ s \\([0-9.]+% overhead\\)" --stdout "model self-check +0\\.00%"
+# The sample was profiled with segments (no granule_bytes): reserved is modelled as
+# max(allocated + overhead, allocated x the largest profiled ratio).
+plan_test(sample.table --stdout "^memfit-plan .*sample_profile\\.json" --stdout "batch size +28$"
+          --stdout "predicted peak +15\\.02 GiB allocated, 15\\.04 GiB reserved of 15\\.52 GiB usable"
+          --stdout "reserve model +reserved = max\\(allocated \\+ 3\\.94 MiB, allocated x 1\\.0012\\)"
+          --stdout "headroom 3\\.00%, as given" --stdout "at loss_backward: fixed"
+          --stdout "of which recompute [0-9.]+ s \\([0-9.]+% overhead\\)"
+          --stdout "model self-check +0\\.00% largest error of allocated peaks, 0\\.06% of reserved"
           --stdout "no checkpoint: batch 14 .*all checkpointed: batch 23 .*in fp32" --stdout "^  search +exact"
           --stdout "^  blocks\\.0 +yes +bf16"
           -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB --headroom 0.03)
-plan_test(sample.max_batch --json --field batch_size=29 --field predicted_step_seconds=1.8248
+plan_test(sample.max_batch --json --field batch_size=28 --field predicted_step_seconds=1.7633
           --field objective=\"max-batch\" --field exact=true --field monotone=true --field grad_accumulation_steps=1
           --field baselines.no_checkpoint.batch_size=14 --field baselines.all_checkpoint.batch_size=23
-          --field "lr_scale.value=7.25" --field "layers[5].name=\"head\"" --field model_error=0.0
+          --field "lr_scale.value=7.0" --field "layers[5].name=\"head\"" --field model_error=0.0
+          --field headroom_rule=\"option\" --field reserve_model.overhead_bytes=4126720
+          --field reserve_model.granule_bytes=0
           -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB --headroom 0.03 --json)
+# The default headroom: 1% + the self-check's error (0 to four digits here)
+plan_test(sample.auto_headroom --json --field headroom=0.01 --field headroom_rule=\"auto\" --field batch_size=29
+          --field usable_bytes=17008070492
+          -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB --json)
+# The same profile as if from page-mapped pools: reserved = allocated + the overhead
+plan_test(sample.pages --json --field batch_size=29 --field "reserve_model.rule=\"allocated + overhead\""
+          --field predicted_peak_bytes=16657411584 --field predicted_reserved_bytes=16661538304
+          --derive ${PLAN_SAMPLE} ${PLAN_OUT}/pages.json --set granule_bytes=2097152
+          -- ${PLAN} ${PLAN_OUT}/pages.json --budget 16GiB --headroom 0.03 --json)
 plan_test(sample.throughput --json --field batch_size=17 --field objective=\"throughput\"
           --field predicted_recompute_seconds=0.0
           -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB --headroom 0.03 --objective throughput --json)
@@ -52,7 +68,7 @@ plan_test(sample.headroom --json --field headroom=0.5 --field usable_bytes=85899
 plan_test(sample.stdin --stdin ${PLAN_SAMPLE} --stdout "^memfit-plan -$" -- ${PLAN} - --budget 16GiB)
 
 # --- -o writes the plan JSON (with the table, or the same JSON on stdout)
-plan_test(output.file --file ${PLAN_OUT}/plan.json --field batch_size=29 --stdout "batch size +29"
+plan_test(output.file --file ${PLAN_OUT}/plan.json --field batch_size=28 --stdout "batch size +28"
           -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB --headroom 0.03 -o ${PLAN_OUT}/plan.json)
 plan_test(output.file_and_json --json --file ${PLAN_OUT}/plan2.json --field batch_size=13
           -- ${PLAN} ${PLAN_SAMPLE} --budget 8GiB --headroom 0.03 --json -o ${PLAN_OUT}/plan2.json)
@@ -61,7 +77,7 @@ plan_test(output.unwritable --exit 1 --stderr "/no/such/dir/plan\\.json: cannot 
 
 # --- nothing fits: exit 3, with what even the leanest simple plan needs
 plan_test(nothing_fits --exit 3
-          --stderr "nothing fits: even batch 1 with everything checkpointed in the cheapest precision \\(fp32\\) needs [0-9.]+ GiB \\([0-9]+ bytes\\) > usable budget 1\\.94 GiB"
+          --stderr "nothing fits: even batch 1 with everything checkpointed in the cheapest precision \\(fp32\\) needs [0-9.]+ GiB \\([0-9]+ bytes\\) allocated > the usable 1\\.94 GiB"
           -- ${PLAN} ${PLAN_SAMPLE} --budget 2GiB --headroom 0.03)
 
 # --- bad profiles: exit 2, and stderr names the file and the JSON path
@@ -101,7 +117,7 @@ plan_test(usage.precision --exit 2 --stderr "unknown precision 'fp64'"
 plan_test(usage.max_batch --exit 2 --stderr "--max-batch wants a positive integer"
           -- ${PLAN} ${PLAN_SAMPLE} --budget 8GiB --headroom 0.03 --max-batch many)
 # (no brackets in the regex: they group CMake list items)
-plan_test(usage.headroom --exit 2 --stderr "--headroom wants a fraction in .0, 1.,"
+plan_test(usage.headroom --exit 2 --stderr "--headroom wants a fraction in .0, 1. or auto,"
           -- ${PLAN} ${PLAN_SAMPLE} --budget 8GiB --headroom 1.5)
 plan_test(usage.two_profiles --exit 2 --stderr "more than one profile"
           -- ${PLAN} ${PLAN_SAMPLE} ${PLAN_SAMPLE} --budget 8GiB --headroom 0.03)

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 from ._lib import MemfitError, NothingFitsError, parse_size
 
@@ -35,6 +35,18 @@ def _size(text: str) -> int:
         return parse_size(text, "size")
     except MemfitError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _headroom(text: str) -> Union[float, str]:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:  # also false for nan
+        raise argparse.ArgumentTypeError(f"--headroom {text!r}: expected a fraction in [0, 1) or auto")
+    return value
 
 
 def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str) -> None:
@@ -72,7 +84,9 @@ def parser() -> argparse.ArgumentParser:
                     help="max-batch (default), throughput, or global-batch=N")
     pl.add_argument("--plan-precisions", type=_precisions, help="precisions the plan may use (default: profiled)")
     pl.add_argument("--max-batch", type=int)
-    pl.add_argument("--headroom", type=float, help="fraction of the budget kept free for fragmentation (default 0.25)")
+    pl.add_argument("--headroom", type=_headroom,
+                    help="fraction of the budget kept free on top of the reserve model, or auto (default: "
+                         "1%% + the model's self-check error)")
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
@@ -215,8 +229,12 @@ def _verify(args: argparse.Namespace) -> int:
 
         print(f"memfit verify: batch {result['batch_size']} on {args.device} with capacity {human(args.budget)}")
         print(f"  predicted peak {human(result['predicted_peak_bytes'])}, measured peak "
-              f"{human(result['measured_peak_bytes'])} ({result['error_percent']:+.2f}%), "
-              f"peak reserved {human(result['measured_peak_reserved_bytes'])}")
+              f"{human(result['measured_peak_bytes'])} ({result['error_percent']:+.2f}%)")
+        if result.get("predicted_reserved_bytes"):
+            print(f"  predicted reserved {human(result['predicted_reserved_bytes'])}, measured peak reserved "
+                  f"{human(result['measured_peak_reserved_bytes'])} ({result['reserved_error_percent']:+.2f}%)")
+        else:
+            print(f"  measured peak reserved {human(result['measured_peak_reserved_bytes'])}")
         print("  OOM: " + (f"yes ({result['error']})" if result["oom"] else "no"))
     return 1 if result["oom"] else 0
 

@@ -48,8 +48,9 @@ def run_demo(args: argparse.Namespace) -> int:
     (out / "verify.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"  predicted peak {human(result['predicted_peak_bytes'])}   measured peak "
           f"{human(result['measured_peak_bytes'])}   ({result['error_percent']:+.2f}%)")
-    print(f"  budget {human(result['budget_bytes'])}   peak reserved {human(result['measured_peak_reserved_bytes'])}"
-          f"   OOM: {'yes' if result['oom'] else 'no'}")
+    print(f"  predicted reserved {human(result['predicted_reserved_bytes'])}   measured peak reserved "
+          f"{human(result['measured_peak_reserved_bytes'])}   ({result['reserved_error_percent']:+.2f}%)")
+    print(f"  budget {human(result['budget_bytes'])}   OOM: {'yes' if result['oom'] else 'no'}")
     base = the_plan.data["baselines"]
     print(f"  without memfit's plan: no checkpointing fits batch {base['no_checkpoint']['batch_size']}, "
           f"checkpointing every layer fits batch {base['all_checkpoint']['batch_size']}; "

@@ -78,12 +78,15 @@ class Plan:
             f"memfit plan ({d['objective']}): batch {d['batch_size']}"
             + (f" x {d['grad_accumulation_steps']} accumulation steps = global batch {d['global_batch']}"
                if d.get("grad_accumulation_steps", 1) > 1 else ""),
-            f"  predicted peak {human(d['predicted_peak_bytes'])} of budget {human(d['budget_bytes'])} "
-            f"(usable {human(d['usable_bytes'])}, headroom {100 * d['headroom']:.0f}%)",
+            f"  predicted peak {human(d['predicted_peak_bytes'])} allocated, "
+            f"{human(d['predicted_reserved_bytes'])} reserved, of budget {human(d['budget_bytes'])} "
+            f"(usable {human(d['usable_bytes'])}, headroom {100 * d['headroom']:.2f}%"
+            + (": 1% + the model's error)" if d.get("headroom_rule") == "auto" else ", as given)"),
             f"  recompute {d['predicted_recompute_seconds'] * 1e3:.2f} ms per step "
             f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
             f"{d['throughput_samples_per_second']:.1f} samples/s predicted",
-            f"  model self-check error {100 * d['model_error']:.2f}%   "
+            f"  model self-check error {100 * d['model_error']:.2f}% allocated, "
+            f"{100 * d['model_error_reserved']:.2f}% reserved   "
             f"no checkpointing fits batch {d['baselines']['no_checkpoint']['batch_size']}, "
             f"all checkpointed fits batch {d['baselines']['all_checkpoint']['batch_size']}",
         ]
@@ -103,10 +106,12 @@ def plan(
     global_batch: Optional[int] = None,
     precisions: Optional[Sequence[str]] = None,
     max_batch: Optional[int] = None,
-    headroom: Optional[float] = None,
+    headroom: Optional[Union[float, str]] = None,
 ) -> Plan:
     """The plan that fits `budget` best for `objective` ("max-batch",
-    "throughput" or "global-batch" with global_batch=N)."""
+    "throughput" or "global-batch" with global_batch=N). headroom: the fraction of
+    the budget kept free on top of the reserve model ("auto", the default: 1% + the
+    model's self-check error; planner/PLAN.md)."""
     if isinstance(profile, (str, Path)):
         profile = Profile.load(profile)
     data = profile.data if isinstance(profile, Profile) else profile
@@ -241,6 +246,7 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
         "batch_size": batch_size,
         "budget_bytes": budget_bytes,
         "predicted_peak_bytes": the_plan.data["predicted_peak_bytes"],
+        "predicted_reserved_bytes": the_plan.data.get("predicted_reserved_bytes"),
         "measured_peak_bytes": None,
         "measured_peak_reserved_bytes": None,
         "oom": False,
@@ -275,6 +281,9 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
     result["measured_peak_reserved_bytes"] = stats["reserved_bytes"]["peak"]
     predicted = result["predicted_peak_bytes"]
     result["error_percent"] = 100.0 * (result["measured_peak_bytes"] - predicted) / predicted if predicted else None
+    predicted_reserved = result["predicted_reserved_bytes"]
+    result["reserved_error_percent"] = (100.0 * (result["measured_peak_reserved_bytes"] - predicted_reserved)
+                                        / predicted_reserved if predicted_reserved else None)
     if times:
         times.sort()
         result["step_seconds"] = times[len(times) // 2]

@@ -267,6 +267,7 @@ def profile(
         "job": job_name,
         "optimizer": optimizer_name,
         "rounding_bytes": 512,
+        "granule_bytes": alloc.granule(),
         "warmup_steps": warmup_steps,
         "steps": steps,
         "settings": settings,

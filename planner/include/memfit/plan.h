@@ -50,7 +50,7 @@ extern "C" {
 
 /* The public structs start with {size, version} so that a foreign caller
  * (ctypes) can check that its layout matches the library's. */
-#define MFP_STRUCT_VERSION 1
+#define MFP_STRUCT_VERSION 2
 
 /* ---------------------------------------------------------------- status */
 
@@ -131,7 +131,8 @@ typedef struct mfp_options {
   uint32_t size;          /* sizeof(mfp_options): set by mfp_options_init */
   uint32_t version;       /* MFP_STRUCT_VERSION */
   uint64_t budget_bytes;  /* the device's budget; required (0 is an error) */
-  double headroom;        /* fraction of the budget kept free: peak <= budget * (1 - headroom); 0.25 */
+  double headroom;        /* fraction of the budget kept free: predicted reserved <= budget * (1 - headroom);
+                             MFP_HEADROOM_AUTO (the default): 1% + the model's self-check error (PLAN.md) */
   mfp_objective objective;
   int64_t global_batch;   /* N, for MFP_OBJECTIVE_GLOBAL_BATCH only */
   int64_t max_batch;      /* the largest batch considered; 65536 */
@@ -139,6 +140,8 @@ typedef struct mfp_options {
   mfp_precision precisions[MFP_PRECISION_COUNT]; /* allowed; the first one is the baselines' */
   uint32_t front_cap;     /* states per layer in the exact search before it coarsens; 0: default */
 } mfp_options;
+
+#define MFP_HEADROOM_AUTO (-1.0)
 
 /* Sets the defaults above (budget 0: the caller must set it). */
 MFP_API void mfp_options_init(mfp_options *opts);
@@ -183,8 +186,17 @@ typedef struct mfp_plan_summary {
   int64_t batch_size;              /* the micro-batch */
   int64_t grad_accumulation_steps; /* 1 unless the objective is global-batch */
   int64_t global_batch;            /* batch_size * grad_accumulation_steps */
-  uint64_t budget_bytes, usable_bytes;
-  int64_t predicted_peak_bytes;
+  uint64_t budget_bytes;
+  uint64_t usable_bytes;           /* what the plan's reserved bytes may reach: budget * (1 - headroom) */
+  uint64_t usable_allocated_bytes; /* what its allocated peak may reach: usable less the reserve model */
+  double headroom;                 /* the fraction applied (resolved when automatic) */
+  bool headroom_auto;              /* derived from the profile, not given */
+  int64_t predicted_peak_bytes;    /* allocated bytes at the peak */
+  int64_t predicted_reserved_bytes; /* reserved bytes the allocator will hold then */
+  int64_t reserve_overhead_bytes;  /* reserved beyond allocated, calibrated on the profile */
+  double reserve_ratio;            /* peak reserved / peak allocated, largest profiled (segments) */
+  int64_t granule_bytes;           /* the profiled allocator's granule; 0: segments */
+  double model_error_reserved;     /* largest relative self-check error of reserved bytes */
   double predicted_step_seconds, predicted_recompute_seconds;
   double throughput_samples_per_second;
   double model_error;              /* largest relative self-check error */
