@@ -116,6 +116,29 @@ def test_capacity_overflow_raises_torch_oom_and_the_process_goes_on():
     assert 8 * MiB <= out["allocated_after"] < 9 * MiB  # `keep` (and small leftovers) only
 
 
+_CPU_CONF = textwrap.dedent("""
+    import json, memfit, torch
+    a = memfit.install("cpu", capacity="64MiB")
+    b = memfit.install("cpu", capacity="64MiB", vmm="on")
+    x = torch.ones(1000)
+    print("RESULT " + json.dumps({"env": a.granule(), "explicit": b.granule(), "sum": float(x.sum())}))
+""")
+
+
+@pytest.mark.needs_adapter
+def test_cpu_install_reads_memfit_conf_before_its_own_options():
+    from conftest import python_env
+
+    env = python_env()
+    env["MEMFIT_CONF"] = "vmm:off"
+    result = run_python(["-c", _CPU_CONF], env=env)
+    assert result.returncode == 0, describe(result)
+    out = json.loads([x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    assert out["env"] == 0  # MEMFIT_CONF's vmm:off: segments
+    assert out["explicit"] > 0  # the caller's vmm:on wins over MEMFIT_CONF
+    assert out["sum"] == 1000.0
+
+
 # ---------------------------------------------------- torch.cuda stats routing
 
 

@@ -15,6 +15,11 @@ from .allocator import Allocator
 _current: Optional[Allocator] = None
 _kept_alive: List[Allocator] = []  # allocators that still own tensors after a re-install
 _adapter: Optional[ctypes.CDLL] = None
+# With segments (vmm:off), host memory has no 2 MiB pages to mirror: segments sized
+# to the request (64 KiB granularity) and every remainder split, so allocated bytes
+# follow requested bytes linearly in the batch size (the planner extrapolates them).
+# With page-mapped pools (the default) the granule is the host page and remainders
+# are always split; these keys then change nothing.
 CPU_DEFAULTS: Dict[str, object] = {"large_split": 0, "segment_round": "64KiB", "large_segment": 0}
 
 
@@ -44,21 +49,15 @@ def install(device: str = "cuda", **options: object) -> Allocator:
     """Route PyTorch's allocations on `device` ("cuda" or "cpu") through memfit.
 
     Options are the allocator's (capacity="2GiB", max_split_size=..., ...; see
-    allocator/README.md). On CUDA, call it before the first CUDA tensor: PyTorch
-    cannot change its allocator after that. On CPU, every later CPU tensor goes
-    through memfit's host backend, and going past `capacity` raises
-    torch.OutOfMemoryError with memfit's report.
+    allocator/README.md), applied after those in MEMFIT_CONF. On CUDA, call it
+    before the first CUDA tensor: PyTorch cannot change its allocator after that.
+    On CPU, every later CPU tensor goes through memfit's host backend, and going
+    past `capacity` raises torch.OutOfMemoryError with memfit's report.
     """
     if device not in ("cuda", "cpu"):
         raise MemfitError(f"memfit.install: device must be 'cuda' or 'cpu', not {device!r}")
     if "backend" in options:
         raise MemfitError("memfit.install: 'backend' is chosen by the device (cuda: cuda, cpu: host)")
-    if device == "cpu":
-        # Host memory has no 2 MiB pages to mirror: segments sized to the request
-        # (64 KiB granularity) and every remainder split, so allocated bytes follow
-        # requested bytes linearly in the batch size (the planner extrapolates them)
-        # and rounding wastes less at the small tensor sizes of a CPU run.
-        options = {**CPU_DEFAULTS, **options}
     conf = options_conf(options)
     if device == "cpu":
         return _install_cpu(conf)
@@ -121,7 +120,10 @@ def _load_adapter() -> ctypes.CDLL:
 def _install_cpu(conf: str) -> Allocator:
     global _current
     adapter = _load_adapter()
-    alloc = Allocator.create("backend:host" + ("," + conf if conf else ""), "cpu")
+    # memfit's CPU defaults, then MEMFIT_CONF (as the CUDA plugin reads it), then the caller's options.
+    env = os.environ.get("MEMFIT_CONF", "").strip().strip(",")
+    parts = ["backend:host", options_conf(CPU_DEFAULTS)] + [c for c in (env, conf) if c]
+    alloc = Allocator.create(",".join(parts), "cpu")
     if adapter.memfit_torch_cpu_install(alloc.handle, 0) != 0:
         raise MemfitError(f"memfit.install(device='cpu'): {adapter.memfit_torch_last_error().decode()}")
     if _current is not None:
