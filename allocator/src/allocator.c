@@ -1,8 +1,10 @@
 /* allocator.c — the caching core: devices, per-stream pools, best fit with
  * splitting and coalescing, deferred reuse behind record_stream events, the OOM
- * ladder, and the public entry points that allocate, free and re-tag.
+ * ladder of segments, and the public entry points that allocate, free and
+ * re-tag. With page-mapped pools (vmm, the default where the backend can map
+ * pages) a miss goes to vmm.c instead of the segment growth below.
  *
- * Policy, in the spirit of PyTorch's CUDACachingAllocator:
+ * The segment policy (vmm:off), in the spirit of PyTorch's CUDACachingAllocator:
  * - Requests are rounded up to 512 B. Each (device, stream) has a small pool
  *   (requests up to 1 MiB, carved from 2 MiB segments) and a large pool.
  * - A request takes the best fit (smallest free block, then lowest address)
