@@ -371,7 +371,8 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
   s = self_check(profile, r, sr.decisions);
   mfp_plan_summary *sm = &r->summary;
   sm->headroom_auto = r->opts.headroom < 0;
-  if (sm->headroom_auto) r->opts.headroom = MFP_HEADROOM_FLOOR + sm->model_error;
+  if (sm->headroom_auto)
+    r->opts.headroom = (profile->granule ? MFP_HEADROOM_FLOOR : MFP_HEADROOM_FLOOR_SEGMENTS) + sm->model_error;
   if (s == MFP_OK && !(r->opts.headroom < 1))
     s = _mfp_error(MFP_ERR_PROFILE, "the model's self-check error (%.1f%%) leaves no budget: the profile does not "
                    "describe its own peaks", 100 * sm->model_error);

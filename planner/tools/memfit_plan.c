@@ -33,8 +33,9 @@ static void usage(FILE *out) {
         "  --precisions LIST  allowed precisions, the first one for the baselines\n"
         "                     (default: every precision of the profile)\n"
         "  --max-batch N      the largest batch considered (default 65536)\n"
-        "  --headroom F|auto  fraction of the budget kept free (default auto: 1% + the model's\n"
-        "                     self-check error; the reserve model is applied on top of it)\n"
+        "  --headroom F|auto  fraction of the budget kept free (default auto: 1%, or 25% for a\n"
+        "                     profile from segments, + the model's self-check error; the\n"
+        "                     reserve model is applied on top of it)\n"
         "  --json             print the plan JSON instead of the table\n"
         "  -o FILE            also write the plan JSON to FILE\n"
         "\n"
@@ -116,7 +117,9 @@ static void print_table(const char *profile_path, const mfp_plan_result *plan, c
   if (o->objective == MFP_OBJECTIVE_GLOBAL_BATCH) printf(" (global batch %" PRId64 ")", o->global_batch);
   printf("\n  budget            %s, usable %s (headroom %.2f%%%s)\n", human((int64_t)sm.budget_bytes, a, sizeof a),
          human((int64_t)sm.usable_bytes, b, sizeof b), 100 * sm.headroom,
-         sm.headroom_auto ? ": 1% + the model's self-check error" : ", as given");
+         !sm.headroom_auto ? ", as given"
+         : sm.granule_bytes ? ": 1% + the model's self-check error"
+                            : ": 25% for segments + the model's self-check error");
   if (sm.granule_bytes)
     printf("  reserve model     reserved = allocated + %s (the profile's overhead; pages of %s)\n",
            human(sm.reserve_overhead_bytes, a, sizeof a), human(sm.granule_bytes, b, sizeof b));

@@ -41,10 +41,17 @@ plan_test(sample.max_batch --json --field batch_size=28 --field predicted_step_s
           --field headroom_rule=\"option\" --field reserve_model.overhead_bytes=4126720
           --field reserve_model.granule_bytes=0
           -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB --headroom 0.03 --json)
-# The default headroom: 1% + the self-check's error (0 to four digits here)
-plan_test(sample.auto_headroom --json --field headroom=0.01 --field headroom_rule=\"auto\" --field batch_size=29
-          --field usable_bytes=17008070492
+# The default headroom: 25% for a profile from segments, 1% with pages, + the
+# self-check's error (0 to four digits here)
+plan_test(sample.auto_headroom --json --field headroom=0.25 --field headroom_rule=\"auto\"
+          --field usable_bytes=12884901888
           -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB --json)
+plan_test(sample.auto_headroom_table --stdout "headroom 25\\.00%: 25% for segments"
+          -- ${PLAN} ${PLAN_SAMPLE} --budget 16GiB)
+plan_test(sample.pages_auto_headroom --json --field headroom=0.01 --field headroom_rule=\"auto\" --field batch_size=29
+          --field usable_bytes=17008070492
+          --derive ${PLAN_SAMPLE} ${PLAN_OUT}/pages_auto.json --set granule_bytes=2097152
+          -- ${PLAN} ${PLAN_OUT}/pages_auto.json --budget 16GiB --json)
 # The same profile as if from page-mapped pools: reserved = allocated + the overhead
 plan_test(sample.pages --json --field batch_size=29 --field "reserve_model.rule=\"allocated + overhead\""
           --field predicted_peak_bytes=16657411584 --field predicted_reserved_bytes=16661538304

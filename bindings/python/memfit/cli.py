@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--max-batch", type=int)
     pl.add_argument("--headroom", type=_headroom,
                     help="fraction of the budget kept free on top of the reserve model, or auto (default: "
-                         "1%% + the model's self-check error)")
+                         "1%% with page-mapped pools, 25%% with segments, + the model's self-check error)")
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")

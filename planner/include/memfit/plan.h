@@ -132,7 +132,8 @@ typedef struct mfp_options {
   uint32_t version;       /* MFP_STRUCT_VERSION */
   uint64_t budget_bytes;  /* the device's budget; required (0 is an error) */
   double headroom;        /* fraction of the budget kept free: predicted reserved <= budget * (1 - headroom);
-                             MFP_HEADROOM_AUTO (the default): 1% + the model's self-check error (PLAN.md) */
+                             MFP_HEADROOM_AUTO (the default): 1% (25% for a profile from segments)
+                             + the model's self-check error (PLAN.md) */
   mfp_objective objective;
   int64_t global_batch;   /* N, for MFP_OBJECTIVE_GLOBAL_BATCH only */
   int64_t max_batch;      /* the largest batch considered; 65536 */
