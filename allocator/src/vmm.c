@@ -140,17 +140,20 @@ static mf_status range_new(mf_device *d, mf_pool *pool, size_t at_least, mf_vran
   return MF_OK;
 }
 
-/* Make the range's handle array hold granule indexes below end. */
-static mf_status range_hold(mf_vrange *r, size_t end) {
-  if (end <= r->handles_cap) return MF_OK;
-  size_t cap = r->handles_cap ? r->handles_cap : 64;
-  while (cap < end) cap *= 2;
-  uint64_t *grown = realloc(r->handles, cap * sizeof *grown);
+/* Make a handle array hold `need` entries (doubling). */
+static mf_status handles_hold(uint64_t **handles, size_t *cap, size_t need) {
+  if (need <= *cap) return MF_OK;
+  size_t grown_cap = *cap ? *cap : 64;
+  while (grown_cap < need) grown_cap *= 2;
+  uint64_t *grown = realloc(*handles, grown_cap * sizeof *grown);
   if (!grown) return _mf_error(MF_ERR_HOST_MEMORY, "out of host memory for granule handles");
-  r->handles = grown;
-  r->handles_cap = cap;
+  *handles = grown;
+  *cap = grown_cap;
   return MF_OK;
 }
+
+/* Make the range's handle array hold granule indexes below end. */
+static mf_status range_hold(mf_vrange *r, size_t end) { return handles_hold(&r->handles, &r->handles_cap, end); }
 
 static inline uint64_t *handles_at(const mf_vrange *r, uintptr_t addr, size_t g) {
   return r->handles + (addr - r->base) / g;
@@ -193,15 +196,7 @@ static void release_empty_ranges(mf_device *d, mf_pool *pool) {
 /* --------------------------------------------------- held granules (spare) */
 
 static mf_status spare_hold(mf_device *d, size_t more) {
-  size_t need = d->spare_len + more;
-  if (need <= d->spare_cap) return MF_OK;
-  size_t cap = d->spare_cap ? d->spare_cap : 64;
-  while (cap < need) cap *= 2;
-  uint64_t *grown = realloc(d->spare_handles, cap * sizeof *grown);
-  if (!grown) return _mf_error(MF_ERR_HOST_MEMORY, "out of host memory for granule handles");
-  d->spare_handles = grown;
-  d->spare_cap = cap;
-  return MF_OK;
+  return handles_hold(&d->spare_handles, &d->spare_cap, d->spare_len + more);
 }
 
 /* Granules the capacity still allows (SIZE_MAX without one). */
