@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 # compare.py — memfit's planner against what users pick instead (fixed checkpoint policies found by
 # bisection over real runs, Accelerate- and Lightning-style batch finders), on the built-in GPT/CNN/MLP
-# jobs and the same budgets, in one run; writes benchmarks/results/planner-DATE.{md,json}. See README.md.
-"""Usage: python3 benchmarks/planner/compare.py [--quick] [--out-dir DIR] [--date YYYY-MM-DD]
+# jobs and the same budgets, in one run; writes benchmarks/results/planner-DATE.{md,json} (vmm off:
+# planner-DATE-vmm-off.*), and with --summarize-vmm DATE the two runs side by side. See README.md.
+"""Usage: python3 benchmarks/planner/compare.py [--quick] [--vmm on|off] [--out-dir DIR] [--date YYYY-MM-DD]
+       python3 benchmarks/planner/compare.py --summarize-vmm DATE [--quick] [--out-dir DIR]
 
 Every trial is a real training run in this process on CPU with memfit as PyTorch's
 CPU allocator and the budget as its capacity (memfit.install('cpu', capacity=...)),
@@ -59,6 +61,11 @@ ACCELERATE_FACTOR = 0.9  # accelerate.utils.find_executable_batch_size: batch_si
 LIGHTNING_INIT = 2  # BatchSizeFinder(mode="binsearch", init_val=2, max_trials=25, steps_per_trial=3)
 LIGHTNING_MAX_TRIALS = 25
 LIGHTNING_STEPS = 3
+# Acceptance of memfit's plan: batch within 3% of its family's true largest (BATCH_FRACTION), the same plan
+# at 1.03x its batch must not fit (PLUS3_NUM / 100), reserved / allocated at most RESERVED_RATIO_MAX.
+BATCH_FRACTION = 0.97
+PLUS3_NUM = 103
+RESERVED_RATIO_MAX = 1.02
 
 
 # ------------------------------------------------------------------ trials
@@ -112,6 +119,8 @@ class Runner:
         stats = alloc.stats()
         result["peak_allocated_bytes"] = stats["allocated_bytes"]["peak"]
         result["peak_reserved_bytes"] = stats["reserved_bytes"]["peak"]
+        result["reserved_over_allocated"] = (result["peak_reserved_bytes"] / result["peak_allocated_bytes"]
+                                             if result["peak_allocated_bytes"] else None)
         result["wall_seconds"] = time.perf_counter() - t0
         result["step_seconds"] = statistics.median(times) if times else None
         result["step_seconds_all"] = times
@@ -225,7 +234,8 @@ def _summary(log: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
 
 def _slim(r: Dict[str, Any]) -> Dict[str, Any]:
     keys = ("batch", "ran", "ok", "oom", "timeout", "error", "peak_allocated_bytes", "peak_reserved_bytes",
-            "wall_seconds", "predicted_peak_bytes", "prediction_error_percent", "note")
+            "reserved_over_allocated", "wall_seconds", "predicted_peak_bytes", "prediction_error_percent",
+            "predicted_reserved_bytes", "reserved_prediction_error_percent", "note")
     return {k: r[k] for k in keys if k in r}
 
 
@@ -318,8 +328,12 @@ def memfit_family_search(runner: Runner, job: str, budget: int, profile_data: Di
             return False
         r = runner.trial(job, b, budget, memfit_plan_policy(p), warmup=1, steps=1)
         r["predicted_peak_bytes"] = p.data["predicted_peak_bytes"]
+        r["predicted_reserved_bytes"] = p.data.get("predicted_reserved_bytes")
         if r["ok"]:
             r["prediction_error_percent"] = 100.0 * (r["peak_allocated_bytes"] / p.data["predicted_peak_bytes"] - 1)
+            if r["predicted_reserved_bytes"]:
+                r["reserved_prediction_error_percent"] = 100.0 * (r["peak_reserved_bytes"]
+                                                                  / r["predicted_reserved_bytes"] - 1)
         r["note"] = "checkpoint: " + (",".join(l["name"] for l in p.layers if l["checkpoint"]) or "none")
         log.append(r)
         if r["ok"]:
@@ -334,6 +348,7 @@ def memfit_family_search(runner: Runner, job: str, budget: int, profile_data: Di
         p = plans[best]
         out["plan"] = {"checkpointed": [l["name"] for l in p.layers if l["checkpoint"]],
                        "predicted_peak_bytes": p.data["predicted_peak_bytes"],
+                       "predicted_reserved_bytes": p.data.get("predicted_reserved_bytes"),
                        "recompute_overhead_percent": p.data["recompute_overhead_percent"]}
     return out
 
@@ -400,6 +415,7 @@ class Timer:
             "step_seconds_min": min(c["times"]) if c["times"] else None, "steps_measured": len(c["times"]),
             "samples_per_second": batch / t if t else None,
             "peak_allocated_bytes": max(p[0] for p in c["peaks"]), "peak_reserved_bytes": max(p[1] for p in c["peaks"]),
+            "reserved_over_allocated_max": max((p[1] / p[0] for p in c["peaks"] if p[0]), default=None),
         }
         ref = self.configs.get(("reference", batch))
         if key == "none":
@@ -440,6 +456,7 @@ def run_case(runner: Runner, job: str, budget_text: str, sizes: Tuple[int, ...],
     gc.collect()
     verify_alloc = memfit.current()
     verify_leak = verify_alloc.allocated() if verify_alloc is not None else 0
+    verify_granule = verify_alloc.granule() if verify_alloc is not None else None
     if verify_alloc is not None:
         verify_alloc.empty_cache()
     runner.trials += 1
@@ -449,21 +466,28 @@ def run_case(runner: Runner, job: str, budget_text: str, sizes: Tuple[int, ...],
         "batch": the_plan.batch_size, "checkpointed": [l["name"] for l in the_plan.layers if l["checkpoint"]],
         "precisions": sorted({l["precision"] for l in the_plan.layers}),
         "predicted_peak_bytes": d["predicted_peak_bytes"], "usable_bytes": d["usable_bytes"],
-        "headroom": d["headroom"], "predicted_step_seconds": d["predicted_step_seconds"],
+        "predicted_reserved_bytes": d.get("predicted_reserved_bytes"),
+        "usable_allocated_bytes": d.get("usable_allocated_bytes"), "reserve_model": d.get("reserve_model"),
+        "headroom": d["headroom"], "headroom_rule": d.get("headroom_rule"),
+        "predicted_step_seconds": d["predicted_step_seconds"],
         "predicted_recompute_overhead_percent": d["recompute_overhead_percent"],
-        "model_error": d["model_error"], "exact": d["exact"], "monotone": d["monotone"],
+        "model_error": d["model_error"], "model_error_reserved": d.get("model_error_reserved"),
+        "exact": d["exact"], "monotone": d["monotone"],
         "planner_baselines": d["baselines"], "search": d["search"],
-        "verify": {k: v[k] for k in ("batch_size", "oom", "error", "measured_peak_bytes", "predicted_peak_bytes",
-                                     "measured_peak_reserved_bytes", "error_percent", "step_seconds", "steps",
-                                     "warmup_steps")},
-        "verify_leaked_bytes": verify_leak,
+        "verify": {k: v.get(k) for k in ("batch_size", "oom", "error", "measured_peak_bytes", "predicted_peak_bytes",
+                                         "measured_peak_reserved_bytes", "predicted_reserved_bytes", "error_percent",
+                                         "reserved_error_percent", "step_seconds", "steps", "warmup_steps")},
+        "verify_leaked_bytes": verify_leak, "verify_granule_bytes": verify_granule,
         "ooms": 1 if v["oom"] else 0,
     }
     if v["measured_peak_bytes"]:
         m["verify"]["reserved_over_allocated"] = v["measured_peak_reserved_bytes"] / v["measured_peak_bytes"]
     case["memfit"] = m
     log(f"[{name} {budget_text}] memfit: batch {m['batch']} (profile {profile_s:.2f} s, plan {plan_s * 1e3:.1f} ms), "
-        f"checkpoint {m['checkpointed'] or 'none'}, verify oom={v['oom']} error {v['error_percent']}%")
+        f"checkpoint {m['checkpointed'] or 'none'}, headroom {m['headroom']} ({m['headroom_rule']}), verify "
+        f"oom={v['oom']} error {_f(v['error_percent'], '{:+.3f}')}%, reserved/allocated "
+        f"{_f(m['verify'].get('reserved_over_allocated'), '{:.4f}')}, reserved error "
+        f"{_f(v.get('reserved_error_percent'), '{:+.3f}')}%")
 
     planned = the_plan.batch_size
     upper = max(4 * planned, 8)
@@ -520,7 +544,10 @@ def run_case(runner: Runner, job: str, budget_text: str, sizes: Tuple[int, ...],
             entry["answer_reruns"], entry["confirmed_batch"], entry["timing"] = None, None, {"step_seconds": None}
             continue
         answer = timer.result(key, entry["batch"])
-        entry["answer_reruns"] = {"runs": answer["runs"], "ooms": answer["ooms"]}
+        entry["answer_reruns"] = {"runs": answer["runs"], "ooms": answer["ooms"],
+                                  "peak_allocated_bytes": answer["peak_allocated_bytes"],
+                                  "peak_reserved_bytes": answer["peak_reserved_bytes"],
+                                  "reserved_over_allocated_max": answer["reserved_over_allocated_max"]}
         conf = timer.confirm(key, policy_at, entry["batch"], ref)
         entry["confirmed_batch"], entry["confirm_walk"] = conf["confirmed_batch"], conf["walk"]
         entry["timing"] = timer.result(key, conf["confirmed_batch"]) if conf["confirmed_batch"] else answer
@@ -534,6 +561,7 @@ def run_case(runner: Runner, job: str, budget_text: str, sizes: Tuple[int, ...],
         p = plan(prof, budget, max_batch=fam["confirmed_batch"], headroom=0.0)
         fam["plan"] = {"checkpointed": [l["name"] for l in p.layers if l["checkpoint"]],
                        "predicted_peak_bytes": p.data["predicted_peak_bytes"],
+                       "predicted_reserved_bytes": p.data.get("predicted_reserved_bytes"),
                        "recompute_overhead_percent": p.data["recompute_overhead_percent"]}
     if fam.get("plan") and not fam["plan"]["checkpointed"]:
         fam["timing"]["measured_overhead_percent"] = 0.0
@@ -549,10 +577,72 @@ def run_case(runner: Runner, job: str, budget_text: str, sizes: Tuple[int, ...],
     r = runner.trial(job, planned, budget, memfit_plan_policy(the_plan), warmup=1, steps=endurance_steps)
     m["endurance"] = {"steps": 1 + endurance_steps, "ok": r["ok"], "oom": r["oom"],
                       "measured_steps_done": len(r["step_seconds_all"]),
-                      "peak_allocated_bytes": r["peak_allocated_bytes"], "peak_reserved_bytes": r["peak_reserved_bytes"]}
+                      "peak_allocated_bytes": r["peak_allocated_bytes"], "peak_reserved_bytes": r["peak_reserved_bytes"],
+                      "reserved_over_allocated": r["reserved_over_allocated"]}
     log(f"[{name} {budget_text}] memfit plan, {1 + endurance_steps} steps under the budget: "
         f"{'OOM' if r['oom'] else 'fits'} (peak reserved {_mib(r['peak_reserved_bytes'])} MiB)")
+    # The same plan (same decisions) at 1.03x its batch, under the budget: if it still fits, the
+    # headroom gave away more than 3%. ceil(1.03 x batch) in integers (1.03 * 100 is 103.00000000000001).
+    plus3 = max((PLUS3_NUM * planned + 99) // 100, planned + 1)
+    r = runner.trial(job, plus3, budget, memfit_plan_policy(the_plan), warmup=1, steps=timing_steps)
+    m["plus3"] = {"batch": plus3, "factor": PLUS3_NUM / 100, "warmup_steps": 1, "steps": timing_steps,
+                  "outcome": _outcome(r), "ok": r["ok"], "oom": r["oom"], "timeout": r["timeout"],
+                  "error": r["error"], "peak_allocated_bytes": r["peak_allocated_bytes"],
+                  "peak_reserved_bytes": r["peak_reserved_bytes"], "wall_seconds": r["wall_seconds"]}
+    m["plus3_oom"] = r["oom"]
+    log(f"[{name} {budget_text}] memfit plan at 1.03x its batch ({plus3}): {_outcome(r)} "
+        f"(peak reserved {_mib(r['peak_reserved_bytes'])} MiB of {_mib(budget)})")
+    case["acceptance"] = acceptance(case)
+    log(f"[{name} {budget_text}] acceptance: "
+        + ", ".join(f"({k}) {'met' if a['met'] else 'NOT met'}" for k, a in case["acceptance"]["checks"].items()))
     return case
+
+
+def _outcome(r: Dict[str, Any]) -> str:
+    return "fits" if r["ok"] else "OOM" if r["oom"] else "timeout" if r["timeout"] else f"error: {r['error']}"
+
+
+def acceptance(c: Dict[str, Any]) -> Dict[str, Any]:
+    """The four checks on memfit's own plan, with the numbers behind each."""
+    m, fam = c["memfit"], c["memfit_family"]
+    v, reruns, endurance, p3 = m["verify"], m.get("answer_reruns") or {"runs": 0, "ooms": 0}, m["endurance"], m["plus3"]
+    cb = fam.get("confirmed_batch")
+    ratio = m["batch"] / cb if cb else None
+    # What stopped the family's bisection: a larger batch that failed (a run that ran out of memory, or the
+    # planner saying no plan fits), the planner's own limit at headroom 0 (no family plan beyond it), or the
+    # search's bound of 4x memfit's batch (then the true largest may be larger, and the ratio smaller).
+    if cb is not None and cb != fam["batch"]:
+        limit = "re-runs"
+    elif fam.get("bound_hit") and fam["upper_bound"] < fam.get("headroom0_model_batch", fam["upper_bound"]):
+        limit = "search_bound"
+    elif fam.get("bound_hit"):
+        limit = "model_headroom0"
+    else:
+        limit = "failure_above"
+    above = next((r for r in fam["log"] if r["batch"] == fam["batch"] + 1), None)
+    above_text = None if above is None else "rejected by the planner" if above.get("ran") is False else \
+        "OOM" if above.get("oom") else "timeout" if above.get("timeout") else "error" if above.get("error") else "fits"
+    ooms = {"verify": 1 if v["oom"] else 0, "reruns": reruns["ooms"], "long_run": 1 if endurance["oom"] else 0}
+    runs = {"verify": 1, "reruns": reruns["runs"], "long_run": 1}
+    ra = {"verify": v.get("reserved_over_allocated"), "reruns_max": reruns.get("reserved_over_allocated_max")}
+    measured = [x for x in ra.values() if x is not None]
+    checks = {
+        "a": {"what": f"memfit's batch >= {BATCH_FRACTION:.0%} of its plan family's confirmed true largest",
+              "memfit_batch": m["batch"], "family_batch_found": fam["batch"], "family_confirmed_batch": cb,
+              "family_bound_hit": fam.get("bound_hit"), "family_limit": limit,
+              "family_upper_bound": fam["upper_bound"], "family_next_batch_outcome": above_text, "family_headroom0_model_batch": fam.get("headroom0_model_batch"),
+              "ratio": ratio, "threshold": BATCH_FRACTION,
+              "met": ratio is not None and ratio >= BATCH_FRACTION},
+        "b": {"what": "0 OOMs in memfit's verification, re-runs and long run", "ooms": ooms, "runs": runs,
+              "ooms_total": sum(ooms.values()), "runs_total": sum(runs.values()), "met": sum(ooms.values()) == 0},
+        "c": {"what": f"the plan at {PLUS3_NUM / 100:.2f}x its batch does not fit (OOM)", "batch": p3["batch"],
+              "outcome": p3["outcome"], "peak_reserved_bytes": p3["peak_reserved_bytes"], "met": bool(p3["oom"])},
+        "d": {"what": f"reserved / allocated <= {RESERVED_RATIO_MAX} in every verification run (verify, re-runs)",
+              "verify": ra["verify"], "reruns_max": ra["reruns_max"], "max": max(measured) if measured else None,
+              "long_run_info": endurance.get("reserved_over_allocated"), "threshold": RESERVED_RATIO_MAX,
+              "met": bool(measured) and ra["verify"] is not None and max(measured) <= RESERVED_RATIO_MAX},
+    }
+    return {"checks": checks, "all_met": all(x["met"] for x in checks.values())}
 
 
 # ---------------------------------------------------------------- the bench
@@ -667,8 +757,62 @@ def case_table(c: Dict[str, Any]) -> List[str]:
     return rows
 
 
+def _headroom_text(res: Dict[str, Any]) -> str:
+    """The default headroom as the plans recorded it (`headroom`, `headroom_rule`, `model_error`)."""
+    ms = [c["memfit"] for c in res["cases"]]
+    rules = sorted({str(m.get("headroom_rule")) for m in ms})
+    hs = [m["headroom"] for m in ms]
+    bases = {round(m["headroom"] - m["model_error"], 9) for m in ms}
+    span = f"{min(hs):.4f}" if min(hs) == max(hs) else f"{min(hs):.4f}-{max(hs):.4f}"
+    text = f"rule `{', '.join(rules)}`"
+    if rules == ["auto"] and len(bases) == 1:
+        text += f": {next(iter(bases)):.2%} of the budget + the allocated model's self-check error (`model_error`)"
+    return text + f"; {span} of the budget in this run"
+
+
+def _yes(met: bool) -> str:
+    return "met" if met else "**NOT met**"
+
+
+def _above(a: Dict[str, Any]) -> str:
+    return (" (above: memfit's batch is larger than the largest its plan family confirmed in re-runs)"
+            if (a["ratio"] or 0) > 1 else "")
+
+
+def _family_limit(a: Dict[str, Any]) -> str:
+    lim = a.get("family_limit")
+    if lim == "search_bound":
+        return (f"; the family's bisection stopped at its bound {a['family_upper_bound']} (4x memfit's batch, below "
+                f"the planner's headroom-0 batch {a['family_headroom0_model_batch']}): the true largest may be larger "
+                "and the ratio smaller")
+    if lim == "model_headroom0":
+        return (f"; the family's largest is the planner's own limit at headroom 0 ({a['family_headroom0_model_batch']}"
+                "): no family plan beyond it")
+    if lim == "re-runs":
+        return "; the family's answer failed re-runs and was walked down"
+    return (f"; the family's batch {a['family_batch_found'] + 1} failed: "
+            f"{a.get('family_next_batch_outcome') or 'not run'}")
+
+
+def _acc_cells(c: Dict[str, Any]) -> List[str]:
+    """(a)..(d) of acceptance(), each as 'numbers: met / NOT met'."""
+    ch = c["acceptance"]["checks"]
+    a, b, cc, d = ch["a"], ch["b"], ch["c"], ch["d"]
+    fam = (f"{a['family_confirmed_batch']}" if a["family_confirmed_batch"] is not None else "none confirmed") + \
+        (f" (found {a['family_batch_found']})" if a["family_batch_found"] != a["family_confirmed_batch"] else "")
+    return [
+        f"{a['memfit_batch']} / {fam} = {_f(a['ratio'], '{:.3f}')}{_above(a)}{_family_limit(a)}: {_yes(a['met'])}",
+        f"{b['ooms_total']} of {b['runs_total']} (verify {b['ooms']['verify']}, re-runs {b['ooms']['reruns']} of "
+        f"{b['runs']['reruns']}, long run {b['ooms']['long_run']}): {_yes(b['met'])}",
+        f"batch {cc['batch']}: {cc['outcome']}: {_yes(cc['met'])}",
+        f"verify {_f(d['verify'], '{:.4f}')}, re-runs max {_f(d['reruns_max'], '{:.4f}')}: {_yes(d['met'])}",
+    ]
+
+
 def write_markdown(path: Path, res: Dict[str, Any]) -> None:
     mi = res["machine"]
+    st = res["settings"]
+    hr = _headroom_text(res)
     out = [
         f"<!-- {path.name} — written by benchmarks/planner/compare.py: memfit's planner against fixed checkpoint",
         "     policies and trial-and-error batch finders, measured in one run. Rerun the script; do not edit. -->",
@@ -690,6 +834,10 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
         + (" (working tree has uncommitted changes to tracked files)" if mi["git_dirty"] else ""),
         f"- load average before / after: {' '.join(f'{x:.2f}' for x in mi['load_average_before'])} / "
         f"{' '.join(f'{x:.2f}' for x in mi['load_average_after'])}",
+        f"- allocator: vmm **{st['vmm']}** (`MEMFIT_CONF={st['MEMFIT_CONF']}` for every `memfit.install('cpu')` in "
+        f"the process, `memfit.verify`'s included), granule {st['granule_bytes']} bytes"
+        + (" (page-mapped pools)" if st["granule_bytes"] else " (segments)")
+        + f"; planner headroom: the default, {hr}",
         f"- total wall time {res['wall_seconds'] / 60:.1f} min, {res['trials']} real training runs; "
         f"step times are medians over {res['settings']['timing_rounds']} interleaved runs x "
         f"{res['settings']['timing_steps']} measured steps (each run: a fresh model, 1 warm-up step first)",
@@ -708,10 +856,20 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
         "step time over the unmodified model's at the same batch (run without a capacity limit, interleaved) minus",
         "1; for memfit's plans the planner's prediction follows the `;`. Peak allocated is what tensors held, peak",
         "reserved what the allocator mapped (it must fit the budget). The *plan family* row is the largest batch at",
-        "which the planner's own plan with headroom 0 really runs: memfit / true says what the default 25% headroom",
-        "gives up. Fixed policies are bisected over 1..4x memfit's batch; the finders reimplement Accelerate's and",
-        "Lightning's documented behaviour (neither is installed). Timings come from a noisy 2-core VM: compare",
-        "ratios and counts within this run, not absolute times.",
+        "which the planner's own plan with headroom 0 really runs: memfit / true says what the default headroom",
+        f"({hr}) gives up. Fixed policies are bisected over 1..4x memfit's batch; the finders reimplement",
+        "Accelerate's and Lightning's documented behaviour (neither is installed). Timings come from a noisy 2-core",
+        "VM: compare ratios and counts within this run, not absolute times.",
+        "",
+        "The *acceptance* tables hold memfit's own plan to four checks: (a) its batch is at least "
+        f"{BATCH_FRACTION:.0%} of the",
+        "plan family's true largest (confirmed by the re-runs); (b) no OOM in its verification, its re-runs and its",
+        f"long run; (c) the same plan (same layer decisions) at {PLUS3_NUM / 100:.2f}x its batch (ceil, at least "
+        "+1), run for real under",
+        f"the budget for 1 warm-up + {st['timing_steps']} steps, runs out of memory, so the headroom gives away "
+        "less than 3%; (d)",
+        f"reserved / allocated at the peaks is at most {RESERVED_RATIO_MAX} in the verification and in each re-run "
+        "at memfit's batch.",
         "",
         "## Summary",
         "",
@@ -720,8 +878,9 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
         "",
         "| model, budget | memfit batch | memfit family, true largest | memfit / true | no ckpt | every layer | "
         "sqrt(n) | Accelerate-like (OOMs) | Lightning-like (OOMs) | memfit answer s | memfit verify + re-runs + "
-        "long run: OOMs | verify peak error % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "long run: OOMs | verify peak error % | verify reserved / allocated | verify reserved: predicted MiB, "
+        "measured MiB, error % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def fc(e: Dict[str, Any]) -> str:
@@ -740,38 +899,72 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
             f"{_f(fam['memfit_ratio'], '{:.2f}')} | {fc(p['no_checkpoint'])} | {fc(p['every_layer'])} | "
             f"{fc(p['sqrt_n'])} | {fc(f['accelerate_like'])} ({f['accelerate_like']['ooms']}) | "
             f"{fc(f['lightning_binsearch'])} ({f['lightning_binsearch']['ooms']}) | {m['answer_seconds']:.2f} | "
-            f"{mo} of {mr} | {_f(m['verify']['error_percent'], '{:+.2f}')} |")
+            f"{mo} of {mr} | {_f(m['verify']['error_percent'], '{:+.2f}')} | "
+            f"{_f(m['verify'].get('reserved_over_allocated'), '{:.4f}')} | "
+            f"{_mib(m['verify'].get('predicted_reserved_bytes'))}, {_mib(m['verify']['measured_peak_reserved_bytes'])},"
+            f" {_f(m['verify'].get('reserved_error_percent'), '{:+.2f}')} |")
+    met = sum(1 for c in res["cases"] if c["acceptance"]["all_met"])
+    out += ["", f"## Acceptance (vmm {st['vmm']})", "",
+            f"memfit's plan in each case; numbers first, then the verdict. **All four checks met in {met} of "
+            f"{len(res['cases'])} cases.**", "",
+            f"| model, budget | headroom | (a) memfit batch / family true largest >= {BATCH_FRACTION} | "
+            f"(b) OOMs: verify + re-runs + long run = 0 | (c) same plan at {PLUS3_NUM / 100:.2f}x batch: OOM | "
+            f"(d) reserved / allocated <= {RESERVED_RATIO_MAX} | all four |",
+            "|---|---:|---|---|---|---|---|"]
+    for c in res["cases"]:
+        out.append(f"| {c['job'].split(':')[1]}, {c['budget']} | {c['memfit']['headroom']:.4f} | "
+                   + " | ".join(_acc_cells(c)) + f" | {_yes(c['acceptance']['all_met'])} |")
     for c in res["cases"]:
         m, fam = c["memfit"], c["memfit_family"]
         v = m["verify"]
         out += ["", f"## {c['job']} at {c['budget']}", ""]
         out += case_table(c)
+        ch = c["acceptance"]["checks"]
+        cells = _acc_cells(c)
+        out += ["", f"Acceptance of memfit's plan here: {_yes(c['acceptance']['all_met'])} (all four).", "",
+                "| check | numbers: verdict |", "|---|---|"]
+        out += [f"| ({k}) {ch[k]['what']} | {cell} |" for k, cell in zip("abcd", cells)]
         sq = c["policies"]["sqrt_n"]["layout"]
+        rm = m.get("reserve_model") or {}
         out += [
             "",
             f"- memfit: profiled batches {', '.join(map(str, c['profile_batch_sizes']))} in "
             f"{m['profile_seconds']:.2f} s, planned in {m['plan_seconds'] * 1e3:.1f} ms (planner's own "
             f"{m['planner_seconds'] * 1e3:.2f} ms); predicted peak {_mib(m['predicted_peak_bytes'])} MiB of usable "
-            f"{_mib(m['usable_bytes'])} MiB; verification at batch {v['batch_size']}: "
+            f"{_mib(m.get('usable_allocated_bytes'))} MiB for allocated, predicted reserved "
+            f"{_mib(m.get('predicted_reserved_bytes'))} MiB of usable {_mib(m['usable_bytes'])} MiB (headroom "
+            f"{m['headroom']:.4f}, rule `{m.get('headroom_rule')}`; reserve model: {rm.get('rule', '?')}, overhead "
+            f"{rm.get('overhead_bytes', '?')} bytes, ratio {_f(rm.get('ratio'), '{:.4f}')}, granule "
+            f"{rm.get('granule_bytes', '?')}; self-check errors allocated {_f(m['model_error'], '{:.4%}')}, reserved "
+            f"{_f(m.get('model_error_reserved'), '{:.4%}')}); verification at batch {v['batch_size']}: "
             f"{'OOM' if v['oom'] else 'no OOM'}, measured peak allocated {_mib(v['measured_peak_bytes'])} MiB "
             f"({_f(v['error_percent'], '{:+.2f}')}% against the prediction), reserved "
-            f"{_mib(v['measured_peak_reserved_bytes'])} MiB = {_f(v.get('reserved_over_allocated'), '{:.2f}')}x "
-            f"allocated; predicted step {m['predicted_step_seconds']:.3f} s, measured {_f(m['timing']['step_seconds'])}"
+            f"{_mib(v['measured_peak_reserved_bytes'])} MiB = {_f(v.get('reserved_over_allocated'), '{:.4f}')}x "
+            f"allocated ({_f(v.get('reserved_error_percent'), '{:+.2f}')}% against the predicted reserved "
+            f"{_mib(v.get('predicted_reserved_bytes'))} MiB); predicted step {m['predicted_step_seconds']:.3f} s, measured {_f(m['timing']['step_seconds'])}"
             f" s (verify's, with memfit's tracking hooks: {_f(v['step_seconds'])} s). The same plan run without "
             f"memfit's tracking hooks (the timing runs): peak allocated {_mib(m['timing'].get('peak_allocated_bytes'))}"
             f" MiB ({_f(m.get('plain_run_error_percent'), '{:+.2f}')}% against the prediction). A run of "
             f"{m['endurance']['steps']} steps at memfit's batch under the budget: "
             f"{'OOM' if m['endurance']['oom'] else 'fits'}, peak reserved {_mib(m['endurance']['peak_reserved_bytes'])}"
-            f" MiB of {_mib(c['budget_bytes'])}.",
-            f"- the planner's own baselines (same model, 25% headroom): no checkpointing fits "
+            f" MiB of {_mib(c['budget_bytes'])} ({_f(m['endurance'].get('reserved_over_allocated'), '{:.4f}')}x "
+            f"allocated). The same plan at batch {m['plus3']['batch']} ({m['plus3']['factor']:.2f}x): "
+            f"{m['plus3']['outcome']}, peak allocated {_mib(m['plus3']['peak_allocated_bytes'])} MiB, reserved "
+            f"{_mib(m['plus3']['peak_reserved_bytes'])} MiB.",
+            f"- the planner's own baselines (same model, headroom {m['headroom']:.4f}): no checkpointing fits "
             f"{m['planner_baselines']['no_checkpoint']['batch_size']}, every layer checkpointed fits "
             f"{m['planner_baselines']['all_checkpoint']['batch_size']}.",
             f"- memfit family: the model at headroom 0 allows batch {fam['headroom0_model_batch']}; bisection over "
             f"{fam['lower_start']}..{fam['upper_bound']}"
             + (f"; the largest plan that ran checkpoints {', '.join(fam['plan']['checkpointed']) or 'nothing'}"
                if fam.get("plan") else "") + "; measured against predicted peak allocated in its runs that fit: "
-            + (", ".join(f"batch {r['batch']} {r['prediction_error_percent']:+.2f}%" for r in fam["log"]
-                         if r.get("prediction_error_percent") is not None) or "none ran") + ".",
+            + (", ".join(f"batch {r['batch']} {r['prediction_error_percent']:+.2f}%"
+                         + (f" (reserved {r['reserved_prediction_error_percent']:+.2f}%, "
+                            f"{r['reserved_over_allocated']:.4f}x allocated)"
+                            if r.get("reserved_prediction_error_percent") is not None else "")
+                         for r in fam["log"] if r.get("prediction_error_percent") is not None) or "none ran")
+            + "; candidates the planner rejected unrun: "
+            + (", ".join(f"{r['batch']} ({r['note']})" for r in fam["log"] if r.get("ran") is False) or "none") + ".",
             f"- sqrt(n): {sq['blocks']} blocks in {sq['segments']} segments; checkpointed "
             f"{'; '.join('[' + ', '.join(g) + ']' for g in sq['checkpointed']) or 'nothing'}, last segment "
             f"[{', '.join(sq['plain'])}] runs plain (checkpoint_sequential's behaviour).",
@@ -801,6 +994,81 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
     path.write_text("\n".join(out) + "\n")
 
 
+# ------------------------------------------------------- vmm on against off
+
+
+def _stem(date: str, vmm: str, quick: bool) -> str:
+    return f"planner-{date}" + ("-vmm-off" if vmm == "off" else "") + ("-quick" if quick else "")
+
+
+def summarize_vmm(out_dir: Path, date: str, quick: bool) -> Path:
+    """planner-DATE-vmm.md: the key figures of the vmm-on and vmm-off runs in one table, from their JSON."""
+    runs = {}
+    for vmm in ("on", "off"):
+        p = out_dir / f"{_stem(date, vmm, quick)}.json"
+        if not p.exists():
+            raise SystemExit(f"compare.py --summarize-vmm: {p} is missing (run compare.py"
+                             + (" --quick" if quick else "") + (" --vmm off" if vmm == "off" else "") + " first)")
+        r = json.loads(p.read_text())
+        got = r.get("settings", {}).get("vmm")
+        if got != vmm:
+            raise SystemExit(f"compare.py --summarize-vmm: {p} was run with vmm {got}, not {vmm}")
+        runs[vmm] = (p, r)
+    path = out_dir / f"planner-{date}-vmm{'-quick' if quick else ''}.md"
+    out = [f"<!-- {path.name} — written by benchmarks/planner/compare.py --summarize-vmm {date}"
+           + (" --quick" if quick else "") + " from the two JSON files it names.",
+           "     Rerun the script; do not edit. -->",
+           f"# memfit's plan with page-mapped pools (vmm on) and with segments (vmm off), {date}", "",
+           "Two runs of `benchmarks/planner/compare.py`"
+           + (" on the same machine (`" + runs["on"][1]["machine"]["uname"] + "`)"
+              if runs["on"][1]["machine"]["uname"] == runs["off"][1]["machine"]["uname"] else
+              " on different machines (compare their times with care)")
+           + "; every figure is copied from", "their JSON files (the full tables: the `.md` beside each):", ""]
+    for vmm, (p, r) in runs.items():
+        mi, st = r["machine"], r["settings"]
+        met = sum(1 for c in r["cases"] if c["acceptance"]["all_met"])
+        out.append(f"- vmm {vmm}: [{p.with_suffix('.md').name}]({p.with_suffix('.md').name}), `{r['command']}`, "
+                   f"`MEMFIT_CONF={st['MEMFIT_CONF']}`, granule {st['granule_bytes']} bytes, git "
+                   f"{mi['git_commit'][:12]}{' (dirty)' if mi['git_dirty'] else ''}, {r['wall_seconds'] / 60:.1f} min, "
+                   f"{r['trials']} runs, load average {mi['load_average_before'][0]:.2f} -> "
+                   f"{mi['load_average_after'][0]:.2f}; headroom {_headroom_text(r)}; all four acceptance checks met "
+                   f"in **{met} of {len(r['cases'])}** cases")
+    out += ["", "Per case: memfit's batch; its plan family's true largest (as found -> confirmed by the re-runs); "
+            "(a) their ratio", f"(>= {BATCH_FRACTION}); (d) reserved / allocated at the verification (and the re-runs' "
+            f"largest; <= {RESERVED_RATIO_MAX}); the verification's", "reserved bytes against the planner's prediction; "
+            "(b) OOMs of the verification + re-runs + long run (0); (c) the same plan at", f"{PLUS3_NUM / 100:.2f}x its "
+            "batch under the budget (must OOM). *(above)*: memfit's batch is larger than the largest batch its plan",
+            "family confirmed in re-runs, i.e. memfit planned past what reliably fits (see (b)). *(bound)*: the family's",
+            "bisection stopped at its bound, 4x memfit's batch, so its true largest may be larger and the ratio "
+            "smaller.", "",
+            "| model, budget | vmm | headroom | memfit batch | family true largest | (a) ratio | (d) reserved / "
+            "allocated: verify (re-runs max) | verify reserved: predicted / measured MiB (error %) | (b) OOMs | "
+            "(c) 1.03x batch | all four |", "|---|---|---:|---:|---:|---|---|---|---|---|---|"]
+    keys = [(c["job"], c["budget"]) for c in runs["on"][1]["cases"]]
+    keys += [k for k in ((c["job"], c["budget"]) for c in runs["off"][1]["cases"]) if k not in keys]
+    for job, budget in keys:
+        for vmm, (_, r) in runs.items():
+            c = next((c for c in r["cases"] if (c["job"], c["budget"]) == (job, budget)), None)
+            if c is None:
+                out.append(f"| {job.split(':')[1]}, {budget} | {vmm} | not run | | | | | | | | |")
+                continue
+            m, ch = c["memfit"], c["acceptance"]["checks"]
+            a, b, cc, d, v = ch["a"], ch["b"], ch["c"], ch["d"], m["verify"]
+            fam = f"{a['family_batch_found']}" + (f" -> {a['family_confirmed_batch']}" if
+                                                   a["family_confirmed_batch"] != a["family_batch_found"] else "")
+            out.append(
+                f"| {job.split(':')[1]}, {budget} | {vmm} | {m['headroom']:.4f} | {m['batch']} | {fam} | "
+                f"{_f(a['ratio'], '{:.3f}')}{' (above)' if (a['ratio'] or 0) > 1 else ''}"
+                f"{' (bound)' if a.get('family_limit') == 'search_bound' else ''}: {_yes(a['met'])} | "
+                f"{_f(d['verify'], '{:.4f}')} "
+                f"({_f(d['reruns_max'], '{:.4f}')}): {_yes(d['met'])} | {_mib(v.get('predicted_reserved_bytes'))} / "
+                f"{_mib(v['measured_peak_reserved_bytes'])} ({_f(v.get('reserved_error_percent'), '{:+.2f}')}) | "
+                f"{b['ooms_total']} of {b['runs_total']}: {_yes(b['met'])} | {cc['batch']}: {cc['outcome']}: "
+                f"{_yes(cc['met'])} | {_yes(c['acceptance']['all_met'])} |")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
 # -------------------------------------------------------------------- main
 
 
@@ -811,7 +1079,26 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--date", default=datetime.date.today().isoformat())
     ap.add_argument("--trial-cap", type=float, default=60.0, help="seconds after which a trial is stopped")
+    ap.add_argument("--vmm", choices=("on", "off"), default="on",
+                    help="memfit's page-mapped pools for every allocator of the run (appends vmm:on|off to "
+                         "MEMFIT_CONF); off writes planner-DATE-vmm-off.*")
+    ap.add_argument("--summarize-vmm", metavar="DATE",
+                    help="run nothing: put planner-DATE.json and planner-DATE-vmm-off.json (with --quick, their "
+                         "-quick files) side by side in planner-DATE-vmm.md")
     args = ap.parse_args()
+    if args.summarize_vmm:
+        path = summarize_vmm(Path(args.out_dir), args.summarize_vmm, args.quick)
+        print(f"wrote {path}")
+        return 0
+
+    # Before anything installs an allocator: every memfit.install('cpu') of this process, memfit.verify's
+    # included, reads MEMFIT_CONF, and the last vmm key there wins.
+    previous_conf = os.environ.get("MEMFIT_CONF", "").strip().strip(",")
+    os.environ["MEMFIT_CONF"] = f"{previous_conf},vmm:{args.vmm}" if previous_conf else f"vmm:{args.vmm}"
+    granule = memfit.install("cpu").granule()
+    if (granule == 0) != (args.vmm == "off"):
+        raise SystemExit(f"compare.py: --vmm {args.vmm} did not take effect: MEMFIT_CONF={os.environ['MEMFIT_CONF']}"
+                         f" but memfit.install('cpu').granule() is {granule} (0 means vmm off, > 0 on)")
 
     cases = [c for c in CASES if c[3] or not args.quick]
     timing_rounds, timing_steps, endurance_steps = (1, 2, 5) if args.quick else (3, 2, 20)
@@ -822,9 +1109,13 @@ def main() -> int:
                     "and trial-and-error batch finders, measured in one run; rendered as the .md beside this file",
         "format": "memfit-planner-compare", "version": 1, "date": args.date, "quick": args.quick,
         "command": " ".join(shlex.quote(a) for a in ["python3", os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
-        "environment": {"MEMFIT_BUILD_DIR": os.environ["MEMFIT_BUILD_DIR"]},
+        "environment": {"MEMFIT_BUILD_DIR": os.environ["MEMFIT_BUILD_DIR"], "MEMFIT_CONF": os.environ["MEMFIT_CONF"]},
         "machine": machine_info(),
-        "settings": {"headroom": "planner default", "trial_steps": "1 warm-up + 1 measured",
+        "settings": {"vmm": args.vmm, "MEMFIT_CONF": os.environ["MEMFIT_CONF"], "granule_bytes": granule,
+                     "headroom": "planner default (each case's plan records headroom and headroom_rule)",
+                     "acceptance": {"batch_fraction_of_family": BATCH_FRACTION, "plus3_factor": PLUS3_NUM / 100,
+                                    "reserved_over_allocated_max": RESERVED_RATIO_MAX},
+                     "trial_steps": "1 warm-up + 1 measured",
                      "timing_rounds": timing_rounds, "timing_steps": timing_steps,
                      "endurance_steps": 1 + endurance_steps, "trial_cap_seconds": args.trial_cap,
                      "bisection_upper_bound": "max(4 x memfit's planned batch, 8)",
@@ -848,7 +1139,7 @@ def main() -> int:
     res["leaks"] = runner.leaks
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"planner-{args.date}" + ("-quick" if args.quick else "")
+    stem = _stem(args.date, args.vmm, args.quick)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(res, indent=1) + "\n")
     write_markdown(md_path, res)
