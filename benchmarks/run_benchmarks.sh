@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run_benchmarks.sh — build memfit-replay in Release and replay every bundled
-# trace through memfit (virtual backend) side by side with glibc malloc and
-# with jemalloc; writes benchmarks/results/replay-DATE.json (every run's JSON
+# trace through memfit (virtual backend; page-mapped pools and segments) side by
+# side with glibc malloc and with jemalloc, PyTorch's policy emulated beside it; writes benchmarks/results/replay-DATE.json (every run's JSON
 # and the machine) and replay-DATE.md (the table). Numbers come only from here.
 #
 #   benchmarks/run_benchmarks.sh                 # REPEAT=11, DATE=today
@@ -39,16 +39,20 @@ replay=$build/benchmarks/memfit-replay
   echo "repeat=$repeat"
 } >"$raw/machine.txt"
 
+# Each trace with page-mapped pools (vmm:on, the default) and with segments
+# (vmm:off), against both baselines, and PyTorch's policy emulated beside it.
 n=0
 for trace in "$root"/benchmarks/traces/*.mftrace; do
-  for baseline in malloc jemalloc; do
-    rel=${trace#"$root"/}
-    cmd="memfit-replay $rel --backend virtual --baseline $baseline --repeat $repeat --json"
-    echo "$cmd" >&2
-    (cd "$root" && "$replay" "$rel" --backend virtual --baseline "$baseline" --repeat "$repeat" --json) \
-      >"$raw/run-$n.json"
-    echo "$cmd" >"$raw/run-$n.cmd"
-    n=$((n + 1))
+  for vmm in on off; do
+    for baseline in malloc jemalloc; do
+      rel=${trace#"$root"/}
+      cmd="memfit-replay $rel --backend virtual --conf vmm:$vmm --baseline $baseline --compare native --repeat $repeat --json"
+      echo "$cmd" >&2
+      (cd "$root" && "$replay" "$rel" --backend virtual --conf "vmm:$vmm" --baseline "$baseline" --compare native \
+        --repeat "$repeat" --json) >"$raw/run-$n.json"
+      echo "$cmd" >"$raw/run-$n.cmd"
+      n=$((n + 1))
+    done
   done
 done
 echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$raw/machine.txt"
@@ -61,9 +65,12 @@ echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$raw/machine.txt"
 if [ "${CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null; then
   for trace in "$root"/benchmarks/traces/*.mftrace; do
     rel=${trace#"$root"/}
-    for what in memfit malloc jemalloc; do
-      if [ "$what" = memfit ]; then fn=replay_memfit passes=3 args=()
-      else fn=replay_baseline passes=2 args=(--baseline "$what"); fi
+    for what in memfit memfit-segments malloc jemalloc; do
+      case $what in
+        memfit) fn=replay_memfit passes=3 args=(--conf vmm:on) ;;
+        memfit-segments) fn=replay_memfit passes=3 args=(--conf vmm:off) ;;
+        *) fn=replay_baseline passes=2 args=(--baseline "$what") ;;
+      esac
       echo "callgrind: $what $rel" >&2
       (cd "$root" && MEMFIT_REPLAY_STATIC_TLS=1 GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536 \
         valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect="$fn" \
