@@ -9,6 +9,7 @@
 
 #include "test_util.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -184,6 +185,41 @@ TEST(Vmm, ABackendWithoutPageMappingUsesSegmentsOrFailsWhenAsked) {
     } else {
       EXPECT_EQ(st, MF_ERR_INVALID);
       EXPECT_NE(std::string(mf_last_error()).find("cannot map pages"), std::string::npos) << mf_last_error();
+    }
+  }
+}
+
+TEST(Vmm, AutoFallsBackWithOneLineWhereTheDeviceCannotMapPages) {
+  static const mf_backend_ops cannot = [] {
+    mf_backend_ops o = recorder_ops();
+    o.vmm_granularity = [](mf_backend *, int, size_t *, size_t *) { return MF_ERR_NO_DEVICE; };
+    return o;
+  }();
+  for (const char *mode : {"vmm:auto", "vmm:on"}) {
+    Recorder *r = new Recorder();
+    r->base.ops = &cannot;
+    ASSERT_EQ(mf_backend_virtual_create(1, 0, &r->inner), MF_OK);
+    mf_options *o = mf_options_new();
+    ASSERT_EQ(mf_options_parse(o, mode), MF_OK);
+    mf_allocator *a = nullptr;
+    testing::internal::CaptureStderr();
+    mf_status st = mf_allocator_create_with(&r->base, o, &a);
+    std::string err = testing::internal::GetCapturedStderr();
+    std::string why = mf_last_error();
+    mf_options_free(o);
+    Allocator owned(a);
+    if (std::string(mode) == "vmm:auto") {
+      ASSERT_EQ(st, MF_OK) << why;
+      EXPECT_EQ(mf_allocator_granule(a), 0u);
+      EXPECT_NE(err.find("memfit: vmm:auto: "), std::string::npos) << err;
+      EXPECT_NE(err.find("using segments (vmm:off)"), std::string::npos) << err;
+      EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+      void *p = must_malloc(a, 3 * MiB);
+      must_free(a, p);
+    } else {
+      EXPECT_EQ(st, MF_ERR_NO_DEVICE);
+      EXPECT_NE(why.find("option vmm:on: backend recorder: vmm_granularity"), std::string::npos) << why;
+      EXPECT_TRUE(err.empty()) << err;
     }
   }
 }

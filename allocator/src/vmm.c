@@ -61,10 +61,14 @@ static inline const mf_backend_ops *ops_of(mf_device *d) { return d->allocator->
 /* A backend's failure, with a message even where the backend left none
  * (custom backends cannot set memfit's error): the error is cleared before
  * each backend call, so a message there now is the backend's. */
-static mf_status backend_failed(mf_device *d, mf_status st, const char *what) {
+static mf_status named_failure(const mf_backend_ops *ops, int device, mf_status st, const char *what) {
   if (mf_last_status() != st || !*mf_last_error())
-    return _mf_error(st, "backend %s: %s on device %d failed (%s)", ops_of(d)->name, what, d->index, mf_status_name(st));
+    return _mf_error(st, "backend %s: %s on device %d failed (%s)", ops->name, what, device, mf_status_name(st));
   return st;
+}
+
+static mf_status backend_failed(mf_device *d, mf_status st, const char *what) {
+  return named_failure(ops_of(d), d->index, st, what);
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -84,7 +88,9 @@ mf_status _mf_vmm_setup(mf_allocator *a) {
   size_t minimum = 0, recommended = 0;
   for (int i = 0; i < a->device_count; i++) {
     size_t lo = 0, rec = 0;
+    _mf_clear_error();
     mf_status st = ops->vmm_granularity(a->backend, i, &lo, &rec);
+    if (st != MF_OK) named_failure(ops, i, st, "vmm_granularity");
     if (st == MF_OK && (lo == 0 || lo % MF_ROUND || rec % lo))
       st = _mf_error(MF_ERR_BACKEND, "backend %s reports granules of %zu and %zu bytes on device %d", ops->name, lo,
                      rec, i);
