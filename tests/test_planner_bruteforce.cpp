@@ -1,7 +1,9 @@
 // test_planner_bruteforce.cpp — the planner's optimum against brute force:
 // random synthetic chains of 1..12 layers, every checkpoint/precision
 // assignment simulated with mfp_simulate at every batch, for each objective.
+#include <algorithm>
 #include <chrono>
+#include <functional>
 
 #include "test_planner_util.h"
 
@@ -17,8 +19,11 @@ struct BatchBest {
 // For each batch 1..max_batch: the fastest assignment that fits, or none.
 // Feasibility is monotone in these profiles (asserted through the planner's
 // "monotone"), so the enumeration stops one batch after the first that fails.
+// A plan that checkpoints a layer must also fit usable - correction(batch)
+// (the checkpoint check, PLAN.md).
 std::vector<BatchBest> enumerate(const mfp_profile *p, const std::vector<mfp_precision> &allowed, int64_t usable,
-                                 int64_t max_batch, int64_t *largest) {
+                                 int64_t max_batch, int64_t *largest,
+                                 const std::function<int64_t(int64_t)> &correction) {
   size_t n = mfp_profile_layer_count(p), options = 2 * allowed.size(), total = 1;
   for (size_t i = 0; i < n; i++) total *= options;
   std::vector<BatchBest> best(max_batch + 1);
@@ -31,7 +36,9 @@ std::vector<BatchBest> enumerate(const mfp_profile *p, const std::vector<mfp_pre
         d[i] = mfp_decision{(c % options) % 2 == 1, allowed[(c % options) / 2]};
       mfp_simulation sim;
       EXPECT_EQ(mfp_simulate(p, b, d.data(), n, &sim), MFP_OK) << mfp_last_error();
-      if (sim.peak_bytes <= usable && (!best[b].found || sim.step_seconds < best[b].seconds)) {
+      bool checkpoints = std::any_of(d.begin(), d.end(), [](const mfp_decision &x) { return x.checkpoint; });
+      int64_t limit = checkpoints ? usable - correction(b) : usable;
+      if (sim.peak_bytes <= limit && (!best[b].found || sim.step_seconds < best[b].seconds)) {
         best[b].found = true;
         best[b].seconds = sim.step_seconds;
       }
@@ -64,7 +71,7 @@ void expect_close(double got, double want, const std::string &what) {
 }
 
 struct Tally {
-  int cases = 0, plans = 0, nothing_fits = 0, capped = 0, checkpointing = 0, mixed = 0;
+  int cases = 0, plans = 0, nothing_fits = 0, capped = 0, checkpointing = 0, mixed = 0, corrected = 0;
   size_t assignments = 0;
 };
 
@@ -85,7 +92,17 @@ void run_case(uint64_t seed, Tally &tally) {
   std::shuffle(allowed.begin(), allowed.end(), rng);
   allowed.resize(n_allowed);
 
-  std::string json = synth_profile(synth).str();
+  // Every third case: checkpoint checks that measure the model under by
+  // c0 + c1 * batch (a line, so the planner's fit is exact).
+  int64_t c0 = 0, c1 = 0;
+  bool checked = seed % 3 == 0;
+  if (checked) {
+    c0 = uni(0, 1 << 12);
+    c1 = uni(0, 1 << 8);
+  }
+  std::function<int64_t(int64_t)> correction = [&](int64_t b) { return checked ? c0 + c1 * b : 0; };
+  std::string json = checked ? with_checks(synth, [&](int64_t b, int64_t) { return c0 + c1 * b; }).str()
+                             : synth_profile(synth).str();
   Profile profile = parse(json);
   ASSERT_TRUE(profile) << "seed " << seed;
   const mfp_profile *p = profile.get();
@@ -111,7 +128,7 @@ void run_case(uint64_t seed, Tally &tally) {
   int64_t usable = usable_bytes(budget, headroom), limit = allocated_limit(budget, headroom);
 
   int64_t largest;
-  std::vector<BatchBest> best = enumerate(p, allowed, limit, max_batch, &largest);
+  std::vector<BatchBest> best = enumerate(p, allowed, limit, max_batch, &largest, correction);
   size_t per_batch = 1;
   for (size_t i = 0; i < n; i++) per_batch *= 2 * allowed.size();
   tally.assignments += per_batch * (size_t)std::min<int64_t>(max_batch, largest + 2);
@@ -154,8 +171,8 @@ void run_case(uint64_t seed, Tally &tally) {
     mfp_simulation sim = simulate_plan(p, plan.get(), sm.batch_size);
     EXPECT_EQ(sim.peak_bytes, sm.predicted_peak_bytes);
     EXPECT_EQ(sim.step_seconds, sm.predicted_step_seconds);
-    EXPECT_LE(sim.peak_bytes, limit);
-    EXPECT_EQ(sm.predicted_reserved_bytes, sim.peak_bytes + kSynthReserveOverhead);
+    EXPECT_LE(sim.peak_bytes + sm.checkpoint_correction_bytes, limit);
+    EXPECT_EQ(sm.predicted_reserved_bytes, sim.peak_bytes + sm.checkpoint_correction_bytes + kSynthReserveOverhead);
     EXPECT_LE(sm.predicted_reserved_bytes, usable);
     bool any_checkpoint = false, any_other_precision = false;
     for (size_t i = 0; i < n; i++) {
@@ -166,6 +183,7 @@ void run_case(uint64_t seed, Tally &tally) {
       any_other_precision |= l.decision.precision != first.decision.precision;
     }
     tally.checkpointing += any_checkpoint;
+    tally.corrected += any_checkpoint && sm.checkpoint_correction_bytes > 0;
     tally.mixed += any_other_precision;
 
     if (objective == MFP_OBJECTIVE_MAX_BATCH) {
@@ -208,12 +226,13 @@ TEST(PlannerBruteForce, OptimumEqualsEnumeration) {
     if (HasFatalFailure() || HasFailure()) break;
   }
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  printf("[          ] %d cases: %d plans (%d checkpoint, %d mix precisions), %d with nothing fitting, %d capped "
-         "by max_batch; %zu assignments simulated, in %.2f s\n",
-         tally.cases, tally.plans, tally.checkpointing, tally.mixed, tally.nothing_fits, tally.capped,
+  printf("[          ] %d cases: %d plans (%d checkpoint, %d of them under a correction, %d mix precisions), %d with "
+         "nothing fitting, %d capped by max_batch; %zu assignments simulated, in %.2f s\n",
+         tally.cases, tally.plans, tally.checkpointing, tally.corrected, tally.mixed, tally.nothing_fits, tally.capped,
          tally.assignments, seconds);
   EXPECT_GT(tally.plans, 1500);
   EXPECT_GT(tally.checkpointing, 500);
+  EXPECT_GT(tally.corrected, 100) << "plans under a checkpoint check's correction";
   EXPECT_GT(tally.mixed, 300);
   EXPECT_GT(tally.nothing_fits, 0);
 }

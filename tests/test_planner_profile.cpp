@@ -80,6 +80,99 @@ TEST(PlannerSelfCheck, ReproducesAProfileMadeFromTheModel) {
   }
 }
 
+// ------------------------------------------------------------ checkpoint check
+
+TEST(PlannerCheckpointCheck, PlansThatCheckpointAreKeptBelowTheMeasuredError) {
+  Synth synth = small_synth(11, 1);
+  // The model misses 1 KiB + 512 B per sample of what checkpointed runs hold.
+  Json profile = with_checks(synth, [](int64_t b, int64_t) { return (int64_t)1024 + b * 512; });
+  Profile p = parse(profile.str());
+  // Budgets between the every-layer-checkpointed and the plain peak at a few
+  // batches: there checkpointing is what makes the batch fit.
+  std::vector<uint64_t> budgets;
+  size_t n = mfp_profile_layer_count(p.get());
+  for (int64_t b : {8, 32, 128}) {
+    std::vector<mfp_decision> d(n, mfp_decision{false, synth.precisions[0].precision});
+    mfp_simulation plain, all;
+    ASSERT_EQ(mfp_simulate(p.get(), b, d.data(), n, &plain), MFP_OK);
+    for (auto &x : d) x.checkpoint = true;
+    ASSERT_EQ(mfp_simulate(p.get(), b, d.data(), n, &all), MFP_OK);
+    budgets.push_back((uint64_t)(plain.peak_bytes + all.peak_bytes) / 2 + kSynthReserveOverhead);
+  }
+  int checkpointing_plans = 0;
+  for (uint64_t budget : budgets) {
+    mfp_options opts;
+    mfp_options_init(&opts);
+    opts.budget_bytes = budget;
+    opts.headroom = 0.0;
+    opts.precision_count = 1;
+    opts.precisions[0] = synth.precisions[0].precision;
+    mfp_plan_result *raw = nullptr;
+    mfp_status st = mfp_plan(p.get(), &opts, &raw);
+    Plan plan(raw);
+    if (st == MFP_ERR_NO_FIT) continue;
+    ASSERT_EQ(st, MFP_OK) << mfp_last_error();
+    mfp_plan_summary sm;
+    mfp_plan_get_summary(plan.get(), &sm);
+    bool checkpoints = false;
+    for (size_t i = 0; i < mfp_plan_layer_count(plan.get()); i++) {
+      mfp_plan_layer l;
+      mfp_plan_get_layer(plan.get(), i, &l);
+      checkpoints |= l.decision.checkpoint;
+    }
+    EXPECT_GT(sm.model_error_checkpoint, 0);
+    if (checkpoints) {
+      checkpointing_plans++;
+      EXPECT_EQ(sm.checkpoint_correction_bytes, 1024 + sm.batch_size * 512) << "budget " << budget;
+      EXPECT_LE(sm.predicted_peak_bytes + sm.checkpoint_correction_bytes, (int64_t)sm.usable_allocated_bytes);
+    } else {
+      EXPECT_EQ(sm.checkpoint_correction_bytes, 0);
+      EXPECT_LE(sm.predicted_peak_bytes, (int64_t)sm.usable_allocated_bytes);
+    }
+    EXPECT_EQ(sm.predicted_reserved_bytes,
+              sm.predicted_peak_bytes + sm.checkpoint_correction_bytes + kSynthReserveOverhead);
+    // The plan is the fastest of its kind: no checkpointing plan of a larger batch
+    // fits the corrected limit (largest batch: the corrected one is never larger).
+    Json bare = synth_profile(synth);
+    Profile q = parse(bare.str());
+    mfp_plan_result *raw2 = nullptr;
+    ASSERT_EQ(mfp_plan(q.get(), &opts, &raw2), MFP_OK) << mfp_last_error();
+    Plan uncorrected(raw2);
+    mfp_plan_summary um;
+    mfp_plan_get_summary(uncorrected.get(), &um);
+    EXPECT_LE(sm.batch_size, um.batch_size);
+  }
+  EXPECT_GT(checkpointing_plans, 0) << "no budget made the planner checkpoint";
+}
+
+TEST(PlannerCheckpointCheck, AnOverPredictionCorrectsNothing) {
+  Synth synth = small_synth(12, 1);
+  Profile p = parse(with_checks(synth, [](int64_t, int64_t) { return (int64_t)-4096; }).str());
+  mfp_options opts;
+  mfp_options_init(&opts);
+  opts.budget_bytes = 1ull << 30;
+  mfp_plan_result *raw = nullptr;
+  ASSERT_EQ(mfp_plan(p.get(), &opts, &raw), MFP_OK) << mfp_last_error();
+  Plan plan(raw);
+  mfp_plan_summary sm;
+  mfp_plan_get_summary(plan.get(), &sm);
+  EXPECT_EQ(sm.checkpoint_correction_bytes, 0);
+}
+
+TEST(PlannerCheckpointCheck, BadChecksNameTheirPath) {
+  Synth synth = small_synth(13, 1);
+  Json good = with_checks(synth, [](int64_t, int64_t) { return (int64_t)0; });
+  Json bad = good;
+  bad["checkpoint_checks"][0].set("precision", "fp16");
+  EXPECT_TRUE(starts_with(profile_error(bad), "checkpoint_checks[0].precision: fp16 has no settings")) << profile_error(bad);
+  bad = good;
+  bad["checkpoint_checks"][1].set("batch_size", 0);
+  EXPECT_TRUE(starts_with(profile_error(bad), "checkpoint_checks[1].batch_size: must be >= 1")) << profile_error(bad);
+  bad = good;
+  bad.set("checkpoint_checks", "all");
+  EXPECT_TRUE(starts_with(profile_error(bad), "checkpoint_checks: expected a list")) << profile_error(bad);
+}
+
 TEST(PlannerSelfCheck, ReportsTheErrorOfAModelThatIsOff) {
   Synth synth = small_synth();
   Json profile = synth_profile(synth);

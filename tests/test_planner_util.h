@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <functional>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -299,6 +300,29 @@ inline int64_t usable_bytes(uint64_t budget, double headroom) {
 // model with page-mapped pools, reserved = allocated + the profile's overhead.
 inline int64_t allocated_limit(uint64_t budget, double headroom) {
   return usable_bytes(budget, headroom) - kSynthReserveOverhead;
+}
+
+// The synthetic profile with checkpoint checks whose measured peaks are the
+// model's every-layer-checkpointed peaks plus `extra(batch, that peak)`.
+inline Json with_checks(const Synth &synth, const std::function<int64_t(int64_t, int64_t)> &extra) {
+  Json profile = synth_profile(synth);
+  Profile bare = parse(profile.str());
+  size_t n = mfp_profile_layer_count(bare.get());
+  mfp_precision first = synth.precisions[0].precision;
+  std::vector<mfp_decision> all(n, mfp_decision{true, first});
+  Json checks = Json::array();
+  for (int64_t b : synth.batches) {
+    mfp_simulation sim;
+    EXPECT_EQ(mfp_simulate(bare.get(), b, all.data(), n, &sim), MFP_OK);
+    int64_t measured = sim.peak_bytes + extra(b, sim.peak_bytes);
+    checks.push(Json::object()
+                    .set("batch_size", b)
+                    .set("precision", mfp_precision_name(first))
+                    .set("peak_allocated_bytes", measured)
+                    .set("peak_reserved_bytes", measured + kSynthReserveOverhead));
+  }
+  profile.set("checkpoint_checks", checks);
+  return profile;
 }
 
 }  // namespace planner_test

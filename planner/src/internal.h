@@ -62,6 +62,14 @@ typedef struct _mfp_setting {
   double global_values[MFP_GLOBAL_TERMS];
 } _mfp_setting;
 
+/* A plan with every layer checkpointed, run while profiling: its measured peak
+ * against the model's (PLAN.md, "The checkpoint check"). */
+typedef struct _mfp_checkpoint_check {
+  int64_t batch;
+  mfp_precision precision;
+  int64_t measured, predicted;
+} _mfp_checkpoint_check;
+
 /* value(b) = center_value + slope * (b - center_batch): centred, so that the
  * fit reproduces a two-batch profile exactly. */
 typedef struct _mfp_line {
@@ -81,6 +89,9 @@ struct mfp_profile {
   int64_t granule;          /* the allocator's page-mapped granule; 0: segments (or not recorded) */
   int64_t reserve_overhead; /* max over settings of peak reserved - peak allocated */
   double reserve_ratio;     /* max over settings of peak reserved / peak allocated */
+  _mfp_checkpoint_check *checks; /* measured plans with every layer checkpointed (optional) */
+  size_t n_checks;
+  double check_intercept, check_slope; /* their measured - predicted peak, fitted over the batch */
   bool fitted[MFP_PRECISION_COUNT];
   _mfp_line *layer_fit[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
   _mfp_line step_fit[MFP_PRECISION_COUNT][MFP_STEP_TERMS];
@@ -124,6 +135,10 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
 /* Would every batch below a fitting one fit too? (PLAN.md, "Search"). */
 bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int n_allowed);
 
+/* What a plan that checkpoints any layer must keep free at `batch` beyond the
+ * model's peak: the checkpoint checks' under-prediction, fitted (0 without checks). */
+int64_t _mfp_checkpoint_correction(const mfp_profile *p, int64_t batch);
+
 /* ----------------------------------------------------------------- solve.c */
 
 typedef struct _mfp_solve_request {
@@ -133,6 +148,10 @@ typedef struct _mfp_solve_request {
   int64_t usable;      /* the peak must be <= usable */
   bool timed;          /* false: only whether some plan fits */
   uint32_t front_cap;
+  /* A plan that checkpoints any layer must fit this (<= usable; PLAN.md, "The
+   * checkpoint check"). */
+  int64_t checkpoint_usable;
+  bool allow_checkpoint; /* internal to solve.c: false in its pass over plans that checkpoint nothing */
 } _mfp_solve_request;
 
 typedef struct _mfp_solve_result {
@@ -181,6 +200,8 @@ struct mfp_plan_result {
   _mfp_baseline no_checkpoint, all_checkpoint;
   size_t n_checks;
   _mfp_self_check *checks;
+  _mfp_checkpoint_check *profile_checks; /* a copy of the profile's checkpoint checks */
+  size_t profile_checks_n;
 };
 
 /* ------------------------------------------------------------- options.c */

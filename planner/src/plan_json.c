@@ -82,6 +82,22 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
 
   put(root, "model_error", json_real(sm->model_error), ok);
   put(root, "model_error_reserved", json_real(sm->model_error_reserved), ok);
+  put(root, "model_error_checkpoint", json_real(sm->model_error_checkpoint), ok);
+  put(root, "checkpoint_correction_bytes", json_integer(sm->checkpoint_correction_bytes), ok);
+  json_t *ckpt = json_array();
+  for (size_t k = 0; ckpt && k < r->profile_checks_n; k++) {
+    const _mfp_checkpoint_check *c = &r->profile_checks[k];
+    json_t *item = json_object();
+    if (item) {
+      put(item, "batch_size", json_integer(c->batch), ok);
+      put(item, "precision", json_string(mfp_precision_name(c->precision)), ok);
+      put(item, "measured", json_integer(c->measured), ok);
+      put(item, "predicted", json_integer(c->predicted), ok);
+      put(item, "error", json_real(fabs((double)(c->measured - c->predicted)) / (c->measured > 0 ? (double)c->measured : 1.0)), ok);
+    }
+    if (!item || json_array_append_new(ckpt, item) != 0) *ok = false;
+  }
+  put(root, "checkpoint_checks", ckpt, ok);
   json_t *checks = json_array();
   for (size_t k = 0; checks && k < r->n_checks; k++) {
     const _mfp_self_check *c = &r->checks[k];

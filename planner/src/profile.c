@@ -312,6 +312,73 @@ static mfp_status check_unique_names(const mfp_profile *p) {
   return s;
 }
 
+/* The optional checkpoint_checks: each a plan with every layer checkpointed in
+ * one profiled precision, run at one batch; the model's peak for it is
+ * simulated here (the profile is fitted by now) and the differences fitted. */
+static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
+  const json_t *list = json_object_get(root, "checkpoint_checks");
+  if (!list) return MFP_OK;
+  if (!json_is_array(list))
+    return _mfp_error(MFP_ERR_PROFILE, "checkpoint_checks: expected a list, got %s", _mfp_json_type_name(list));
+  size_t n = json_array_size(list);
+  if (!n) return MFP_OK;
+  p->checks = calloc(n, sizeof *p->checks);
+  mfp_decision *all = calloc(p->n_layers, sizeof *all);
+  if (!p->checks || !all) {
+    free(all);
+    return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
+  }
+  mfp_status s = MFP_OK;
+  double sb = 0, se = 0, sbb = 0, sbe = 0;
+  for (size_t k = 0; k < n && s == MFP_OK; k++) {
+    char path[PATH_LEN];
+    snprintf(path, sizeof path, "checkpoint_checks[%zu]", k);
+    const json_t *c = json_array_get(list, k);
+    _mfp_checkpoint_check *ck = &p->checks[k];
+    int64_t reserved;
+    if (!json_is_object(c)) {
+      s = _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", path, _mfp_json_type_name(c));
+      break;
+    }
+    if ((s = get_int(c, path, "batch_size", 1, &ck->batch)) != MFP_OK) break;
+    if ((s = parse_precision(c, path, &ck->precision)) != MFP_OK) break;
+    if ((s = get_int(c, path, "peak_allocated_bytes", 0, &ck->measured)) != MFP_OK) break;
+    if ((s = get_int(c, path, "peak_reserved_bytes", 0, &reserved)) != MFP_OK) break;
+    if (!p->fitted[ck->precision]) {
+      s = _mfp_error(MFP_ERR_PROFILE, "%s.precision: %s has no settings", path, mfp_precision_name(ck->precision));
+      break;
+    }
+    if (ck->batch > MFP_MAX_BATCH_LIMIT) {
+      s = _mfp_error(MFP_ERR_PROFILE, "%s.batch_size: %" PRId64 " is too large", path, ck->batch);
+      break;
+    }
+    _mfp_model m;
+    if ((s = _mfp_model_eval(p, ck->batch, &m)) != MFP_OK) break;
+    for (size_t i = 0; i < p->n_layers; i++) all[i] = (mfp_decision){true, ck->precision};
+    mfp_simulation sim;
+    _mfp_model_simulate(&m, all, &sim);
+    _mfp_model_free(&m);
+    ck->predicted = sim.peak_bytes;
+    double b = (double)ck->batch, e = (double)(ck->measured - ck->predicted);
+    sb += b, se += e, sbb += b * b, sbe += b * e;
+    p->n_checks = k + 1;
+  }
+  free(all);
+  if (s != MFP_OK) return s;
+  /* Least squares through the checks; one batch (or one distinct): a constant. */
+  double nn = (double)p->n_checks, den = nn * sbb - sb * sb;
+  p->check_slope = den > 0.5 ? (nn * sbe - sb * se) / den : 0.0;
+  p->check_intercept = (se - p->check_slope * sb) / nn;
+  return MFP_OK;
+}
+
+int64_t _mfp_checkpoint_correction(const mfp_profile *p, int64_t batch) {
+  if (!p->n_checks) return 0;
+  double e = ceil(p->check_intercept + p->check_slope * (double)batch);
+  if (!(e > 0)) return 0;
+  return e > (double)MFP_MAX_BYTES ? MFP_MAX_BYTES : (int64_t)e;
+}
+
 static mfp_status parse_root(mfp_profile *p, const json_t *root) {
   if (!json_is_object(root))
     return _mfp_error(MFP_ERR_PROFILE, "(root): expected an object, got %s", _mfp_json_type_name(root));
@@ -360,7 +427,8 @@ static mfp_status parse_root(mfp_profile *p, const json_t *root) {
   }
   p->first_precision = p->settings[0].precision;
   if ((s = check_unique_names(p)) != MFP_OK) return s;
-  return _mfp_fit_profile(p);
+  if ((s = _mfp_fit_profile(p)) != MFP_OK) return s;
+  return parse_checkpoint_checks(p, root);
 }
 
 MFP_API mfp_status mfp_profile_parse(const char *json, mfp_profile **out) {
@@ -455,6 +523,7 @@ MFP_API void mfp_profile_free(mfp_profile *p) {
   for (int k = 0; k < MFP_PRECISION_COUNT; k++) free(p->layer_fit[k]);
   free(p->job);
   free(p->device_name);
+  free(p->checks);
   free(p);
 }
 

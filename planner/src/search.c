@@ -25,13 +25,19 @@ typedef struct search {
   mfp_decision *decisions; /* scratch, n_layers */
 } search;
 
+/* What a plan at `batch` may reach: with any layer checkpointed, less the
+ * checkpoint check's correction. */
+static int64_t checkpoint_usable(const search *sr, int64_t batch) {
+  return sr->usable - _mfp_checkpoint_correction(sr->profile, batch);
+}
+
 /* Runs the solver at one batch; res->decisions must be set by the caller. */
 static mfp_status solve_at(search *sr, int64_t batch, bool timed, _mfp_solve_result *res) {
   _mfp_model m;
   mfp_status s = _mfp_model_eval(sr->profile, batch, &m);
   if (s != MFP_OK) return s;
   _mfp_solve_request req = {&m, sr->opts->precisions, sr->opts->precision_count, sr->usable, timed,
-                            sr->opts->front_cap};
+                            sr->opts->front_cap, checkpoint_usable(sr, batch), true};
   s = _mfp_solve(&req, res);
   _mfp_model_free(&m);
   sr->batches_evaluated++;
@@ -94,7 +100,7 @@ static mfp_status consider(search *sr, int64_t batch, double weight, bool maximi
   bool may_win = !best->found || (maximize ? bound > *best_score : bound < *best_score);
   if (may_win) {
     _mfp_solve_request req = {&m, sr->opts->precisions, sr->opts->precision_count, sr->usable, true,
-                              sr->opts->front_cap};
+                              sr->opts->front_cap, checkpoint_usable(sr, batch), true};
     _mfp_solve_result res = {.decisions = sr->decisions};
     s = _mfp_solve(&req, &res);
     sr->solver_runs++;
@@ -151,7 +157,7 @@ static mfp_status baseline(search *sr, bool checkpoint, _mfp_baseline *out) {
     if (s != MFP_OK) return s;
     mfp_simulation sim;
     _mfp_model_simulate(&m, sr->decisions, &sim);
-    bool ok = m.in_range && sim.peak_bytes <= sr->usable;
+    bool ok = m.in_range && sim.peak_bytes <= (checkpoint ? checkpoint_usable(sr, b) : sr->usable);
     _mfp_model_free(&m);
     if (b == 1) peak_1 = sim.peak_bytes;
     if (ok) {
@@ -267,6 +273,7 @@ static void plan_result_free(mfp_plan_result *r) {
   free(r->recompute_seconds);
   free(r->job);
   free(r->checks);
+  free(r->profile_checks);
   free(r);
 }
 
@@ -391,7 +398,20 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
   sm->usable_bytes = (uint64_t)usable;
   sm->usable_allocated_bytes = (uint64_t)sr.usable;
   sm->headroom = r->opts.headroom;
-  sm->predicted_reserved_bytes = reserved_for(profile, sm->predicted_peak_bytes);
+  bool checkpoints = false;
+  for (size_t i = 0; i < profile->n_layers; i++) checkpoints |= r->decisions[i].checkpoint;
+  sm->checkpoint_correction_bytes = checkpoints ? _mfp_checkpoint_correction(profile, sm->batch_size) : 0;
+  sm->predicted_reserved_bytes = reserved_for(profile, sm->predicted_peak_bytes + sm->checkpoint_correction_bytes);
+  sm->model_error_checkpoint = 0;
+  if (profile->n_checks && (r->profile_checks = malloc(profile->n_checks * sizeof *r->profile_checks))) {
+    memcpy(r->profile_checks, profile->checks, profile->n_checks * sizeof *r->profile_checks);
+    r->profile_checks_n = profile->n_checks;
+  }
+  for (size_t k = 0; k < profile->n_checks; k++) {
+    const _mfp_checkpoint_check *c = &profile->checks[k];
+    double e = fabs((double)(c->measured - c->predicted)) / (c->measured > 0 ? (double)c->measured : 1.0);
+    if (e > sm->model_error_checkpoint) sm->model_error_checkpoint = e;
+  }
   sm->reserve_overhead_bytes = profile->reserve_overhead;
   sm->reserve_ratio = profile->reserve_ratio;
   sm->granule_bytes = profile->granule;

@@ -227,7 +227,7 @@ static bool try_simple_plans(const _mfp_solve_request *req, _mfp_solve_result *r
     res->peak_bytes = sim.peak_bytes;
     return true;
   }
-  if (req->timed) return false;
+  if (req->timed || !req->allow_checkpoint) return false;
   for (int k = 0; k < req->n_allowed; k++) {
     for (size_t i = 0; i < m->n_layers; i++) res->decisions[i] = (mfp_decision){true, req->allowed[k]};
     _mfp_model_simulate(m, res->decisions, &sim);
@@ -311,6 +311,8 @@ static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_opt
         /* recompute: the output (in the prefix) plus the forward transient beyond it */
         if (ckpt && x->fpk > o->local) o->local = x->fpk;
         if (ckpt && x->out > o->local) o->local = x->out;
+        /* A pass without checkpoints: an option no state can take and still fit. */
+        if (ckpt && !req->allow_checkpoint) o->kept = o->local = req->usable + 1;
         o->add = x->kept + x->bd;
         o->fpk = x->fpk;
         o->dt = x->tf + x->tb;
@@ -469,7 +471,7 @@ static mfp_status solve_once(const _mfp_solve_request *req, double time_bound, _
   return s;
 }
 
-mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
+static mfp_status solve_one(const _mfp_solve_request *req, _mfp_solve_result *res) {
   res->found = false;
   res->exact = true;
   res->largest_front = 0;
@@ -501,5 +503,40 @@ mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
   }
   free(first);
   if (largest > res->largest_front) res->largest_front = largest;
+  return s;
+}
+
+/* The fastest plan that fits: one that checkpoints a layer within
+ * checkpoint_usable, or one that checkpoints none within usable. When the two
+ * limits differ, each kind is searched exactly in its own pass. */
+mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
+  _mfp_solve_request any = *req;
+  any.allow_checkpoint = true;
+  if (req->checkpoint_usable >= req->usable) return solve_one(&any, res);
+  any.usable = req->checkpoint_usable < 0 ? -1 : req->checkpoint_usable;
+  mfp_status s = solve_one(&any, res);
+  if (s != MFP_OK) return s;
+  size_t n = req->model->n_layers;
+  _mfp_solve_result plain = {.decisions = malloc(n * sizeof(mfp_decision))};
+  if (!plain.decisions) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory in the search");
+  _mfp_solve_request none = *req;
+  none.allow_checkpoint = false;
+  s = solve_one(&none, &plain);
+  bool take_plain = s == MFP_OK && plain.found &&
+                    (!res->found || (req->timed && plain.step_seconds <= res->step_seconds) || !req->timed);
+  if (take_plain) {
+    bool exact = res->exact && plain.exact;
+    size_t largest = res->largest_front > plain.largest_front ? res->largest_front : plain.largest_front;
+    memcpy(res->decisions, plain.decisions, n * sizeof(mfp_decision));
+    res->found = true;
+    res->step_seconds = plain.step_seconds;
+    res->peak_bytes = plain.peak_bytes;
+    res->exact = exact;
+    res->largest_front = largest;
+  } else if (s == MFP_OK) {
+    res->exact = res->exact && plain.exact;
+    if (plain.largest_front > res->largest_front) res->largest_front = plain.largest_front;
+  }
+  free(plain.decisions);
   return s;
 }

@@ -148,6 +148,10 @@ static void print_table(const char *profile_path, const mfp_plan_result *plan, c
          human(sm.all_checkpoint_peak_bytes, b, sizeof b), mfp_precision_name(sm.baseline_precision));
   printf("  model self-check  %.2f%% largest error of allocated peaks, %.2f%% of reserved, over the profiled settings\n",
          100 * sm.model_error, 100 * sm.model_error_reserved);
+  if (sm.model_error_checkpoint > 0 || sm.checkpoint_correction_bytes > 0)
+    printf("  checkpoint check  %.2f%% largest error on the profile's every-layer-checkpointed runs; this plan kept %s "
+           "below its limit for it\n",
+           100 * sm.model_error_checkpoint, human(sm.checkpoint_correction_bytes, a, sizeof a));
   printf("  search            %s%s, %.3f s\n", sm.exact ? "exact" : "approximate (front coarsened)",
          sm.monotone ? "" : "; feasibility not provably monotone in the batch", sm.planning_seconds);
   size_t n = mfp_plan_layer_count(plan), width = 5;

@@ -78,7 +78,10 @@ class Plan:
             f"memfit plan ({d['objective']}): batch {d['batch_size']}"
             + (f" x {d['grad_accumulation_steps']} accumulation steps = global batch {d['global_batch']}"
                if d.get("grad_accumulation_steps", 1) > 1 else ""),
-            f"  predicted peak {human(d['predicted_peak_bytes'])} allocated, "
+            f"  predicted peak {human(d['predicted_peak_bytes'] + d.get('checkpoint_correction_bytes', 0))} allocated"
+            + (f" (the model's {human(d['predicted_peak_bytes'])} + the checkpoint check's "
+               f"{human(d['checkpoint_correction_bytes'])})" if d.get("checkpoint_correction_bytes") else "")
+            + ", "
             f"{human(d['predicted_reserved_bytes'])} reserved, of budget {human(d['budget_bytes'])} "
             f"(usable {human(d['usable_bytes'])}, headroom {100 * d['headroom']:.2f}%"
             + ((": 1% + the model's error)" if d["reserve_model"]["granule_bytes"] else
@@ -87,7 +90,8 @@ class Plan:
             f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
             f"{d['throughput_samples_per_second']:.1f} samples/s predicted",
             f"  model self-check error {100 * d['model_error']:.2f}% allocated, "
-            f"{100 * d['model_error_reserved']:.2f}% reserved   "
+            f"{100 * d['model_error_reserved']:.2f}% reserved, "
+            f"{100 * d.get('model_error_checkpoint', 0):.2f}% checkpointed   "
             f"no checkpointing fits batch {d['baselines']['no_checkpoint']['batch_size']}, "
             f"all checkpointed fits batch {d['baselines']['all_checkpoint']['batch_size']}",
         ]
@@ -246,7 +250,10 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
     result: Dict[str, Any] = {
         "batch_size": batch_size,
         "budget_bytes": budget_bytes,
-        "predicted_peak_bytes": the_plan.data["predicted_peak_bytes"],
+        # The model's peak plus what the profile's checkpoint check adds for a plan that checkpoints.
+        "predicted_peak_bytes": the_plan.data["predicted_peak_bytes"] + the_plan.data.get("checkpoint_correction_bytes", 0),
+        "model_peak_bytes": the_plan.data["predicted_peak_bytes"],
+        "checkpoint_correction_bytes": the_plan.data.get("checkpoint_correction_bytes", 0),
         "predicted_reserved_bytes": the_plan.data.get("predicted_reserved_bytes"),
         "measured_peak_bytes": None,
         "measured_peak_reserved_bytes": None,

@@ -245,11 +245,13 @@ def profile(
     job.check()
     prof = _Profiler(job, alloc, device)
     optimizer_name = type(prof.optimizer).__name__
-    settings = []
+    settings, checks = [], []
     try:
         for precision in precisions:
             for b in sizes:
                 settings.append(_measure(prof, b, precision, steps, warmup_steps))
+        for b in sizes:
+            checks.append(_measure_checkpointed(prof, b, precisions[0], steps, warmup_steps))
     finally:
         prof.close()
         del prof  # its hooks' closures form cycles: collect them so the model's memory goes now
@@ -271,8 +273,34 @@ def profile(
         "warmup_steps": warmup_steps,
         "steps": steps,
         "settings": settings,
+        "checkpoint_checks": checks,
     }
     return Profile(data)
+
+
+def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, steps: int,
+                          warmup: int) -> Dict[str, Any]:
+    """The checkpoint check (planner/PLAN.md): the same steps with every block
+    checkpointed, untraced; only their peaks are kept, against which the planner
+    measures its model of checkpointing."""
+    from .planning import Plan, apply, unapply
+
+    alloc = prof.alloc
+    layers = [{"name": name, "checkpoint": True, "precision": precision} for name, _ in prof.blocks]
+    apply(prof.model, Plan({"batch_size": batch_size, "layers": layers}))
+    try:
+        alloc.empty_cache()
+        for _ in range(warmup):
+            prof.step(batch_size, precision, traced=False)
+        alloc.reset_peaks()
+        for _ in range(steps):
+            prof.step(batch_size, precision, traced=False)
+        stats = alloc.stats()
+    finally:
+        unapply(prof.model)
+    return {"batch_size": batch_size, "precision": precision,
+            "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
+            "peak_reserved_bytes": stats["reserved_bytes"]["peak"]}
 
 
 def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int) -> Dict[str, Any]:

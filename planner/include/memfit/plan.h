@@ -198,6 +198,11 @@ typedef struct mfp_plan_summary {
   double reserve_ratio;            /* peak reserved / peak allocated, largest profiled (segments) */
   int64_t granule_bytes;           /* the profiled allocator's granule; 0: segments */
   double model_error_reserved;     /* largest relative self-check error of reserved bytes */
+  /* The checkpoint check (PLAN.md): the largest relative error of the model on
+   * the profile's measured every-layer-checkpointed plans, and what a plan that
+   * checkpoints was kept below its limit for it (0: the plan checkpoints none). */
+  double model_error_checkpoint;
+  int64_t checkpoint_correction_bytes;
   double predicted_step_seconds, predicted_recompute_seconds;
   double throughput_samples_per_second;
   double model_error;              /* largest relative self-check error */
