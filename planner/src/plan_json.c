@@ -16,6 +16,23 @@ static void put(json_t *obj, const char *key, json_t *value, bool *ok) {
 /* JSON has no infinity: a step of zero seconds gives a null throughput. */
 static json_t *real_or_null(double x) { return isfinite(x) ? json_real(x) : json_null(); }
 
+/* A measured peak against the model's: the fields a self-check item and a
+ * checkpoint-check item share. */
+static json_t *peak_check_json(int64_t batch, mfp_precision precision, int64_t measured, int64_t predicted,
+                               bool *ok) {
+  json_t *item = json_object();
+  if (!item) {
+    *ok = false;
+    return NULL;
+  }
+  put(item, "batch_size", json_integer(batch), ok);
+  put(item, "precision", json_string(mfp_precision_name(precision)), ok);
+  put(item, "measured", json_integer(measured), ok);
+  put(item, "predicted", json_integer(predicted), ok);
+  put(item, "error", json_real(fabs((double)(measured - predicted)) / (measured > 0 ? (double)measured : 1.0)), ok);
+  return item;
+}
+
 static json_t *baseline_json(const _mfp_baseline *b, mfp_precision precision, bool *ok) {
   json_t *obj = json_object();
   if (!obj) {
@@ -87,27 +104,15 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
   json_t *ckpt = json_array();
   for (size_t k = 0; ckpt && k < r->profile_checks_n; k++) {
     const _mfp_checkpoint_check *c = &r->profile_checks[k];
-    json_t *item = json_object();
-    if (item) {
-      put(item, "batch_size", json_integer(c->batch), ok);
-      put(item, "precision", json_string(mfp_precision_name(c->precision)), ok);
-      put(item, "measured", json_integer(c->measured), ok);
-      put(item, "predicted", json_integer(c->predicted), ok);
-      put(item, "error", json_real(fabs((double)(c->measured - c->predicted)) / (c->measured > 0 ? (double)c->measured : 1.0)), ok);
-    }
+    json_t *item = peak_check_json(c->batch, c->precision, c->measured, c->predicted, ok);
     if (!item || json_array_append_new(ckpt, item) != 0) *ok = false;
   }
   put(root, "checkpoint_checks", ckpt, ok);
   json_t *checks = json_array();
   for (size_t k = 0; checks && k < r->n_checks; k++) {
     const _mfp_self_check *c = &r->checks[k];
-    json_t *item = json_object();
+    json_t *item = peak_check_json(c->batch, c->precision, c->measured, c->predicted, ok);
     if (item) {
-      put(item, "batch_size", json_integer(c->batch), ok);
-      put(item, "precision", json_string(mfp_precision_name(c->precision)), ok);
-      put(item, "measured", json_integer(c->measured), ok);
-      put(item, "predicted", json_integer(c->predicted), ok);
-      put(item, "error", json_real(c->error), ok);
       put(item, "measured_reserved", json_integer(c->measured_reserved), ok);
       put(item, "predicted_reserved", json_integer(c->predicted_reserved), ok);
       put(item, "reserved_error", json_real(c->reserved_error), ok);

@@ -167,3 +167,12 @@ def run_python(args: List[str], env: Optional[Dict[str, str]] = None, cwd: Optio
 def describe(result: subprocess.CompletedProcess) -> str:
     """A failure message showing what a child printed."""
     return f"exit code {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def run_memfit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python3 -m memfit ARGS` in its own process, as a user runs it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "bindings" / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("MEMFIT_BUILD_DIR", str(REPO / "build"))
+    return subprocess.run([sys.executable, "-m", "memfit", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)

@@ -8,26 +8,17 @@ plan for 120 MiB ran out of memory."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_memfit
 
-REPO = Path(__file__).resolve().parents[2]
 JOB = str(Path(__file__).resolve().parent / "jobs" / "lstm_lm.py") + ":make"
 BUDGET = "120MiB"
 
 pytestmark = pytest.mark.needs_adapter
 
 
-def run_memfit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "bindings" / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("MEMFIT_BUILD_DIR", str(REPO / "build"))
-    return subprocess.run([sys.executable, "-m", "memfit", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 def test_a_plan_that_checkpoints_fits_by_the_measured_error(tmp_path: Path) -> None:

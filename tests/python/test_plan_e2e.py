@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_memfit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,12 +29,6 @@ CASES = [
 ]
 
 
-def run_memfit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "bindings" / "python") + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("MEMFIT_BUILD_DIR", str(REPO / "build"))
-    return subprocess.run([sys.executable, "-m", "memfit", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 @pytest.mark.parametrize("job,budget,sizes,precisions", CASES,
