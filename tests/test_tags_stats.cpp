@@ -72,6 +72,7 @@ void expect_counter(const mf_counter &c, int64_t current, int64_t peak, const ch
 struct TagStackGuard {
   ~TagStackGuard() {
     while (mf_tag_depth() > 0) mf_tag_pop();
+    mf_tag_clear_shared();
   }
 };
 
@@ -243,6 +244,46 @@ TEST(TagsStats, TagStackIsPerThread) {
   expect_tag(mf_tag_current(), layer, MF_CAT_PARAMETER, MF_PHASE_FORWARD);
 }
 
+// The shared tag reaches threads whose own stack is empty (autograd's device
+// thread on CUDA), a thread's own stack still wins, and clear unsets it.
+TEST(TagsStats, SharedTagReachesOtherThreadsWithAnEmptyStack) {
+  TagStackGuard guard;
+  uint32_t layer = mf_layer_intern("tags.shared.block");
+  uint32_t own = mf_layer_intern("tags.shared.own");
+  ASSERT_EQ(mf_tag_set_shared({layer, MF_CAT_TEMPORARY, MF_PHASE_BACKWARD}), MF_OK);
+  mf_tag seen = {}, seen_own = {}, seen_popped = {};
+  std::thread t([&] {
+    seen = mf_tag_current();
+    mf_tag_push(own, MF_PHASE_RECOMPUTE, MF_CAT_TEMPORARY);
+    seen_own = mf_tag_current();
+    mf_tag_pop();
+    seen_popped = mf_tag_current();
+  });
+  t.join();
+  expect_tag(seen, layer, MF_CAT_TEMPORARY, MF_PHASE_BACKWARD);
+  expect_tag(seen_own, own, MF_CAT_TEMPORARY, MF_PHASE_RECOMPUTE);
+  expect_tag(seen_popped, layer, MF_CAT_TEMPORARY, MF_PHASE_BACKWARD);
+  // A block allocated on another thread takes it.
+  mf_allocator *a = nullptr;
+  ASSERT_EQ(mf_allocator_create("backend:virtual,capacity:64MiB", &a), MF_OK) << mf_last_error();
+  void *p = nullptr;
+  std::thread([&] { p = mf_malloc(a, 0, 4096, 0); }).join();
+  ASSERT_NE(p, nullptr) << mf_last_error();
+  mf_tag block_tag = {};
+  ASSERT_EQ(mf_block_info(a, p, &block_tag, nullptr, nullptr), MF_OK);
+  expect_tag(block_tag, layer, MF_CAT_TEMPORARY, MF_PHASE_BACKWARD);
+  mf_tag_clear_shared();
+  std::thread([&] { seen = mf_tag_current(); }).join();
+  expect_tag(seen, 0, MF_CAT_OTHER, MF_PHASE_NONE);
+  EXPECT_EQ(mf_free(a, p), MF_OK);
+  mf_allocator_destroy(a);
+  // Bad tags are refused and leave it unset.
+  EXPECT_EQ(mf_tag_set_shared({layer, MF_CAT_COUNT, MF_PHASE_NONE}), MF_ERR_INVALID);
+  EXPECT_EQ(mf_tag_set_shared({layer, MF_CAT_OTHER, MF_PHASE_COUNT}), MF_ERR_INVALID);
+  EXPECT_EQ(mf_tag_set_shared({0xffffff, MF_CAT_OTHER, MF_PHASE_NONE}), MF_ERR_INVALID);
+  expect_tag(mf_tag_current(), 0, MF_CAT_OTHER, MF_PHASE_NONE);
+}
+
 // ----------------------------------------------------------------- interning
 
 TEST(TagsStats, LayerInterning) {
@@ -313,13 +354,13 @@ TEST(TagsStats, CategoryAndPhaseNamesRoundTrip) {
 
 TEST(TagsStats, StatusNamesAndVersion) {
   std::set<std::string> names;
-  for (int s = MF_OK; s <= MF_ERR_IO; s++) {
+  for (int s = MF_OK; s <= MF_ERR_UNSUPPORTED; s++) {
     const char *n = mf_status_name((mf_status)s);
     ASSERT_NE(n, nullptr);
     EXPECT_STRNE(n, "");
     names.insert(n);
   }
-  EXPECT_EQ(names.size(), (size_t)(MF_ERR_IO + 1));
+  EXPECT_EQ(names.size(), (size_t)(MF_ERR_UNSUPPORTED + 1));
   std::string v = std::to_string(MF_VERSION_MAJOR) + "." + std::to_string(MF_VERSION_MINOR) + "." +
                   std::to_string(MF_VERSION_PATCH);
   EXPECT_STREQ(mf_version(), v.c_str());

@@ -42,6 +42,7 @@
  * on the bundled traces, peak reserved / peak allocated was 1.046-1.051 with
  * 2 MiB against 1.053-1.094 with 20 MiB (benchmarks/results/).
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -281,6 +282,10 @@ void _mf_process_pending(mf_device *d, bool wait) {
     bool complete = false;
     mf_status st = wait ? ops->event_synchronize(a->backend, d->index, p->event)
                         : ops->event_query(a->backend, d->index, p->event, &complete);
+    /* A CUDA graph capture is under way (on another stream): every further
+     * query or wait would be refused too, and would count against the capture.
+     * The blocks stay pending until a later call. */
+    if (st == MF_ERR_UNSUPPORTED) break;
     if (wait || st != MF_OK) {
       /* A failed query would otherwise pin the block forever: wait instead. */
       if (!wait) ops->event_synchronize(a->backend, d->index, p->event);
@@ -557,6 +562,32 @@ static void after_operation(mf_device *d) {
   }
 }
 
+/* A cached block for `rounded` bytes: with page-mapped pools a small request
+ * may take a large-pool fragment (*pool then becomes the large pool). */
+static mf_block *lookup(const mf_allocator *a, mf_stream_pools *sp, mf_pool **pool, size_t rounded) {
+  mf_block *b = NULL;
+  if (a->granule && (*pool)->small && (b = _mf_vmm_fragment(&sp->large, rounded))) *pool = &sp->large;
+  if (!b) b = find_block(a, *pool, rounded);
+  return b;
+}
+
+/* True (with the error set) when `stream` is capturing a CUDA graph, or when
+ * the backend cannot tell. Checked before the device lock and before pending
+ * events are queried: a query during capture would invalidate it. */
+static bool refuse_capture(mf_allocator *a, int device, uintptr_t stream) {
+  bool capturing = false;
+  mf_status st = a->backend->ops->stream_capturing(a->backend, device, stream, &capturing);
+  if (st != MF_OK) return true; /* the backend's message stands */
+  if (!capturing) return false;
+  _mf_error(MF_ERR_UNSUPPORTED,
+            "memfit: stream 0x%" PRIxPTR " of device %d is capturing a CUDA graph, and memfit does not allocate "
+            "for CUDA graphs (torch.cuda.graph, torch.cuda.make_graphed_callables, "
+            "torch.compile(mode=\"reduce-overhead\")): use torch.compile(mode=\"max-autotune-no-cudagraphs\") "
+            "or mode=\"default\", or run without memfit (PyTorch's allocator keeps graph pools private)",
+            stream, device);
+  return true;
+}
+
 MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_t stream, mf_tag tag) {
   if (MF_UNLIKELY(!a)) {
     _mf_error(MF_ERR_INVALID, "mf_malloc: NULL allocator");
@@ -575,10 +606,10 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
     _mf_error(MF_ERR_INVALID, "mf_malloc: bad tag (category %u, phase %u)", tag.category, tag.phase);
     return NULL;
   }
+  if (a->backend->ops->stream_capturing && MF_UNLIKELY(refuse_capture(a, device, stream))) return NULL;
   size_t rounded = size ? round_up(size, MF_ROUND) : MF_ROUND; /* 0 bytes: a unique smallest block */
   mf_device *d = &a->devices[device];
   pthread_mutex_lock(&d->lock);
-  if (d->pending_count) _mf_process_pending(d, false);
   void *result = NULL;
   mf_stream_pools *sp = stream_pools(d, stream);
   if (!sp) {
@@ -586,9 +617,15 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
     goto out;
   }
   mf_pool *pool = rounded <= MF_SMALL_REQUEST ? &sp->small : &sp->large;
-  mf_block *b = NULL;
-  if (a->granule && pool->small && (b = _mf_vmm_fragment(&sp->large, rounded))) pool = &sp->large;
-  if (!b) b = find_block(a, pool, rounded);
+  mf_block *b = lookup(a, sp, &pool, rounded);
+  /* Blocks held back by record_stream events are looked at only when the
+   * cache has nothing: a hit then makes no backend call at all (a query
+   * during another stream's CUDA graph capture would invalidate it). */
+  if (!b && d->pending_count) {
+    _mf_process_pending(d, false);
+    pool = rounded <= MF_SMALL_REQUEST ? &sp->small : &sp->large;
+    b = lookup(a, sp, &pool, rounded);
+  }
   if (b) {
     d->stats.cache_hits++;
   } else {

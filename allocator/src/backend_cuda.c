@@ -11,56 +11,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef MEMFIT_HAVE_CUDA
+#ifdef MEMFIT_NO_CUDA
 
 mf_status mf_backend_cuda_create(mf_backend **out) {
   if (out) *out = NULL;
-  return _mf_error(MF_ERR_NO_DEVICE,
-                   "memfit was built without CUDA headers (MEMFIT_CUDA=OFF or cuda.h not found)");
+  return _mf_error(MF_ERR_NO_DEVICE, "memfit was built without its cuda backend (MEMFIT_CUDA=OFF)");
 }
 
-#else /* MEMFIT_HAVE_CUDA */
+mf_status mf_backend_cuda_probe(void) {
+  return _mf_error(MF_ERR_NO_DEVICE, "memfit was built without its cuda backend (MEMFIT_CUDA=OFF)");
+}
 
-#include <cuda.h>
+#else /* !MEMFIT_NO_CUDA */
+
+#include "cuda_driver.h"
 #include <dlfcn.h>
 #include <stdatomic.h>
-
-/* Our own pointer types, one per driver entry point. They are looked up by the
- * versioned names that cuda.h's macros map to (cuMemAlloc -> cuMemAlloc_v2):
- * the unversioned symbols still exported by the driver are the old ABIs
- * (32-bit sizes), which would be silently wrong. */
-typedef CUresult(CUDAAPI *pfn_cuInit)(unsigned int);
-typedef CUresult(CUDAAPI *pfn_cuDeviceGetCount)(int *);
-typedef CUresult(CUDAAPI *pfn_cuDeviceGet)(CUdevice *, int);
-typedef CUresult(CUDAAPI *pfn_cuDeviceTotalMem)(size_t *, CUdevice);
-typedef CUresult(CUDAAPI *pfn_cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
-typedef CUresult(CUDAAPI *pfn_cuDevicePrimaryCtxRelease)(CUdevice);
-typedef CUresult(CUDAAPI *pfn_cuCtxGetCurrent)(CUcontext *);
-typedef CUresult(CUDAAPI *pfn_cuCtxPushCurrent)(CUcontext);
-typedef CUresult(CUDAAPI *pfn_cuCtxPopCurrent)(CUcontext *);
-typedef CUresult(CUDAAPI *pfn_cuCtxSynchronize)(void);
-typedef CUresult(CUDAAPI *pfn_cuMemAlloc)(CUdeviceptr *, size_t);
-typedef CUresult(CUDAAPI *pfn_cuMemFree)(CUdeviceptr);
-typedef CUresult(CUDAAPI *pfn_cuMemGetInfo)(size_t *, size_t *);
-typedef CUresult(CUDAAPI *pfn_cuEventCreate)(CUevent *, unsigned int);
-typedef CUresult(CUDAAPI *pfn_cuEventRecord)(CUevent, CUstream);
-typedef CUresult(CUDAAPI *pfn_cuEventQuery)(CUevent);
-typedef CUresult(CUDAAPI *pfn_cuEventSynchronize)(CUevent);
-typedef CUresult(CUDAAPI *pfn_cuEventDestroy)(CUevent);
-typedef CUresult(CUDAAPI *pfn_cuGetErrorName)(CUresult, const char **);
-typedef CUresult(CUDAAPI *pfn_cuGetErrorString)(CUresult, const char **);
-/* Virtual memory management (vmm): optional, CUDA >= 10.2 drivers. */
-typedef CUresult(CUDAAPI *pfn_cuDeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
-typedef CUresult(CUDAAPI *pfn_cuMemGetAllocationGranularity)(size_t *, const CUmemAllocationProp *,
-                                                             CUmemAllocationGranularity_flags);
-typedef CUresult(CUDAAPI *pfn_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
-                                           unsigned long long);
-typedef CUresult(CUDAAPI *pfn_cuMemRelease)(CUmemGenericAllocationHandle);
-typedef CUresult(CUDAAPI *pfn_cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
-typedef CUresult(CUDAAPI *pfn_cuMemAddressFree)(CUdeviceptr, size_t);
-typedef CUresult(CUDAAPI *pfn_cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
-typedef CUresult(CUDAAPI *pfn_cuMemUnmap)(CUdeviceptr, size_t);
-typedef CUresult(CUDAAPI *pfn_cuMemSetAccess)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
 
 typedef struct cuda_api {
   pfn_cuInit Init;
@@ -84,6 +50,10 @@ typedef struct cuda_api {
   pfn_cuMemGetInfo MemGetInfo;
   pfn_cuGetErrorName GetErrorName;
   pfn_cuGetErrorString GetErrorString;
+  /* Optional: the context of a stream (for events of a stream that belongs to
+   * another device) and capture status (to refuse CUDA graph capture). */
+  pfn_cuStreamGetCtx StreamGetCtx;
+  pfn_cuStreamIsCapturing StreamIsCapturing;
   /* Optional: page mapping (vmm); all or none. */
   pfn_cuDeviceGetAttribute DeviceGetAttribute;
   pfn_cuMemGetAllocationGranularity MemGetAllocationGranularity;
@@ -143,13 +113,24 @@ static const struct {
  * per free. A bounded pool keeps a burst from pinning driver objects. */
 #define CUDA_EVENT_POOL_MAX 1024
 
+/* An event as the allocator holds it: the driver's event and the context it
+ * was created in, which is the context of the stream it was recorded on (the
+ * driver refuses to record an event on another context's stream). Events of
+ * the device's own context are pooled; those of another device's streams
+ * (record_stream across devices, rare) are destroyed after use. */
+typedef struct cuda_event {
+  mf_cu_event ev;
+  mf_cu_context ctx;
+  bool foreign;
+} cuda_event;
+
 typedef struct cuda_device {
-  CUdevice dev;
+  mf_cu_device dev;
   /* The retained primary context, NULL until first use. Read without the
    * lock on the fast path, so atomic; written once under init_lock. */
-  _Atomic(CUcontext) ctx;
+  _Atomic(mf_cu_context) ctx;
   pthread_mutex_t pool_lock; /* the allocator may call event_destroy without its device lock */
-  CUevent *pool;
+  cuda_event **pool;
   size_t pool_len;
 } cuda_device;
 
@@ -165,21 +146,21 @@ typedef struct cuda_backend {
 
 static cuda_backend *cuda_of(mf_backend *b) { return (cuda_backend *)b; }
 
-/* "CUDA_ERROR_OUT_OF_MEMORY (out of memory)"; works with a driver that lacks
+/* "MF_CU_ERROR_OUT_OF_MEMORY (out of memory)"; works with a driver that lacks
  * the name functions or does not know the code. */
-static void cuda_describe(const cuda_api *api, CUresult r, char *buf, size_t len) {
+static void cuda_describe(const cuda_api *api, mf_cu_result r, char *buf, size_t len) {
   const char *name = NULL, *text = NULL;
-  if (api->GetErrorName && api->GetErrorName(r, &name) != CUDA_SUCCESS) name = NULL;
-  if (api->GetErrorString && api->GetErrorString(r, &text) != CUDA_SUCCESS) text = NULL;
+  if (api->GetErrorName && api->GetErrorName(r, &name) != MF_CU_SUCCESS) name = NULL;
+  if (api->GetErrorString && api->GetErrorString(r, &text) != MF_CU_SUCCESS) text = NULL;
   if (name && text)
     snprintf(buf, len, "%s (%s)", name, text);
   else if (name)
     snprintf(buf, len, "%s", name);
   else
-    snprintf(buf, len, "CUresult %d", (int)r);
+    snprintf(buf, len, "mf_cu_result %d", (int)r);
 }
 
-static mf_status cuda_fail(cuda_backend *cb, mf_status status, CUresult r, const char *what,
+static mf_status cuda_fail(cuda_backend *cb, mf_status status, mf_cu_result r, const char *what,
                            int device) {
   char desc[256];
   cuda_describe(&cb->api, r, desc, sizeof desc);
@@ -196,9 +177,9 @@ static mf_status cuda_check_device(cuda_backend *cb, int device) {
 /* The device's primary context, retained on first use. A mutex rather than
  * pthread_once per device: the device count is only known at run time, and
  * a failed retain must be retried by the next call, not remembered. */
-static mf_status cuda_context(cuda_backend *cb, int device, CUcontext *out) {
+static mf_status cuda_context(cuda_backend *cb, int device, mf_cu_context *out) {
   cuda_device *d = &cb->devices[device];
-  CUcontext ctx = atomic_load_explicit(&d->ctx, memory_order_acquire);
+  mf_cu_context ctx = atomic_load_explicit(&d->ctx, memory_order_acquire);
   if (MF_LIKELY(ctx != NULL)) {
     *out = ctx;
     return MF_OK;
@@ -207,8 +188,8 @@ static mf_status cuda_context(cuda_backend *cb, int device, CUcontext *out) {
   ctx = atomic_load_explicit(&d->ctx, memory_order_relaxed);
   mf_status st = MF_OK;
   if (ctx == NULL) {
-    CUresult r = cb->api.PrimaryCtxRetain(&ctx, d->dev);
-    if (r != CUDA_SUCCESS || ctx == NULL) {
+    mf_cu_result r = cb->api.PrimaryCtxRetain(&ctx, d->dev);
+    if (r != MF_CU_SUCCESS || ctx == NULL) {
       st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuDevicePrimaryCtxRetain", device);
     } else {
       atomic_store_explicit(&d->ctx, ctx, memory_order_release);
@@ -227,14 +208,14 @@ static mf_status cuda_enter(cuda_backend *cb, int device, bool *pushed) {
   *pushed = false;
   mf_status st = cuda_check_device(cb, device);
   if (st != MF_OK) return st;
-  CUcontext want, cur = NULL;
+  mf_cu_context want, cur = NULL;
   st = cuda_context(cb, device, &want);
   if (st != MF_OK) return st;
-  CUresult r = cb->api.CtxGetCurrent(&cur);
-  if (r != CUDA_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxGetCurrent", device);
+  mf_cu_result r = cb->api.CtxGetCurrent(&cur);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxGetCurrent", device);
   if (cur == want) return MF_OK;
   r = cb->api.CtxPushCurrent(want);
-  if (r != CUDA_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxPushCurrent", device);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxPushCurrent", device);
   *pushed = true;
   return MF_OK;
 }
@@ -244,9 +225,9 @@ static mf_status cuda_enter(cuda_backend *cb, int device, bool *pushed) {
  * only if the operation itself succeeded, so that the first error wins. */
 static mf_status cuda_leave(cuda_backend *cb, int device, bool pushed, mf_status st) {
   if (!pushed) return st;
-  CUcontext popped = NULL;
-  CUresult r = cb->api.CtxPopCurrent(&popped);
-  if (r != CUDA_SUCCESS && st == MF_OK)
+  mf_cu_context popped = NULL;
+  mf_cu_result r = cb->api.CtxPopCurrent(&popped);
+  if (r != MF_CU_SUCCESS && st == MF_OK)
     return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxPopCurrent", device);
   return st;
 }
@@ -260,8 +241,8 @@ static mf_status cuda_total_memory(mf_backend *b, int device, uint64_t *bytes) {
   mf_status st = cuda_check_device(cb, device);
   if (st != MF_OK) return st;
   size_t total = 0; /* a device property: no context needed */
-  CUresult r = cb->api.DeviceTotalMem(&total, cb->devices[device].dev);
-  if (r != CUDA_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuDeviceTotalMem", device);
+  mf_cu_result r = cb->api.DeviceTotalMem(&total, cb->devices[device].dev);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuDeviceTotalMem", device);
   *bytes = (uint64_t)total;
   return MF_OK;
 }
@@ -271,17 +252,17 @@ static mf_status cuda_map(mf_backend *b, int device, size_t size, uintptr_t *add
   bool pushed;
   mf_status st = cuda_enter(cb, device, &pushed);
   if (st != MF_OK) return st;
-  CUdeviceptr p = 0;
-  CUresult r = cb->api.MemAlloc(&p, size);
-  if (r == CUDA_SUCCESS) {
+  mf_cu_deviceptr p = 0;
+  mf_cu_result r = cb->api.MemAlloc(&p, size);
+  if (r == MF_CU_SUCCESS) {
     *addr = (uintptr_t)p;
-  } else if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+  } else if (r == MF_CU_ERROR_OUT_OF_MEMORY) {
     /* Say what the driver still has: other processes and other allocators
      * in this process (cuBLAS workspaces, NCCL) share the device. */
     size_t free_b = 0, total_b = 0;
     char want[32], fb[32], tb[32];
     _mf_format_size(size, want, sizeof want);
-    if (cb->api.MemGetInfo && cb->api.MemGetInfo(&free_b, &total_b) == CUDA_SUCCESS)
+    if (cb->api.MemGetInfo && cb->api.MemGetInfo(&free_b, &total_b) == MF_CU_SUCCESS)
       st = _mf_error(MF_ERR_OOM,
                      "cuda backend: cuMemAlloc of %s on device %d: out of memory (driver reports "
                      "%s free of %s)",
@@ -302,50 +283,98 @@ static mf_status cuda_unmap(mf_backend *b, int device, uintptr_t addr, size_t si
   bool pushed;
   mf_status st = cuda_enter(cb, device, &pushed);
   if (st != MF_OK) return st;
-  CUresult r = cb->api.MemFree((CUdeviceptr)addr);
-  if (r != CUDA_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemFree", device);
+  mf_cu_result r = cb->api.MemFree((mf_cu_deviceptr)addr);
+  if (r != MF_CU_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemFree", device);
   return cuda_leave(cb, device, pushed, st);
+}
+
+/* Push `ctx` unless it is current; *pushed says whether to pop. */
+static mf_status cuda_enter_ctx(cuda_backend *cb, int device, mf_cu_context ctx, bool *pushed) {
+  *pushed = false;
+  mf_cu_context cur = NULL;
+  mf_cu_result r = cb->api.CtxGetCurrent(&cur);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxGetCurrent", device);
+  if (cur == ctx) return MF_OK;
+  r = cb->api.CtxPushCurrent(ctx);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxPushCurrent", device);
+  *pushed = true;
+  return MF_OK;
+}
+
+/* The context of `stream`: the device's primary context for the default
+ * streams (0, legacy, per-thread: the default stream of whichever context is
+ * current, and the allocator makes the block's device current), else the
+ * driver's answer. Without cuStreamGetCtx (very old drivers), the device's. */
+static mf_status cuda_stream_context(cuda_backend *cb, int device, uintptr_t stream, mf_cu_context home,
+                                     mf_cu_context *out) {
+  *out = home;
+  if (stream == 0 || stream == MF_CU_STREAM_LEGACY || stream == MF_CU_STREAM_PER_THREAD || !cb->api.StreamGetCtx)
+    return MF_OK;
+  mf_cu_context ctx = NULL;
+  mf_cu_result r = cb->api.StreamGetCtx((mf_cu_stream)stream, &ctx);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuStreamGetCtx", device);
+  if (ctx) *out = ctx;
+  return MF_OK;
 }
 
 static mf_status cuda_event_record(mf_backend *b, int device, uintptr_t stream, void **event) {
   cuda_backend *cb = cuda_of(b);
-  bool pushed;
-  mf_status st = cuda_enter(cb, device, &pushed);
+  mf_status st = cuda_check_device(cb, device);
   if (st != MF_OK) return st;
+  mf_cu_context home, ctx;
+  if ((st = cuda_context(cb, device, &home)) != MF_OK) return st;
+  if ((st = cuda_stream_context(cb, device, stream, home, &ctx)) != MF_OK) return st;
+  bool pushed;
+  if ((st = cuda_enter_ctx(cb, device, ctx, &pushed)) != MF_OK) return st;
   cuda_device *d = &cb->devices[device];
-  CUevent ev = NULL;
-  pthread_mutex_lock(&d->pool_lock);
-  if (d->pool_len > 0) ev = d->pool[--d->pool_len];
-  pthread_mutex_unlock(&d->pool_lock);
-  CUresult r = CUDA_SUCCESS;
-  if (ev == NULL) {
+  cuda_event *e = NULL;
+  if (ctx == home) {
+    pthread_mutex_lock(&d->pool_lock);
+    if (d->pool_len > 0) e = d->pool[--d->pool_len];
+    pthread_mutex_unlock(&d->pool_lock);
+  }
+  mf_cu_result r = MF_CU_SUCCESS;
+  if (e == NULL) {
+    e = calloc(1, sizeof *e);
+    if (e == NULL) {
+      st = _mf_error(MF_ERR_HOST_MEMORY, "cuda backend: out of host memory for an event");
+      return cuda_leave(cb, device, pushed, st);
+    }
     /* No timing: such events are cheaper to record and to query. */
-    r = cb->api.EventCreate(&ev, CU_EVENT_DISABLE_TIMING);
-    if (r != CUDA_SUCCESS) {
+    r = cb->api.EventCreate(&e->ev, MF_CU_EVENT_DISABLE_TIMING);
+    if (r != MF_CU_SUCCESS) {
+      free(e);
       st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuEventCreate", device);
       return cuda_leave(cb, device, pushed, st);
     }
+    e->ctx = ctx;
+    e->foreign = ctx != home;
   }
-  r = cb->api.EventRecord(ev, (CUstream)stream);
-  if (r != CUDA_SUCCESS) {
+  r = cb->api.EventRecord(e->ev, (mf_cu_stream)stream);
+  if (r != MF_CU_SUCCESS) {
     st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuEventRecord", device);
-    cb->api.EventDestroy(ev); /* possibly broken: do not pool it */
+    cb->api.EventDestroy(e->ev); /* possibly broken: do not pool it */
+    free(e);
   } else {
-    *event = ev;
+    *event = e;
   }
   return cuda_leave(cb, device, pushed, st);
 }
 
 static mf_status cuda_event_query(mf_backend *b, int device, void *event, bool *complete) {
   cuda_backend *cb = cuda_of(b);
+  cuda_event *e = event;
   bool pushed;
-  mf_status st = cuda_enter(cb, device, &pushed);
+  mf_status st = cuda_enter_ctx(cb, device, e->ctx, &pushed);
   if (st != MF_OK) return st;
-  CUresult r = cb->api.EventQuery((CUevent)event);
-  if (r == CUDA_SUCCESS)
+  mf_cu_result r = cb->api.EventQuery(e->ev);
+  if (r == MF_CU_SUCCESS)
     *complete = true;
-  else if (r == CUDA_ERROR_NOT_READY)
+  else if (r == MF_CU_ERROR_NOT_READY)
     *complete = false;
+  else if (r == MF_CU_ERROR_STREAM_CAPTURE_UNSUPPORTED || r == MF_CU_ERROR_STREAM_CAPTURE_IMPLICIT ||
+           r == MF_CU_ERROR_CAPTURED_EVENT)
+    st = cuda_fail(cb, MF_ERR_UNSUPPORTED, r, "cuEventQuery during a CUDA graph capture", device);
   else
     st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuEventQuery", device);
   return cuda_leave(cb, device, pushed, st);
@@ -353,25 +382,59 @@ static mf_status cuda_event_query(mf_backend *b, int device, void *event, bool *
 
 static mf_status cuda_event_synchronize(mf_backend *b, int device, void *event) {
   cuda_backend *cb = cuda_of(b);
+  cuda_event *e = event;
   bool pushed;
-  mf_status st = cuda_enter(cb, device, &pushed);
+  mf_status st = cuda_enter_ctx(cb, device, e->ctx, &pushed);
   if (st != MF_OK) return st;
-  CUresult r = cb->api.EventSynchronize((CUevent)event);
-  if (r != CUDA_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuEventSynchronize", device);
+  mf_cu_result r = cb->api.EventSynchronize(e->ev);
+  if (r != MF_CU_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuEventSynchronize", device);
   return cuda_leave(cb, device, pushed, st);
 }
 
 static void cuda_event_destroy(mf_backend *b, int device, void *event) {
   cuda_backend *cb = cuda_of(b);
-  if (event == NULL || device < 0 || device >= cb->count) return;
+  cuda_event *e = event;
+  if (e == NULL || device < 0 || device >= cb->count) return;
   cuda_device *d = &cb->devices[device];
-  pthread_mutex_lock(&d->pool_lock);
-  if (d->pool_len < CUDA_EVENT_POOL_MAX) {
-    d->pool[d->pool_len++] = (CUevent)event;
-    event = NULL;
+  if (!e->foreign) {
+    pthread_mutex_lock(&d->pool_lock);
+    if (d->pool_len < CUDA_EVENT_POOL_MAX) {
+      d->pool[d->pool_len++] = e;
+      e = NULL;
+    }
+    pthread_mutex_unlock(&d->pool_lock);
   }
-  pthread_mutex_unlock(&d->pool_lock);
-  if (event) cb->api.EventDestroy((CUevent)event); /* a void op: nothing to report to */
+  if (e) { /* a void op: nothing to report to */
+    cb->api.EventDestroy(e->ev);
+    free(e);
+  }
+}
+
+/* Whether `stream` is capturing a CUDA graph. A driver without
+ * cuStreamIsCapturing has no graphs to capture into. */
+static mf_status cuda_stream_capturing(mf_backend *b, int device, uintptr_t stream, bool *capturing) {
+  cuda_backend *cb = cuda_of(b);
+  *capturing = false;
+  if (!cb->api.StreamIsCapturing) return MF_OK;
+  /* One driver call on every allocation: a stream knows its own context, and
+   * under PyTorch the device's context is current for the default streams.
+   * Only without a current context is the device's pushed for the call. */
+  int status = MF_CU_STREAM_CAPTURE_STATUS_NONE;
+  mf_cu_result r = cb->api.StreamIsCapturing((mf_cu_stream)stream, &status);
+  mf_status st = MF_OK;
+  if (r == MF_CU_ERROR_INVALID_CONTEXT) {
+    bool pushed;
+    if ((st = cuda_enter(cb, device, &pushed)) != MF_OK) return st;
+    r = cb->api.StreamIsCapturing((mf_cu_stream)stream, &status);
+    if (r != MF_CU_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuStreamIsCapturing", device);
+    st = cuda_leave(cb, device, pushed, st);
+  } else if (r == MF_CU_ERROR_STREAM_CAPTURE_IMPLICIT) {
+    status = MF_CU_STREAM_CAPTURE_STATUS_ACTIVE; /* the legacy stream, while a blocking stream captures */
+  } else if (r != MF_CU_SUCCESS) {
+    st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuStreamIsCapturing", device);
+  }
+  if (st == MF_OK) *capturing = status != MF_CU_STREAM_CAPTURE_STATUS_NONE;
+  return st;
 }
 
 static mf_status cuda_synchronize(mf_backend *b, int device) {
@@ -379,18 +442,18 @@ static mf_status cuda_synchronize(mf_backend *b, int device) {
   bool pushed;
   mf_status st = cuda_enter(cb, device, &pushed);
   if (st != MF_OK) return st;
-  CUresult r = cb->api.CtxSynchronize();
-  if (r != CUDA_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxSynchronize", device);
+  mf_cu_result r = cb->api.CtxSynchronize();
+  if (r != MF_CU_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxSynchronize", device);
   return cuda_leave(cb, device, pushed, st);
 }
 
 /* ------------------------------------------------------ page mapping (vmm) */
 
-static CUmemAllocationProp cuda_pinned_on(const cuda_device *d) {
-  CUmemAllocationProp prop;
+static mf_cu_mem_prop cuda_pinned_on(const cuda_device *d) {
+  mf_cu_mem_prop prop;
   memset(&prop, 0, sizeof prop);
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.type = MF_CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = MF_CU_MEM_LOCATION_TYPE_DEVICE;
   prop.location.id = d->dev;
   return prop;
 }
@@ -403,15 +466,15 @@ static mf_status cuda_granularity(mf_backend *b, int device, size_t *minimum, si
     return _mf_error(MF_ERR_NO_DEVICE, "cuda backend: the NVIDIA driver has no %s (virtual memory management)",
                      cb->vmm_missing);
   int supported = 0;
-  CUresult r = cb->api.DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+  mf_cu_result r = cb->api.DeviceGetAttribute(&supported, MF_CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
                                           cb->devices[device].dev);
-  if (r != CUDA_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuDeviceGetAttribute", device);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuDeviceGetAttribute", device);
   if (!supported)
     return _mf_error(MF_ERR_NO_DEVICE, "cuda backend: device %d does not support virtual memory management", device);
-  CUmemAllocationProp prop = cuda_pinned_on(&cb->devices[device]);
-  r = cb->api.MemGetAllocationGranularity(minimum, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
-  if (r == CUDA_SUCCESS) r = cb->api.MemGetAllocationGranularity(recommended, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
-  if (r != CUDA_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemGetAllocationGranularity", device);
+  mf_cu_mem_prop prop = cuda_pinned_on(&cb->devices[device]);
+  r = cb->api.MemGetAllocationGranularity(minimum, &prop, MF_CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+  if (r == MF_CU_SUCCESS) r = cb->api.MemGetAllocationGranularity(recommended, &prop, MF_CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemGetAllocationGranularity", device);
   return MF_OK;
 }
 
@@ -420,9 +483,9 @@ static mf_status cuda_reserve(mf_backend *b, int device, size_t size, size_t ali
   bool pushed;
   mf_status st = cuda_enter(cb, device, &pushed);
   if (st != MF_OK) return st;
-  CUdeviceptr p = 0;
-  CUresult r = cb->api.MemAddressReserve(&p, size, align, 0, 0);
-  if (r == CUDA_SUCCESS) *addr = (uintptr_t)p;
+  mf_cu_deviceptr p = 0;
+  mf_cu_result r = cb->api.MemAddressReserve(&p, size, align, 0, 0);
+  if (r == MF_CU_SUCCESS) *addr = (uintptr_t)p;
   else st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemAddressReserve", device);
   return cuda_leave(cb, device, pushed, st);
 }
@@ -432,8 +495,8 @@ static mf_status cuda_unreserve(mf_backend *b, int device, uintptr_t addr, size_
   bool pushed;
   mf_status st = cuda_enter(cb, device, &pushed);
   if (st != MF_OK) return st;
-  CUresult r = cb->api.MemAddressFree((CUdeviceptr)addr, size);
-  if (r != CUDA_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemAddressFree", device);
+  mf_cu_result r = cb->api.MemAddressFree((mf_cu_deviceptr)addr, size);
+  if (r != MF_CU_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemAddressFree", device);
   return cuda_leave(cb, device, pushed, st);
 }
 
@@ -442,7 +505,7 @@ static void cuda_release(mf_backend *b, int device, size_t granule, size_t n, co
   cuda_backend *cb = cuda_of(b);
   bool pushed;
   if (cuda_enter(cb, device, &pushed) != MF_OK) return;
-  for (size_t i = 0; i < n; i++) cb->api.MemRelease((CUmemGenericAllocationHandle)handles[i]);
+  for (size_t i = 0; i < n; i++) cb->api.MemRelease((mf_cu_mem_handle)handles[i]);
   cuda_leave(cb, device, pushed, MF_OK);
 }
 
@@ -451,25 +514,25 @@ static mf_status cuda_create(mf_backend *b, int device, size_t granule, size_t n
   bool pushed;
   mf_status st = cuda_enter(cb, device, &pushed);
   if (st != MF_OK) return st;
-  CUmemAllocationProp prop = cuda_pinned_on(&cb->devices[device]);
+  mf_cu_mem_prop prop = cuda_pinned_on(&cb->devices[device]);
   size_t made = 0;
   for (; made < n; made++) {
-    CUmemGenericAllocationHandle h = 0;
-    CUresult r = cb->api.MemCreate(&h, granule, &prop, 0);
-    if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+    mf_cu_mem_handle h = 0;
+    mf_cu_result r = cb->api.MemCreate(&h, granule, &prop, 0);
+    if (r == MF_CU_ERROR_OUT_OF_MEMORY) {
       char want[32];
       st = _mf_error(MF_ERR_OOM, "cuda backend: cuMemCreate of %zu granules (%s) on device %d: out of memory", n,
                      _mf_format_size((uint64_t)n * granule, want, sizeof want), device);
       break;
     }
-    if (r != CUDA_SUCCESS) {
+    if (r != MF_CU_SUCCESS) {
       st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemCreate", device);
       break;
     }
     handles[made] = (uint64_t)h;
   }
   if (st != MF_OK)
-    for (size_t i = 0; i < made; i++) cb->api.MemRelease((CUmemGenericAllocationHandle)handles[i]);
+    for (size_t i = 0; i < made; i++) cb->api.MemRelease((mf_cu_mem_handle)handles[i]);
   return cuda_leave(cb, device, pushed, st);
 }
 
@@ -480,8 +543,8 @@ static mf_status cuda_vunmap(mf_backend *b, int device, uintptr_t addr, size_t g
   if (st != MF_OK) return st;
   /* Each granule was mapped on its own: cuMemUnmap takes whole mappings only. */
   for (size_t i = 0; i < n; i++) {
-    CUresult r = cb->api.MemUnmap((CUdeviceptr)(addr + i * granule), granule);
-    if (r != CUDA_SUCCESS && st == MF_OK) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemUnmap", device);
+    mf_cu_result r = cb->api.MemUnmap((mf_cu_deviceptr)(addr + i * granule), granule);
+    if (r != MF_CU_SUCCESS && st == MF_OK) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemUnmap", device);
   }
   return cuda_leave(cb, device, pushed, st);
 }
@@ -493,25 +556,25 @@ static mf_status cuda_vmap(mf_backend *b, int device, uintptr_t addr, size_t gra
   mf_status st = cuda_enter(cb, device, &pushed);
   if (st != MF_OK) return st;
   size_t mapped = 0;
-  CUresult r = CUDA_SUCCESS;
+  mf_cu_result r = MF_CU_SUCCESS;
   for (; mapped < n; mapped++) {
-    r = cb->api.MemMap((CUdeviceptr)(addr + mapped * granule), granule, 0,
-                       (CUmemGenericAllocationHandle)handles[mapped], 0);
-    if (r != CUDA_SUCCESS) break;
+    r = cb->api.MemMap((mf_cu_deviceptr)(addr + mapped * granule), granule, 0,
+                       (mf_cu_mem_handle)handles[mapped], 0);
+    if (r != MF_CU_SUCCESS) break;
   }
-  if (r == CUDA_SUCCESS) {
-    CUmemAccessDesc access;
+  if (r == MF_CU_SUCCESS) {
+    mf_cu_access_desc access;
     memset(&access, 0, sizeof access);
-    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    access.location.type = MF_CU_MEM_LOCATION_TYPE_DEVICE;
     access.location.id = cb->devices[device].dev;
-    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    r = cb->api.MemSetAccess((CUdeviceptr)addr, n * granule, &access, 1); /* one call for the whole run */
-    if (r != CUDA_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemSetAccess", device);
+    access.flags = MF_CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    r = cb->api.MemSetAccess((mf_cu_deviceptr)addr, n * granule, &access, 1); /* one call for the whole run */
+    if (r != MF_CU_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemSetAccess", device);
   } else {
-    st = cuda_fail(cb, r == CUDA_ERROR_OUT_OF_MEMORY ? MF_ERR_OOM : MF_ERR_BACKEND, r, "cuMemMap", device);
+    st = cuda_fail(cb, r == MF_CU_ERROR_OUT_OF_MEMORY ? MF_ERR_OOM : MF_ERR_BACKEND, r, "cuMemMap", device);
   }
   if (st != MF_OK)
-    for (size_t i = 0; i < mapped; i++) cb->api.MemUnmap((CUdeviceptr)(addr + i * granule), granule);
+    for (size_t i = 0; i < mapped; i++) cb->api.MemUnmap((mf_cu_deviceptr)(addr + i * granule), granule);
   return cuda_leave(cb, device, pushed, st);
 }
 
@@ -520,11 +583,14 @@ static void cuda_destroy(mf_backend *b) {
   if (cb == NULL) return;
   for (int i = 0; cb->devices && i < cb->count; i++) {
     cuda_device *d = &cb->devices[i];
-    CUcontext ctx = atomic_load(&d->ctx);
+    mf_cu_context ctx = atomic_load(&d->ctx);
     if (ctx) {
       /* Pooled events belong to this context: destroy them while it is
        * still retained, then drop our reference to it. */
-      for (size_t k = 0; k < d->pool_len; k++) cb->api.EventDestroy(d->pool[k]);
+      for (size_t k = 0; k < d->pool_len; k++) {
+        cb->api.EventDestroy(d->pool[k]->ev);
+        free(d->pool[k]);
+      }
       cb->api.PrimaryCtxRelease(d->dev);
     }
     free(d->pool);
@@ -550,6 +616,7 @@ static const mf_backend_ops cuda_ops = {
     .event_destroy = cuda_event_destroy,
     .synchronize = cuda_synchronize,
     .destroy = cuda_destroy,
+    .stream_capturing = cuda_stream_capturing,
     .vmm_granularity = cuda_granularity,
     .vmm_reserve = cuda_reserve,
     .vmm_unreserve = cuda_unreserve,
@@ -584,6 +651,9 @@ static mf_status cuda_load(cuda_backend *cb) {
   if ((f = dlsym(cb->lib, "cuMemGetInfo_v2"))) memcpy(&cb->api.MemGetInfo, &f, sizeof f);
   if ((f = dlsym(cb->lib, "cuGetErrorName"))) memcpy(&cb->api.GetErrorName, &f, sizeof f);
   if ((f = dlsym(cb->lib, "cuGetErrorString"))) memcpy(&cb->api.GetErrorString, &f, sizeof f);
+  /* The plain (not _ptsz) flavours: stream 0 is the legacy default stream. */
+  if ((f = dlsym(cb->lib, "cuStreamGetCtx"))) memcpy(&cb->api.StreamGetCtx, &f, sizeof f);
+  if ((f = dlsym(cb->lib, "cuStreamIsCapturing"))) memcpy(&cb->api.StreamIsCapturing, &f, sizeof f);
   for (size_t i = 0; i < sizeof cuda_vmm_symbols / sizeof cuda_vmm_symbols[0]; i++) {
     if (!(f = dlsym(cb->lib, cuda_vmm_symbols[i].name))) {
       cb->vmm_missing = cuda_vmm_symbols[i].name; /* vmm:auto falls back to cuMemAlloc segments */
@@ -598,18 +668,18 @@ static mf_status cuda_init(cuda_backend *cb) {
   char desc[256];
   /* cuInit may be called any number of times; PyTorch's runtime has usually
    * called it already. */
-  CUresult r = cb->api.Init(0);
-  if (r == CUDA_ERROR_NO_DEVICE)
-    return _mf_error(MF_ERR_NO_DEVICE, "cuda backend: no CUDA device (cuInit: CUDA_ERROR_NO_DEVICE)");
-  if (r != CUDA_SUCCESS) {
+  mf_cu_result r = cb->api.Init(0);
+  if (r == MF_CU_ERROR_NO_DEVICE)
+    return _mf_error(MF_ERR_NO_DEVICE, "cuda backend: no CUDA device (cuInit: MF_CU_ERROR_NO_DEVICE)");
+  if (r != MF_CU_SUCCESS) {
     cuda_describe(&cb->api, r, desc, sizeof desc);
     return _mf_error(MF_ERR_BACKEND, "cuda backend: cuInit failed: %s", desc);
   }
   int count = 0;
   r = cb->api.DeviceGetCount(&count);
-  if (r == CUDA_ERROR_NO_DEVICE || (r == CUDA_SUCCESS && count <= 0))
+  if (r == MF_CU_ERROR_NO_DEVICE || (r == MF_CU_SUCCESS && count <= 0))
     return _mf_error(MF_ERR_NO_DEVICE, "cuda backend: no CUDA device (the driver reports 0)");
-  if (r != CUDA_SUCCESS) {
+  if (r != MF_CU_SUCCESS) {
     cuda_describe(&cb->api, r, desc, sizeof desc);
     return _mf_error(MF_ERR_BACKEND, "cuda backend: cuDeviceGetCount failed: %s", desc);
   }
@@ -625,12 +695,20 @@ static mf_status cuda_init(cuda_backend *cb) {
     if (d->pool == NULL)
       return _mf_error(MF_ERR_HOST_MEMORY, "cuda backend: out of host memory for event pools");
     r = cb->api.DeviceGet(&d->dev, i);
-    if (r != CUDA_SUCCESS) {
+    if (r != MF_CU_SUCCESS) {
       cuda_describe(&cb->api, r, desc, sizeof desc);
       return _mf_error(MF_ERR_BACKEND, "cuda backend: cuDeviceGet(%d) failed: %s", i, desc);
     }
   }
   return MF_OK;
+}
+
+mf_status mf_backend_cuda_probe(void) {
+  cuda_backend probe;
+  memset(&probe, 0, sizeof probe);
+  mf_status st = cuda_load(&probe);
+  if (probe.lib) dlclose(probe.lib);
+  return st;
 }
 
 mf_status mf_backend_cuda_create(mf_backend **out) {
@@ -650,4 +728,4 @@ mf_status mf_backend_cuda_create(mf_backend **out) {
   return MF_OK;
 }
 
-#endif /* MEMFIT_HAVE_CUDA */
+#endif /* MEMFIT_NO_CUDA */

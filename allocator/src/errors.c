@@ -38,6 +38,7 @@ MF_API const char *mf_status_name(mf_status s) {
   case MF_ERR_HOST_MEMORY: return "out of host memory";
   case MF_ERR_CORRUPT: return "corrupt allocator state";
   case MF_ERR_IO: return "i/o error";
+  case MF_ERR_UNSUPPORTED: return "unsupported";
   }
   return "unknown status";
 }

@@ -23,6 +23,8 @@ namespace {
 // initializers.
 std::atomic<mf_allocator *> g_allocator{nullptr};
 std::mutex g_create_lock;
+// Throws the running PyTorch's c10::OutOfMemoryError (memfit_plugin_set_oom_thrower).
+std::atomic<memfit_oom_thrower> g_oom_thrower{nullptr};
 
 // Printf into a std::string.
 std::string format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -86,6 +88,10 @@ struct once_flag_reporter {
     std::fprintf(stderr, "%s (further errors of this kind are not shown)\n", msg.c_str());
   }
 };
+// The message of this thread's last failed validate / plugin_allocator call.
+thread_local std::string t_plugin_error;
+void set_plugin_error(const char *msg) { t_plugin_error = msg; }
+
 once_flag_reporter g_free_errors, g_record_errors, g_empty_errors;
 
 // Text from a (buf, len, needed) function of the core, grown to fit.
@@ -139,7 +145,12 @@ MF_API void *memfit_malloc(size_t size, int device, void *stream) {
   // from a driver error or a host allocation failure.
   mf_status status = mf_last_status();
   std::string err = mf_last_error();
-  if (status == MF_ERR_OOM) throw std::runtime_error("CUDA out of memory. " + oom_message(a, device, err));
+  if (status == MF_ERR_OOM) {
+    std::string msg = "CUDA out of memory. " + oom_message(a, device, err);
+    if (memfit_oom_thrower thrower = g_oom_thrower.load(std::memory_order_acquire)) thrower(msg.c_str());
+    throw std::runtime_error(msg);  // no thrower, or one that returned
+  }
+  if (status == MF_ERR_UNSUPPORTED) throw std::runtime_error(err);  // already starts with "memfit: "
   throw std::runtime_error(format("memfit: memfit_malloc of %zu bytes on device %d failed: %s", size,
                                   device, err.c_str()));
 }
@@ -228,10 +239,51 @@ MF_API void memfit_set_memory_fraction(double fraction, int device) {
 
 MF_API mf_allocator *memfit_plugin_allocator(void) {
   try {
-    return get_allocator(nullptr);  // on failure mf_last_error() says why
+    std::string why;
+    mf_allocator *a = get_allocator(&why);
+    if (!a) set_plugin_error(why.c_str());  // on failure mf_last_error() says why
+    return a;
   } catch (...) {
     return nullptr;
   }
+}
+
+MF_API mf_allocator *memfit_plugin_allocator_if_created(void) {
+  return g_allocator.load(std::memory_order_acquire);
+}
+
+MF_API int memfit_plugin_validate(void) {
+  try {
+    if (g_allocator.load(std::memory_order_acquire)) return 0;
+    std::string conf = plugin_conf();
+    mf_options *o = mf_options_new();
+    if (!o) {
+      set_plugin_error("memfit: out of host memory");
+      return 1;
+    }
+    mf_status st = mf_options_parse(o, conf.c_str());
+    std::string err = st == MF_OK ? std::string() : std::string(mf_last_error());
+    char backend[32] = "";
+    if (st == MF_OK) mf_options_get(o, "backend", backend, sizeof backend);
+    mf_options_free(o);
+    if (st != MF_OK) {
+      set_plugin_error(format("memfit: bad options \"%s\" (MEMFIT_CONF): %s", conf.c_str(), err.c_str()).c_str());
+      return 1;
+    }
+    if (std::string(backend) == "cuda" && mf_backend_cuda_probe() != MF_OK) {
+      set_plugin_error(format("memfit: %s", mf_last_error()).c_str());
+      return 1;
+    }
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+MF_API const char *memfit_plugin_last_error(void) { return t_plugin_error.c_str(); }
+
+MF_API void memfit_plugin_set_oom_thrower(memfit_oom_thrower thrower) {
+  g_oom_thrower.store(thrower, std::memory_order_release);
 }
 
 }  // extern "C"

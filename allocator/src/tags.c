@@ -1,5 +1,6 @@
 /* tags.c — what a block is: category and phase names, the process-wide table
  * of interned layer names, and each thread's stack of tag contexts. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,9 +160,30 @@ MF_API mf_status mf_tag_pop(void) {
   return MF_OK;
 }
 
+/* The shared tag packed in one word, so that readers need no lock: bit 63 set
+ * when a tag is set, layer in bits 0-31, category 32-39, phase 40-47. */
+static _Atomic uint64_t shared_tag;
+#define MF_SHARED_SET (1ull << 63)
+
+MF_API mf_status mf_tag_set_shared(mf_tag tag) {
+  if (tag.phase >= MF_PHASE_COUNT) return _mf_error(MF_ERR_INVALID, "mf_tag_set_shared: bad phase %d", tag.phase);
+  if (tag.category >= MF_CAT_COUNT)
+    return _mf_error(MF_ERR_INVALID, "mf_tag_set_shared: bad category %d", tag.category);
+  if (tag.layer >= mf_layer_count())
+    return _mf_error(MF_ERR_INVALID, "mf_tag_set_shared: layer id %u was not interned", tag.layer);
+  uint64_t packed = MF_SHARED_SET | tag.layer | (uint64_t)tag.category << 32 | (uint64_t)tag.phase << 40;
+  atomic_store_explicit(&shared_tag, packed, memory_order_release);
+  return MF_OK;
+}
+
+MF_API void mf_tag_clear_shared(void) { atomic_store_explicit(&shared_tag, 0, memory_order_release); }
+
 MF_API mf_tag mf_tag_current(void) {
-  if (tag_depth == 0) return (mf_tag){.layer = 0, .category = MF_CAT_OTHER, .phase = MF_PHASE_NONE};
-  return tag_stack[tag_depth - 1];
+  if (MF_LIKELY(tag_depth > 0)) return tag_stack[tag_depth - 1];
+  uint64_t packed = atomic_load_explicit(&shared_tag, memory_order_acquire);
+  if (packed & MF_SHARED_SET)
+    return (mf_tag){.layer = (uint32_t)packed, .category = (uint8_t)(packed >> 32), .phase = (uint8_t)(packed >> 40)};
+  return (mf_tag){.layer = 0, .category = MF_CAT_OTHER, .phase = MF_PHASE_NONE};
 }
 
 MF_API int mf_tag_depth(void) { return tag_depth; }

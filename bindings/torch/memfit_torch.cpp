@@ -1,6 +1,7 @@
 // memfit_torch.cpp — libmemfit_torch.so: a c10::Allocator over a memfit allocator
 // (host backend), installed as PyTorch's CPU allocator with c10::SetCPUAllocator,
-// so that CPU tensors live within memfit's simulated device budget.
+// so that CPU tensors live within memfit's simulated device budget; and the
+// thrower that gives the CUDA plugin's OOMs PyTorch's own exception type.
 #include "memfit/torch.h"
 
 #include <array>
@@ -283,5 +284,12 @@ MEMFIT_TORCH_API int memfit_torch_cpu_installed(void) {
 MEMFIT_TORCH_API const char *memfit_torch_last_error(void) { return t_error.c_str(); }
 
 MEMFIT_TORCH_API const char *memfit_torch_built_for(void) { return MEMFIT_TORCH_BUILT_FOR; }
+
+MEMFIT_TORCH_API void memfit_torch_throw_oom(const char *message) {
+  // PyTorch's Python bindings turn this type into torch.OutOfMemoryError
+  // (torch.cuda.OutOfMemoryError is the same class), and cuDNN's workspace
+  // fallback catches it; the message is memfit's whole report.
+  TORCH_CHECK_WITH(OutOfMemoryError, false, message ? message : "CUDA out of memory.");
+}
 
 }  // extern "C"

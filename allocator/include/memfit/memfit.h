@@ -48,7 +48,8 @@ typedef enum mf_status {
   MF_ERR_NO_DEVICE = 4,   /* backend unavailable: no driver, no device */
   MF_ERR_HOST_MEMORY = 5, /* host metadata could not be allocated */
   MF_ERR_CORRUPT = 6,     /* mf_check found a broken invariant */
-  MF_ERR_IO = 7           /* a file could not be written */
+  MF_ERR_IO = 7,          /* a file could not be written */
+  MF_ERR_UNSUPPORTED = 8  /* a use memfit refuses: CUDA graph capture on the allocating stream */
 } mf_status;
 
 /* The calling thread's message for the last failed call ("" if none). */
@@ -102,7 +103,8 @@ MF_API const char *mf_layer_name(uint32_t layer);
 MF_API uint32_t mf_layer_count(void);
 
 /* The calling thread's tag context: new blocks take the tag on top of its
- * stack ({0, MF_CAT_OTHER, MF_PHASE_NONE} when empty). The stack holds
+ * stack; when the stack is empty, the shared tag (below) if one is set, else
+ * {0, MF_CAT_OTHER, MF_PHASE_NONE}. The stack holds
  * MF_TAG_STACK_DEPTH entries; push fails with MF_ERR_INVALID beyond it, pop
  * fails on an empty stack. */
 #define MF_TAG_STACK_DEPTH 64
@@ -110,6 +112,13 @@ MF_API mf_status mf_tag_push(uint32_t layer, mf_phase phase, mf_category categor
 MF_API mf_status mf_tag_pop(void);
 MF_API mf_tag mf_tag_current(void);
 MF_API int mf_tag_depth(void);
+/* The process-wide shared tag, which allocations from any thread with an
+ * empty stack take. For work that PyTorch runs on threads of its own: on CUDA,
+ * autograd runs backward on a device thread, so a tag that the training thread
+ * pushes never reaches backward's allocations, while the shared one does. Set
+ * replaces it; clear unsets it. */
+MF_API mf_status mf_tag_set_shared(mf_tag tag);
+MF_API void mf_tag_clear_shared(void);
 
 /* ---------------------------------------------------------------- options */
 
@@ -181,6 +190,12 @@ typedef struct mf_backend_ops {
   mf_status (*vmm_map)(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n,
                        const uint64_t *handles);
   mf_status (*vmm_unmap)(mf_backend *b, int device, uintptr_t addr, size_t granule, size_t n);
+
+  /* Whether the stream is capturing a CUDA graph (optional; NULL: never).
+   * mf_malloc refuses such a stream before it touches anything: memory handed
+   * to a graph is the graph's until the graph is destroyed, and queries,
+   * synchronizations and unmaps during capture invalidate the capture. */
+  mf_status (*stream_capturing)(mf_backend *b, int device, uintptr_t stream, bool *capturing);
 } mf_backend_ops;
 
 struct mf_backend {
@@ -197,6 +212,11 @@ MF_API mf_status mf_backend_host_create(int devices, uint64_t capacity, mf_backe
  * MF_ERR_NO_DEVICE where there is no driver or no device, or where memfit was
  * built without the CUDA headers. */
 MF_API mf_status mf_backend_cuda_create(mf_backend **out);
+/* Whether mf_backend_cuda_create can load the driver: libcuda.so.1 loads and
+ * has every required entry point. Calls nothing in it (no cuInit), so CUDA is
+ * not initialized: safe before fork or before CUDA_VISIBLE_DEVICES is final.
+ * MF_ERR_NO_DEVICE with the reason otherwise. */
+MF_API mf_status mf_backend_cuda_probe(void);
 MF_API void mf_backend_destroy(mf_backend *b);
 
 /* The simulated backends (virtual, host) complete their events by hand:
@@ -407,6 +427,23 @@ MF_API mf_status mf_trace_mark(mf_allocator *a, uint64_t id);
 MF_API mf_status mf_trace_count(mf_allocator *a, size_t *events, size_t *dropped);
 /* Copy events [first, first + max) into out; *copied gets how many. */
 MF_API mf_status mf_trace_read(mf_allocator *a, size_t first, mf_trace_event *out, size_t max, size_t *copied);
+
+/* --------------------------------------------------------------- snapshot */
+
+/* Every segment of a device (device -1: of all devices) and the blocks that
+ * tile it, as JSON, taken with the device locks held so that it is one
+ * consistent instant: per segment its device, address, size, pool ("small" /
+ * "large"), stream and whether it is page-mapped (vmm); per block its address,
+ * size and state ("allocated", "free", or "pending_free": freed but held back
+ * by record_stream events), and for allocated and pending blocks the requested
+ * size and the tag (layer name, category, phase). Also the devices' stats and
+ * the length of the in-memory trace at that instant (the events that lead to
+ * this state). The bindings build PyTorch's memory_viz snapshot from it
+ * (memfit.snapshot). Same (buf, len, needed) convention as mf_stats_json:
+ * when len is too small the text is cut (always NUL-terminated) and *needed
+ * says how much to give; the state can change before a second call, so
+ * callers retry until *needed <= len. See allocator/README.md, "Snapshots". */
+MF_API mf_status mf_snapshot_json(mf_allocator *a, int device, char *buf, size_t len, size_t *needed);
 
 #ifdef __cplusplus
 }

@@ -5,9 +5,10 @@
  * and void(void*, size_t, int, cudaStream_t); cudaStream_t is a pointer, passed
  * here as void* so that no CUDA header is needed to use this file. PyTorch does
  * not check the pointer it gets back, so memfit_malloc never returns NULL: a
- * size of 0 gets a unique pointer and an OOM throws std::runtime_error("CUDA out
- * of memory. ..."), which PyTorch raises in Python. The allocator behind them is
- * created on first use over the cuda backend, configured from MEMFIT_CONF.
+ * size of 0 gets a unique pointer and an OOM throws ("CUDA out of memory. ...":
+ * c10::OutOfMemoryError through the thrower below, else std::runtime_error),
+ * which PyTorch raises in Python. The allocator behind them is created at the
+ * first allocation over the cuda backend, configured from MEMFIT_CONF.
  */
 #ifndef MEMFIT_PLUGIN_H
 #define MEMFIT_PLUGIN_H
@@ -29,8 +30,28 @@ MF_API void memfit_record_stream(void *ptr, void *stream);
 /* For alloc._allocator.set_memory_fraction_fn: capacity = fraction x total. */
 MF_API void memfit_set_memory_fraction(double fraction, int device);
 /* The allocator behind the entry points (created on first call; NULL and
- * mf_last_error() if it cannot be created). For stats from Python. */
+ * memfit_plugin_last_error() if it cannot be created). For stats from Python. */
 MF_API mf_allocator *memfit_plugin_allocator(void);
+/* The allocator if an entry point has created it, else NULL; creates nothing
+ * (so it initializes no CUDA). */
+MF_API mf_allocator *memfit_plugin_allocator_if_created(void);
+/* Check, without creating the allocator or initializing CUDA, that it can be
+ * created: the options (backend:cuda, then MEMFIT_CONF) parse, and for the cuda
+ * backend the driver library loads and has every entry point memfit needs.
+ * 0 if so, else nonzero with the reason in memfit_plugin_last_error(). Call it
+ * before handing PyTorch the entry points: after the swap, a failure would make
+ * every CUDA allocation of the process throw. */
+MF_API int memfit_plugin_validate(void);
+/* The calling thread's message from the last failed memfit_plugin_validate or
+ * memfit_plugin_allocator ("" if none). */
+MF_API const char *memfit_plugin_last_error(void);
+/* A function that throws the running PyTorch's c10::OutOfMemoryError with the
+ * message (libmemfit_torch.so's memfit_torch_throw_oom). Once set, an OOM in
+ * memfit_malloc goes through it, so Python sees torch.OutOfMemoryError and
+ * cuDNN's workspace fallback (which catches only that type) works; without it
+ * an OOM is a std::runtime_error("CUDA out of memory. ..."). NULL unsets. */
+typedef void (*memfit_oom_thrower)(const char *message);
+MF_API void memfit_plugin_set_oom_thrower(memfit_oom_thrower thrower);
 
 #ifdef __cplusplus
 }

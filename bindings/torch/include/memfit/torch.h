@@ -56,6 +56,11 @@ MEMFIT_TORCH_API const char *memfit_torch_last_error(void);
  * into any other running torch. */
 MEMFIT_TORCH_API const char *memfit_torch_built_for(void);
 
+/* Throw c10::OutOfMemoryError(message); never returns. For
+ * memfit_plugin_set_oom_thrower (memfit/plugin.h): the CUDA plugin's OOMs then
+ * reach Python as torch.OutOfMemoryError. */
+MEMFIT_TORCH_API void memfit_torch_throw_oom(const char *message);
+
 #ifdef __cplusplus
 }
 #endif
