@@ -32,7 +32,7 @@ os.environ.setdefault("MEMFIT_BUILD_DIR", str(REPO / "build"))
 BUILD = Path(os.environ["MEMFIT_BUILD_DIR"])
 
 # Variables a child process must not inherit from whoever runs pytest.
-_SCRUBBED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "MEMFIT_CONF")
+_SCRUBBED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "MEMFIT_CONF", "MEMFIT_INSTALL")
 
 
 @functools.lru_cache(maxsize=None)

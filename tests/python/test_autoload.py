@@ -5,8 +5,9 @@
 # (PYTHONPATH points at bindings/python for the package itself). With
 # backend:memfit in PYTORCH_CUDA_ALLOC_CONF or PYTORCH_ALLOC_CONF the hook takes
 # memfit's keys out before torch reads the variable and moves them to
-# MEMFIT_CONF; on this CPU-only machine it then says that CUDA is unavailable
-# and leaves PyTorch's allocator alone. The children run concurrently.
+# MEMFIT_CONF and sets MEMFIT_INSTALL=cuda for its own children; on this
+# CPU-only PyTorch it then says that PyTorch has no CUDA and leaves PyTorch's
+# allocator alone. The children run concurrently.
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ from conftest import PYDIR, describe, finish_python, python_env, start_python
 from memfit._conf import ENV_VARS, MEMFIT_KEYS, split_conf, take_memfit_conf
 
 PTH = PYDIR / "memfit-autoload.pth"
-NO_CUDA = "PyTorch sees no CUDA device; PyTorch's allocator is unchanged"
+NO_CUDA = "is built without CUDA; PyTorch's allocator is unchanged"
 
 # --------------------------------------------------------------- _conf units
 
@@ -100,6 +101,9 @@ _CHILD = textwrap.dedent("""
     out["before_torch"] = {k: os.environ.get(k) for k in KEYS}
     import os, torch
     out["after"] = {k: os.environ.get(k) for k in KEYS}
+    out["intent"] = os.environ.get("MEMFIT_INSTALL")
+    import memfit._autoload
+    out["state"] = memfit._autoload.STATE
     out["cuda"] = torch.cuda.is_available()
     out["sum"] = torch.ones(4, 4).sum().item()
     import memfit
@@ -149,6 +153,7 @@ def test_pth_file_is_one_import_line():
     # hook only when a variable asks for backend:memfit.
     assert len(lines) == 1 and lines[0].startswith("import ")
     assert "__import__('memfit._autoload')" in lines[0] and "'backend:memfit' in" in lines[0]
+    assert "MEMFIT_INSTALL" in lines[0]
 
 
 @pytest.mark.parametrize("name, var", [("cuda-var", "PYTORCH_CUDA_ALLOC_CONF"),
@@ -164,6 +169,9 @@ def test_backend_memfit_is_taken_out_before_torch(children, name, var):
     assert NO_CUDA in result.stderr and "backend:memfit" in result.stderr, describe(result)
     assert len([x for x in result.stderr.splitlines() if x.startswith("memfit:")]) == 1, describe(result)
     assert not out["installed"] and not out["libmemfit_loaded"]  # PyTorch's allocator untouched
+    assert out["intent"] == "cuda"  # what the process's children inherit
+    assert out["state"]["asked_by"] == var and out["state"]["conf"] == "capacity:2GiB"
+    assert out["state"]["status"] == "failed" and "without CUDA" in out["state"]["reason"]
 
 
 def test_torch_imported_before_the_hook(children):
@@ -187,3 +195,94 @@ def test_without_backend_memfit_nothing_changes(children):
 def test_unused_autoload_does_not_import_ctypes(children):
     _, out = _get(children, "no-memfit", hooked=False)
     assert not out["ctypes_imported_by_hook"]
+
+
+# ------------------------------------------------- children and import order
+
+_PARENT = textwrap.dedent("""
+    import json, os, subprocess, sys, site
+    site.addsitedir(sys.argv[1])
+    child = subprocess.run([sys.executable, "-c", sys.argv[2], sys.argv[1]], capture_output=True, text=True)
+    print(child.stdout, end="")
+    sys.stderr.write(child.stderr)
+""")
+
+_INHERITING_CHILD = textwrap.dedent("""
+    import json, os, sys, site
+    site.addsitedir(sys.argv[1])
+    import memfit._autoload as a
+    keys = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "MEMFIT_CONF", "MEMFIT_INSTALL")
+    print("RESULT " + json.dumps({"env": {k: os.environ.get(k) for k in keys}, "state": a.STATE,
+                                  "torch": "torch" in sys.modules}))
+""")
+
+
+def _result(proc):
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, describe(proc)
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_a_child_process_inherits_memfit(tmp_path):
+    """torchrun workers, mp.spawn, Ray and spawn'ed DataLoader workers are
+    children that see the parent's stripped environment: MEMFIT_INSTALL carries
+    the intent, MEMFIT_CONF the options, and PyTorch's variable stays clean."""
+    shutil.copy(PTH, tmp_path / PTH.name)
+    proc = finish_python(start_python(["-c", _PARENT, str(tmp_path), _INHERITING_CHILD],
+                                      env=python_env(PYTORCH_CUDA_ALLOC_CONF="backend:memfit,capacity:1GiB")))
+    out = _result(proc)
+    assert out["env"] == {"PYTORCH_CUDA_ALLOC_CONF": None, "PYTORCH_ALLOC_CONF": None, "MEMFIT_CONF": "capacity:1GiB",
+                          "MEMFIT_INSTALL": "cuda"}, out
+    assert out["state"]["asked_by"] == "MEMFIT_INSTALL" and out["state"]["status"] == "armed", out
+    assert not out["torch"]
+
+
+def test_a_child_given_pytorchs_variable_again_is_stripped_too(tmp_path):
+    shutil.copy(PTH, tmp_path / PTH.name)
+    env = python_env(MEMFIT_INSTALL="cuda", MEMFIT_CONF="capacity:1GiB",
+                     PYTORCH_ALLOC_CONF="backend:memfit,vmm:off,pinned_use_host_register:True")
+    out = _result(finish_python(start_python(["-c", _INHERITING_CHILD, str(tmp_path)], env=env)))
+    assert out["env"]["PYTORCH_ALLOC_CONF"] == "pinned_use_host_register:True"
+    assert out["env"]["MEMFIT_CONF"] == "capacity:1GiB,vmm:off"
+    assert out["state"]["asked_by"] == "PYTORCH_ALLOC_CONF" and out["state"]["status"] == "armed"
+
+
+def test_a_bad_intent_value_is_named_and_memfit_stays_off(tmp_path):
+    shutil.copy(PTH, tmp_path / PTH.name)
+    proc = finish_python(start_python(["-c", _INHERITING_CHILD, str(tmp_path)], env=python_env(MEMFIT_INSTALL="yes")))
+    out = _result(proc)
+    assert out["state"]["status"] == "failed" and "MEMFIT_INSTALL='yes'" in proc.stderr, describe(proc)
+
+
+_NO_SITE = textwrap.dedent("""
+    import json, os, sys
+    import memfit            # no .pth ran (python -S, embedded, a checkout on PYTHONPATH): importing memfit first
+    import torch
+    x = torch.ones(2).sum().item()
+    print("RESULT " + json.dumps({"var": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                                  "conf": os.environ.get("MEMFIT_CONF"), "state": memfit._autoload.STATE}))
+""")
+
+
+def test_importing_memfit_before_torch_is_a_route_without_the_pth_file():
+    proc = finish_python(start_python(["-c", _NO_SITE],
+                                      env=python_env(PYTORCH_CUDA_ALLOC_CONF="backend:memfit,capacity:1GiB")))
+    out = _result(proc)
+    assert out["var"] is None and out["conf"] == "capacity:1GiB", out
+    assert out["state"]["asked_by"] == "PYTORCH_CUDA_ALLOC_CONF" and out["state"]["status"] == "failed", out
+
+
+def test_memfit_run_loads_memfit_before_the_script_imports_torch(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys
+        import torch
+        print("RESULT " + json.dumps({"argv": sys.argv, "var": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                                      "conf": os.environ.get("MEMFIT_CONF"), "name": __name__}))
+    """))
+    proc = finish_python(start_python(["-m", "memfit", "run", str(script), "--lr", "3"],
+                                      env=python_env(PYTORCH_CUDA_ALLOC_CONF="backend:memfit,capacity:1GiB")))
+    out = _result(proc)
+    assert out == {"argv": [str(script), "--lr", "3"], "var": None, "conf": "capacity:1GiB", "name": "__main__"}
+    missing = finish_python(start_python(["-m", "memfit", "run", str(tmp_path / "nope.py")], env=python_env()))
+    assert missing.returncode == 2 and "no such script" in missing.stderr, describe(missing)

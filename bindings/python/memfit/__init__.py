@@ -7,16 +7,24 @@ planned before the job runs.
     prof = memfit.profile(job, device="cpu", batch_sizes=(2, 4))
 
 Importing memfit does not import torch (the autoload hook imports memfit at
-interpreter start); the torch-facing parts load on first use.
+interpreter start); the torch-facing parts load on first use. Importing memfit
+before torch also does what the autoload hook does, for interpreters that skip
+.pth files (python -S, embedded, a checkout on PYTHONPATH).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._lib import MemfitError, MemfitOutOfMemoryError, NothingFitsError, parse_size
+from . import _autoload  # noqa: F401  (switched on by a variable: strips it before torch reads it)
+from ._lib import MemfitError, MemfitOutOfMemoryError, NothingFitsError, is_out_of_memory, parse_size
 from .allocator import Allocator, tag
 from .install import current, install, uninstall
+
+# Eager, not in _LAZY: the function shares its module's name, and a lazy import
+# of the module (`import memfit.snapshot`, as torch_stats.py does) would leave
+# memfit.snapshot bound to the module. The module does not import torch.
+from .snapshot import snapshot
 
 __version__ = "0.1.0"
 
@@ -42,7 +50,9 @@ __all__ = [
     "NothingFitsError",
     "current",
     "install",
+    "is_out_of_memory",
     "parse_size",
+    "snapshot",
     "tag",
     "uninstall",
     *_LAZY,

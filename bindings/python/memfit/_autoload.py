@@ -1,8 +1,16 @@
-"""Run at interpreter start by memfit-autoload.pth. When PYTORCH_CUDA_ALLOC_CONF
-or PYTORCH_ALLOC_CONF holds `backend:memfit`, take memfit's keys out of it before
-torch can parse it, and install memfit as PyTorch's CUDA allocator as soon as
-`import torch` completes, before any CUDA tensor can exist. Cheap when unused:
-the .pth line looks at the two variables and imports nothing else."""
+"""Run at interpreter start by memfit-autoload.pth, and by `import memfit`.
+
+memfit is switched on for a process by `backend:memfit` in PYTORCH_CUDA_ALLOC_CONF
+or PYTORCH_ALLOC_CONF, or by MEMFIT_INSTALL=cuda, the memfit-owned variable that
+child processes inherit. Then, in every process: memfit's keys are taken out of
+PyTorch's variables before torch can parse them (PyTorch rejects a backend and
+keys it does not know) and moved to MEMFIT_CONF, MEMFIT_INSTALL=cuda is set for
+the children, and memfit is installed as PyTorch's CUDA allocator as soon as
+`import torch` completes, before any CUDA tensor can exist. Nothing here
+initializes CUDA: the allocator is created at the first CUDA allocation.
+Cheap when unused: the .pth line looks at three variables and imports nothing.
+
+What happened is kept in STATE (`python3 -m memfit env` shows it)."""
 
 from __future__ import annotations
 
@@ -10,7 +18,15 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
+
+INTENT_VAR = "MEMFIT_INSTALL"  # the same name as install.INTENT_VAR (that module imports torch)
+
+# asked_by: the variable that switched memfit on (None: off); conf: memfit's
+# options taken from PyTorch's variables; status: "off", "armed" (waiting for
+# `import torch`), "installed" or "failed"; reason: why it failed, or a note.
+STATE: Dict[str, Optional[str]] = {"asked_by": None, "conf": "", "status": "off", "reason": None}
+_ran = False
 
 
 def _warn(message: str) -> None:
@@ -23,14 +39,18 @@ def _install_after_torch() -> None:
 
         from . import install as _install
 
-        if not torch.cuda.is_available():
+        # Not torch.cuda.is_available(): it initializes CUDA (see install.py).
+        if not torch.cuda._is_compiled():
+            STATE.update(status="failed", reason=f"this PyTorch ({torch.__version__}) is built without CUDA")
             _warn(
-                "backend:memfit was asked for in PYTORCH_CUDA_ALLOC_CONF/PYTORCH_ALLOC_CONF, but PyTorch sees "
-                "no CUDA device; PyTorch's allocator is unchanged"
+                f"backend:memfit was asked for ({STATE['asked_by']}), but this PyTorch ({torch.__version__}) is built "
+                "without CUDA; PyTorch's allocator is unchanged"
             )
             return
         _install.install("cuda")
+        STATE.update(status="installed", reason=None)
     except Exception as e:  # a failure here must not take the user's program down with it
+        STATE.update(status="failed", reason=str(e))
         _warn(f"could not install memfit as PyTorch's CUDA allocator: {e}")
 
 
@@ -42,10 +62,7 @@ class _TorchWatcher(importlib.abc.MetaPathFinder):
         if fullname != "torch":
             return None
         sys.meta_path.remove(self)
-        try:
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        finally:
-            pass
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
@@ -59,20 +76,44 @@ class _TorchWatcher(importlib.abc.MetaPathFinder):
         return spec
 
 
-def run() -> None:
-    if "memfit" not in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + os.environ.get("PYTORCH_ALLOC_CONF", ""):
-        return
-    from ._conf import take_memfit_conf
+def asked(environ: Optional[Dict[str, str]] = None) -> bool:
+    """Whether a variable switches memfit on (the .pth line's test, spelt out)."""
+    env = os.environ if environ is None else environ
+    return ("backend:memfit" in env.get("PYTORCH_CUDA_ALLOC_CONF", "") + env.get("PYTORCH_ALLOC_CONF", "")
+            or bool(env.get(INTENT_VAR)))
 
-    if take_memfit_conf() is None:
+
+def run() -> None:
+    """Once per process: strip, arm, and install after `import torch`."""
+    global _ran
+    if _ran or not asked():
         return
-    if "torch" in sys.modules:  # too late to strip for torch, but install if CUDA is untouched
+    _ran = True
+    from ._conf import ENV_VARS, split_conf, take_memfit_conf
+
+    asked_by = next((name for name in ENV_VARS if split_conf(os.environ.get(name, ""))[0]), None)
+    conf = take_memfit_conf()
+    if conf is None:
+        asked_by, conf = INTENT_VAR, ""
+        intent = os.environ.get(INTENT_VAR, "")
+        if intent != "cuda":
+            STATE.update(asked_by=INTENT_VAR, status="failed", reason=f"{INTENT_VAR}={intent!r}: expected 'cuda'")
+            _warn(f"{INTENT_VAR}={intent!r} is not understood (expected 'cuda'); memfit stays off")
+            return
+    os.environ[INTENT_VAR] = "cuda"  # children: torchrun workers, mp.spawn, Ray, DataLoader (spawn)
+    STATE.update(asked_by=asked_by, conf=conf, status="armed", reason=None)
+    if "torch" in sys.modules:  # too late to strip for torch's import, but install if CUDA is untouched
         _install_after_torch()
         return
     sys.meta_path.insert(0, _TorchWatcher())
 
 
-try:
-    run()
-except Exception as e:  # never break interpreter start-up
-    _warn(f"autoload failed: {e}")
+def run_safely() -> None:
+    try:
+        run()
+    except Exception as e:  # never break interpreter start-up or `import memfit`
+        STATE.update(status="failed", reason=f"autoload failed: {e}")
+        _warn(f"autoload failed: {e}")
+
+
+run_safely()

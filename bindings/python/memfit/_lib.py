@@ -38,6 +38,19 @@ class MemfitOutOfMemoryError(MemfitError):
     """A request that did not fit the device's capacity (memfit's OOM report in the message)."""
 
 
+OOM_PREFIXES = ("CUDA out of memory.", "memfit: CPU out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an out-of-memory error: torch.OutOfMemoryError (what memfit
+    raises when libmemfit_torch.so matches the running PyTorch), memfit's own, or a
+    plain RuntimeError whose message starts like PyTorch's OOMs (the CUDA plugin's
+    OOM when no libtorch-built thrower could be registered)."""
+    if isinstance(exc, MemfitOutOfMemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).lstrip().startswith(OOM_PREFIXES)
+
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _PACKAGE_DIR.parents[2]  # bindings/python/memfit -> the checkout's root
 _BUILD_DIRS = ("build", "build-release")
@@ -137,6 +150,8 @@ _PROTOTYPES = {
     "mf_tag_pop": (_S, []),
     "mf_tag_current": (Tag, []),
     "mf_tag_depth": (ctypes.c_int, []),
+    "mf_tag_set_shared": (_S, [Tag]),
+    "mf_tag_clear_shared": (None, []),
     "mf_parse_size": (_S, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint64)]),
     "mf_options_count": (ctypes.c_int, []),
     "mf_options_key": (ctypes.c_char_p, [ctypes.c_int]),
@@ -166,7 +181,15 @@ _PROTOTYPES = {
     "mf_trace_mark": (_S, [_P, ctypes.c_uint64]),
     "mf_trace_count": (_S, [_P, ctypes.POINTER(_SZ), ctypes.POINTER(_SZ)]),
     "mf_trace_read": (_S, [_P, _SZ, ctypes.POINTER(TraceEvent), _SZ, ctypes.POINTER(_SZ)]),
+    "mf_snapshot_json": (_S, [_P, ctypes.c_int, ctypes.c_char_p, _SZ, ctypes.POINTER(_SZ)]),
+    "mf_allocator_options": (_P, [_P]),
+    "mf_options_get": (_S, [_P, ctypes.c_char_p, ctypes.c_char_p, _SZ]),
     "memfit_plugin_allocator": (_P, []),
+    "memfit_plugin_allocator_if_created": (_P, []),
+    "memfit_plugin_validate": (ctypes.c_int, []),
+    "memfit_plugin_last_error": (ctypes.c_char_p, []),
+    "memfit_plugin_set_oom_thrower": (None, [_P]),
+    "mf_backend_cuda_probe": (_S, []),
 }
 
 _lib: Optional[ctypes.CDLL] = None

@@ -1,4 +1,4 @@
-"""The command line: `python3 -m memfit profile|report|plan|verify ...`.
+"""The command line: `python3 -m memfit profile|report|plan|verify|demo|env ...`.
 Bad input exits 2 with one line naming what was wrong; nothing fits exits 3."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Union
 
-from ._lib import MemfitError, NothingFitsError, parse_size
+from ._lib import MemfitError, NothingFitsError, is_out_of_memory, parse_size
 
 
 def _batch_sizes(text: str) -> List[int]:
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     _add_profile_args(p, "2,4")
     p.add_argument("--out", required=True, help="where to write the profile JSON")
     p.add_argument("--quiet", action="store_true", help="do not print the report")
+    p.add_argument("--snapshot", help="also write the largest batch's run as a PyTorch memory snapshot "
+                                      "(FILE.pickle, for python -m torch.cuda._memory_viz and pytorch.org/memory_viz)")
 
     r = sub.add_parser("report", help="print a profile's breakdown; --plot writes the PNG timeline")
     r.add_argument("profile")
@@ -99,16 +101,57 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=3)
     v.add_argument("--warmup-steps", type=int, default=1)
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--snapshot", help="also write the run as a PyTorch memory snapshot (FILE.pickle)")
 
     d = sub.add_parser("demo", help="profile the built-in GPT, plan it for a budget, apply and verify")
-    d.add_argument("--budget", type=_size, default=_size("160MiB"), help="the memory budget (default 160MiB)")
+    # A literal default: parsing "160MiB" here would load libmemfit.so for every command, `env` included.
+    d.add_argument("--budget", type=_size, default=160 << 20, help="the memory budget (default 160MiB)")
     d.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     d.add_argument("--out-dir", default="demo-output")
+
+    e = sub.add_parser("env", help="what memfit does in this process and why (does not import torch)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--import-torch", action="store_true",
+                   help="import torch first (which installs memfit when a variable asks for it)")
+    rn = sub.add_parser("run", help="run a Python script (or -m module) with memfit loaded before torch: the "
+                                    "route to backend:memfit where the autoload .pth file does not run")
+    rn.add_argument("-m", dest="module", help="run this module as __main__ instead of a script")
+    rn.add_argument("target", nargs=argparse.REMAINDER, help="SCRIPT.py [ARGS...] (or the module's ARGS with -m)")
     return top
+
+
+def _run(args: argparse.Namespace) -> int:
+    """`python3 -m memfit run train.py ...`: memfit is imported here, before the
+    script imports torch, so `backend:memfit` in PyTorch's variables is taken out
+    before PyTorch (>= 2.10 parses it at `import torch`) can reject it."""
+    import runpy
+
+    from . import _autoload
+
+    _autoload.run_safely()
+    if args.module:
+        sys.argv = [args.module, *args.target]
+        runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+        return 0
+    if not args.target:
+        raise MemfitError("memfit run: name a script (python3 -m memfit run train.py ARGS) or -m MODULE")
+    script = args.target[0]
+    if not os.path.isfile(script):
+        raise MemfitError(f"memfit run: no such script: {script}")
+    sys.argv = list(args.target)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    runpy.run_path(script, run_name="__main__")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "run":  # the script's own exceptions and exit codes are its own
+        try:
+            return _run(args)
+        except MemfitError as e:
+            print(str(e), file=sys.stderr)
+            return 2
     try:
         if args.command == "profile":
             return _profile(args)
@@ -122,6 +165,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .demo import run_demo
 
             return run_demo(args)
+        if args.command == "env":
+            from .env import run
+
+            return run(as_json=args.json, import_torch=args.import_torch)
     except NothingFitsError as e:
         print(str(e), file=sys.stderr)
         return 3
@@ -129,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(str(e), file=sys.stderr)
         return 2
     except RuntimeError as e:  # torch.OutOfMemoryError under --capacity: the job itself does not fit
-        if type(e).__name__ != "OutOfMemoryError":
+        if not is_out_of_memory(e):
             raise
         lines = str(e).splitlines() or [""]
         headline = next((line for line in lines if "tried to allocate" in line), lines[0])
@@ -157,12 +204,16 @@ def _profile(args: argparse.Namespace) -> int:
     from .reporting import report
 
     _writable(args.out, "--out")
+    _writable(args.snapshot, "--snapshot")
     prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions,
-                   steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity)
+                   steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
+                   snapshot=args.snapshot)
     prof.save(args.out)
     if not args.quiet:
         print(report(prof))
         print(f"\nprofile written to {args.out}")
+        if args.snapshot:
+            print(f"memory snapshot written to {args.snapshot}")
     return 0
 
 
@@ -220,8 +271,9 @@ def _plan(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .planning import Plan, verify
 
+    _writable(args.snapshot, "--snapshot")
     result = verify(args.job, Plan.load(args.plan), args.budget, device=args.device, steps=args.steps,
-                    warmup_steps=args.warmup_steps)
+                    warmup_steps=args.warmup_steps, snapshot=args.snapshot)
     if args.json:
         print(json.dumps(result))
     else:

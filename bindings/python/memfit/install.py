@@ -134,6 +134,62 @@ def _install_cpu(conf: str) -> Allocator:
 
 # ------------------------------------------------------------------ CUDA
 
+# The memfit-owned variable that says "memfit is PyTorch's CUDA allocator here".
+# Child processes inherit it (torchrun workers, mp.spawn, Ray, DataLoader workers
+# started with spawn), and memfit-autoload.pth installs memfit in each of them.
+INTENT_VAR = "MEMFIT_INSTALL"
+
+
+class PluginAllocator(Allocator):
+    """The CUDA plugin's allocator, created by the plugin at PyTorch's first CUDA
+    allocation, not at install: creating it initializes CUDA (cuInit), after which
+    CUDA_VISIBLE_DEVICES is fixed and forked children cannot use CUDA. Any use of
+    `handle` before that creates it."""
+
+    def __init__(self) -> None:  # pylint: disable=super-init-not-called
+        self.device = "cuda"
+        self.index = 0
+        self._owned = False
+        self._handle: Optional[ctypes.c_void_p] = None
+
+    @property
+    def created(self) -> bool:
+        return self._handle is not None or bool(_lib.lib().memfit_plugin_allocator_if_created())
+
+    @property  # type: ignore[override]
+    def handle(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raw = _lib.lib().memfit_plugin_allocator()
+            if not raw:
+                raise MemfitError(f"memfit: the CUDA allocator could not be created: {plugin_error()}")
+            self._handle = ctypes.c_void_p(raw)
+        return self._handle
+
+    def stats(self, device: Optional[int] = None) -> Dict[str, object]:
+        """Zeros until the first CUDA allocation (reading them creates nothing)."""
+        if self.created:
+            return super().stats(device)
+        out: Dict[str, object] = {name: {"current": 0, "peak": 0, "total": 0} for name in _lib._COUNTERS}
+        out.update({name: 0 for name in _lib._EVENTS})
+        return out
+
+
+def plugin_error() -> str:
+    message = _lib.lib().memfit_plugin_last_error()
+    return message.decode(errors="replace") if message else _lib.last_error()
+
+
+def _oom_thrower() -> Optional[int]:
+    """libmemfit_torch.so's memfit_torch_throw_oom when it matches the running
+    PyTorch, so that the plugin's OOMs are torch.OutOfMemoryError; else None
+    (they stay RuntimeErrors starting "CUDA out of memory.", which
+    memfit.is_out_of_memory recognizes)."""
+    try:
+        adapter = _load_adapter()
+    except MemfitError:
+        return None
+    return ctypes.cast(adapter.memfit_torch_throw_oom, ctypes.c_void_p).value
+
 
 def _install_cuda(conf: str) -> Allocator:
     global _current
@@ -143,19 +199,29 @@ def _install_cuda(conf: str) -> Allocator:
         if conf:
             raise MemfitError("memfit.install: memfit is already PyTorch's CUDA allocator; options can no longer change")
         return _current
-    if not torch.cuda.is_available():
-        raise MemfitError("memfit.install(device='cuda'): PyTorch sees no CUDA device (torch.cuda.is_available() is False)")
+    # Not torch.cuda.is_available(): it initializes CUDA, which would fix
+    # CUDA_VISIBLE_DEVICES and keep forked children from using CUDA.
+    if not torch.cuda._is_compiled():
+        raise MemfitError(f"memfit.install(device='cuda'): this PyTorch ({torch.__version__}) is built without CUDA")
     if torch.cuda.is_initialized():
         raise MemfitError(
             "memfit.install: CUDA is already initialized, and PyTorch cannot change its allocator now. "
             "Import memfit and call memfit.install() before the first CUDA tensor, or set "
             "PYTORCH_CUDA_ALLOC_CONF=backend:memfit before starting Python."
         )
-    if conf:  # the plugin reads MEMFIT_CONF when it creates its allocator, at the first allocation
-        previous = os.environ.get("MEMFIT_CONF", "")
-        os.environ["MEMFIT_CONF"] = f"{previous},{conf}" if previous else conf
-    path = str(_lib.library_path())
     lib = _lib.lib()
+    previous = os.environ.get("MEMFIT_CONF")
+    if conf:  # the plugin reads MEMFIT_CONF when it creates its allocator, at the first allocation
+        os.environ["MEMFIT_CONF"] = f"{previous},{conf}" if previous else conf
+    # Validate before the swap: once PyTorch has memfit's entry points, a failure
+    # to create the allocator would make every CUDA allocation of the process throw.
+    if lib.memfit_plugin_validate() != 0:
+        if previous is None:
+            os.environ.pop("MEMFIT_CONF", None)
+        else:
+            os.environ["MEMFIT_CONF"] = previous
+        raise MemfitError(f"memfit.install(device='cuda'): {plugin_error()}; PyTorch's allocator is unchanged")
+    path = str(_lib.library_path())
     pluggable = torch.cuda.memory.CUDAPluggableAllocator(path, "memfit_malloc", "memfit_free")
     hooks = pluggable._allocator
 
@@ -167,13 +233,24 @@ def _install_cuda(conf: str) -> Allocator:
         hooks.set_record_stream_fn(address("memfit_record_stream"))
     if hasattr(hooks, "set_memory_fraction_fn"):
         hooks.set_memory_fraction_fn(address("memfit_set_memory_fraction"))
+    thrower = _oom_thrower()
+    lib.memfit_plugin_set_oom_thrower(thrower)
     torch.cuda.memory.change_current_allocator(pluggable)
-    handle = lib.memfit_plugin_allocator()
-    if not handle:
-        raise MemfitError(f"memfit.install: the plugin allocator could not be created: {_lib.last_error()}")
-    alloc = Allocator(handle, "cuda")
+    os.environ[INTENT_VAR] = "cuda"
+    alloc = PluginAllocator()
+    _route_cuda(alloc)
+    _current = alloc
+    return alloc
+
+
+def _route_cuda(alloc: Allocator) -> None:
+    """PyTorch's memory APIs that raise or lie under a pluggable allocator answer
+    from memfit, and cudnn.benchmark (which needs the allocator's cacheInfo) stays off."""
     from .torch_stats import route_cuda_stats
 
     route_cuda_stats(alloc)
-    _current = alloc
-    return alloc
+    try:
+        from .cudnn_guard import guard_cudnn_benchmark
+    except ImportError:  # pragma: no cover - the guard ships with the package
+        return
+    guard_cudnn_benchmark()

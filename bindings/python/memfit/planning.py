@@ -14,7 +14,7 @@ import torch
 import torch.utils.checkpoint
 
 from . import _lib
-from ._lib import MemfitError, NothingFitsError
+from ._lib import MemfitError, NothingFitsError, is_out_of_memory
 from .profiling import PRECISIONS, Profile, to_device
 
 PLAN_FORMAT, PLAN_VERSION = "memfit-plan", 1
@@ -219,11 +219,13 @@ def unapply(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], device: str = "cpu",
-           steps: int = 3, warmup_steps: int = 1) -> Dict[str, Any]:
+           steps: int = 3, warmup_steps: int = 1, snapshot: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
     """Apply the plan and train `warmup_steps + steps` real steps at its batch
     under memfit with the budget as capacity; measured against predicted peak.
     Best run in a fresh process (python3 -m memfit verify): memfit becomes the
-    process's allocator with that capacity."""
+    process's allocator with that capacity. snapshot: also write PyTorch's
+    memory snapshot (memfit.snapshot) at the end of the run there, with the
+    trace of the measured steps (and of an OOM's unwinding) as device_traces."""
     from .install import current, install
     from .job import Job, load_job
     from .tracking import Tracker, move_parameters_into_memfit
@@ -264,10 +266,14 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
         "step_seconds": None,
     }
     times: List[float] = []
+    traced = False
     try:
         for i in range(warmup_steps + steps):
             if i == warmup_steps:
                 alloc.reset_peaks()
+                if snapshot is not None:
+                    alloc.trace_start()
+                    traced = True
             optimizer.zero_grad(set_to_none=True)
             batch = to_device(job_obj.make_batch(batch_size), device)
             t0 = time.perf_counter()
@@ -279,11 +285,19 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
             if i >= warmup_steps:
                 times.append(time.perf_counter() - t0)
             del loss, batch
-    except torch.OutOfMemoryError as e:
+    except RuntimeError as e:  # torch.OutOfMemoryError, or the plugin's RuntimeError without a thrower
+        if not is_out_of_memory(e):
+            raise
         result["oom"] = True
         result["error"] = str(e).splitlines()[0]
     finally:
         tracker.remove()
+        if traced:
+            alloc.trace_stop()
+    if snapshot is not None:  # right after the trace stops: it leads to this state
+        from .snapshot import snapshot as write_snapshot
+
+        write_snapshot(snapshot, allocator=alloc, trace=traced)
     stats = alloc.stats()
     result["measured_peak_bytes"] = stats["allocated_bytes"]["peak"]
     result["measured_peak_reserved_bytes"] = stats["reserved_bytes"]["peak"]

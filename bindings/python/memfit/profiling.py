@@ -225,9 +225,13 @@ def profile(
     steps: int = 3,
     warmup_steps: int = 2,
     capacity: Optional[Union[str, int]] = None,
+    snapshot: Optional[Union[str, Path]] = None,
 ) -> Profile:
     """Measure `job` (a memfit.Job or 'FILE.py:FUNC') on `device` at each batch
-    size and precision; see planner/PROFILE.md for what the result holds."""
+    size and precision; see planner/PROFILE.md for what the result holds.
+    snapshot: also write PyTorch's memory snapshot (memfit.snapshot) of the
+    largest batch's run (first precision) there, with the trace of its measured
+    steps as device_traces."""
     if device not in ("cpu", "cuda"):
         raise MemfitError(f"memfit.profile: device must be 'cpu' or 'cuda', not {device!r}")
     sizes = list(batch_sizes)
@@ -249,7 +253,8 @@ def profile(
     try:
         for precision in precisions:
             for b in sizes:
-                settings.append(_measure(prof, b, precision, steps, warmup_steps))
+                snapshot_here = snapshot if (precision, b) == (precisions[0], max(sizes)) else None
+                settings.append(_measure(prof, b, precision, steps, warmup_steps, snapshot_here))
         for b in sizes:
             checks.append(_measure_checkpointed(prof, b, precisions[0], steps, warmup_steps))
     finally:
@@ -303,7 +308,8 @@ def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, step
             "peak_reserved_bytes": stats["reserved_bytes"]["peak"]}
 
 
-def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int) -> Dict[str, Any]:
+def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int,
+             snapshot: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
     alloc = prof.alloc
     alloc.empty_cache()
     for _ in range(warmup):
@@ -323,6 +329,10 @@ def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmu
         alloc.trace_stop()
     end_stats = alloc.stats()
     events = alloc.trace_events()
+    if snapshot is not None:  # now, before anything allocates: the trace leads to this state
+        from .snapshot import snapshot as write_snapshot
+
+        write_snapshot(snapshot, allocator=alloc, trace=events)
     analysis = _analyse(events, start_stats, start_categories, records)
     layers = _layer_fields(prof, analysis, records[-1])
     last = analysis["steps"][-1]

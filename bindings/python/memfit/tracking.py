@@ -118,12 +118,14 @@ class Tracker:
         def backward_pre(grad: Any) -> None:
             # One backward tag at a time: the module whose output gradient arrives
             # replaces the previous one (an end-of-module event does not exist for
-            # every module, so no stack); an autograd callback pops the last.
-            if self._backward_tagged:
-                pop_tag()
-            else:
+            # every module, so no stack); an autograd callback clears the last.
+            # The process-wide shared tag, not this thread's stack: on CUDA,
+            # autograd runs backward on a device thread of its own, and the
+            # callback may run on yet another thread than this hook.
+            if not self._backward_tagged:
                 torch.autograd.Variable._execution_engine.queue_callback(self._backward_end)
-            push_tag(layer, "backward", "temporary")
+            backward = _lib.Tag(layer, _lib.CAT["temporary"], _lib.PHASE["backward"])
+            _lib.check(_lib.lib().mf_tag_set_shared(backward), "backward tag")
             self._backward_tagged = True
 
         self._handles.append(m.register_forward_pre_hook(pre))
@@ -146,7 +148,7 @@ class Tracker:
 
     def _backward_end(self) -> None:
         if self._backward_tagged:
-            pop_tag()
+            _lib.lib().mf_tag_clear_shared()
             self._backward_tagged = False
         for fn in self.listeners:
             fn("backward_end", "", self.model, None)
