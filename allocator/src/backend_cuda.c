@@ -204,20 +204,27 @@ static mf_status cuda_context(cuda_backend *cb, int device, mf_cu_context *out) 
  * stack is per thread, so this is safe across threads; *pushed says whether
  * cuda_leave must pop. When the caller (PyTorch) already has that context
  * current, nothing is pushed: the common case costs one cuCtxGetCurrent. */
+/* Push `ctx` unless it is current; *pushed says whether to pop. */
+static mf_status cuda_enter_ctx(cuda_backend *cb, int device, mf_cu_context ctx, bool *pushed) {
+  *pushed = false;
+  mf_cu_context cur = NULL;
+  mf_cu_result r = cb->api.CtxGetCurrent(&cur);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxGetCurrent", device);
+  if (cur == ctx) return MF_OK;
+  r = cb->api.CtxPushCurrent(ctx);
+  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxPushCurrent", device);
+  *pushed = true;
+  return MF_OK;
+}
+
 static mf_status cuda_enter(cuda_backend *cb, int device, bool *pushed) {
   *pushed = false;
   mf_status st = cuda_check_device(cb, device);
   if (st != MF_OK) return st;
-  mf_cu_context want, cur = NULL;
+  mf_cu_context want;
   st = cuda_context(cb, device, &want);
   if (st != MF_OK) return st;
-  mf_cu_result r = cb->api.CtxGetCurrent(&cur);
-  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxGetCurrent", device);
-  if (cur == want) return MF_OK;
-  r = cb->api.CtxPushCurrent(want);
-  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxPushCurrent", device);
-  *pushed = true;
-  return MF_OK;
+  return cuda_enter_ctx(cb, device, want, pushed);
 }
 
 /* Pop what cuda_enter pushed. A failed pop leaves the thread's context stack
@@ -286,19 +293,6 @@ static mf_status cuda_unmap(mf_backend *b, int device, uintptr_t addr, size_t si
   mf_cu_result r = cb->api.MemFree((mf_cu_deviceptr)addr);
   if (r != MF_CU_SUCCESS) st = cuda_fail(cb, MF_ERR_BACKEND, r, "cuMemFree", device);
   return cuda_leave(cb, device, pushed, st);
-}
-
-/* Push `ctx` unless it is current; *pushed says whether to pop. */
-static mf_status cuda_enter_ctx(cuda_backend *cb, int device, mf_cu_context ctx, bool *pushed) {
-  *pushed = false;
-  mf_cu_context cur = NULL;
-  mf_cu_result r = cb->api.CtxGetCurrent(&cur);
-  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxGetCurrent", device);
-  if (cur == ctx) return MF_OK;
-  r = cb->api.CtxPushCurrent(ctx);
-  if (r != MF_CU_SUCCESS) return cuda_fail(cb, MF_ERR_BACKEND, r, "cuCtxPushCurrent", device);
-  *pushed = true;
-  return MF_OK;
 }
 
 /* The context of `stream`: the device's primary context for the default

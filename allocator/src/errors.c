@@ -81,3 +81,13 @@ mf_status _mf_sbuf_export(const mf_sbuf *s, char *buf, size_t len, size_t *neede
   if (s->failed) return _mf_error(MF_ERR_HOST_MEMORY, "out of host memory while building text");
   return MF_OK;
 }
+
+void _mf_sbuf_json_string(mf_sbuf *s, const char *text) {
+  _mf_sbuf_printf(s, "\"");
+  for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+    if (*p == '"' || *p == '\\') _mf_sbuf_printf(s, "\\%c", *p);
+    else if (*p < 0x20) _mf_sbuf_printf(s, "\\u%04x", *p);
+    else _mf_sbuf_printf(s, "%c", *p);
+  }
+  _mf_sbuf_printf(s, "\"");
+}

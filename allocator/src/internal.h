@@ -71,6 +71,8 @@ typedef struct mf_sbuf {
   bool failed; /* out of host memory: contents are truncated */
 } mf_sbuf;
 void _mf_sbuf_printf(mf_sbuf *s, const char *fmt, ...) MF_PRINTF(2, 3);
+/* Append text as a JSON string, quoted and escaped (layer names come from users). */
+void _mf_sbuf_json_string(mf_sbuf *s, const char *text);
 void _mf_sbuf_free(mf_sbuf *s);
 /* Copy into a caller buffer with the public (buf, len, needed) convention. */
 mf_status _mf_sbuf_export(const mf_sbuf *s, char *buf, size_t len, size_t *needed);

@@ -14,24 +14,13 @@ static const char *block_state_name(uint8_t state) {
   }
 }
 
-/* Layer names come from users (module paths, memfit.tag): escape them. */
-static void json_string(mf_sbuf *s, const char *text) {
-  _mf_sbuf_printf(s, "\"");
-  for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
-    if (*p == '"' || *p == '\\') _mf_sbuf_printf(s, "\\%c", *p);
-    else if (*p < 0x20) _mf_sbuf_printf(s, "\\u%04x", *p);
-    else _mf_sbuf_printf(s, "%c", *p);
-  }
-  _mf_sbuf_printf(s, "\"");
-}
-
 static void json_block(mf_sbuf *s, const mf_block *b) {
   _mf_sbuf_printf(s, "{\"address\":%llu,\"size\":%llu,\"state\":\"%s\"", (unsigned long long)b->addr,
                   (unsigned long long)b->size, block_state_name(b->state));
   if (b->state != MF_BLOCK_FREE) { /* a free block has no requested size and no tag worth reporting */
     _mf_sbuf_printf(s, ",\"requested\":%llu,\"layer_id\":%u,\"layer\":", (unsigned long long)b->requested,
                     b->tag.layer);
-    json_string(s, _mf_layer_name_or(b->tag.layer, ""));
+    _mf_sbuf_json_string(s, _mf_layer_name_or(b->tag.layer, ""));
     _mf_sbuf_printf(s, ",\"category\":\"%s\",\"phase\":\"%s\"", mf_category_name((mf_category)b->tag.category),
                     mf_phase_name((mf_phase)b->tag.phase));
     if (b->state == MF_BLOCK_PENDING) _mf_sbuf_printf(s, ",\"pending_events\":%u", (unsigned)b->pending_events);

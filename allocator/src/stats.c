@@ -139,16 +139,6 @@ static void json_tag_stats(mf_sbuf *s, const mf_tag_stats *t) {
   json_counter(s, "blocks", &t->blocks, "}");
 }
 
-static void json_string(mf_sbuf *s, const char *text) {
-  _mf_sbuf_printf(s, "\"");
-  for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
-    if (*p == '"' || *p == '\\') _mf_sbuf_printf(s, "\\%c", *p);
-    else if (*p < 0x20) _mf_sbuf_printf(s, "\\u%04x", *p);
-    else _mf_sbuf_printf(s, "%c", *p);
-  }
-  _mf_sbuf_printf(s, "\"");
-}
-
 MF_API mf_status mf_stats_json(mf_allocator *a, int device, char *buf, size_t len, size_t *needed) {
   mf_device *d = locked_device(a, device, "mf_stats_json");
   if (!d) return MF_ERR_INVALID;
@@ -172,7 +162,7 @@ MF_API mf_status mf_stats_json(mf_allocator *a, int device, char *buf, size_t le
     for (int c = 0; c < MF_CAT_COUNT; c++) used |= _mf_stats_tag(d, layer, c)->blocks.total > 0;
     if (!used) continue;
     _mf_sbuf_printf(&s, "%s{\"id\":%u,\"name\":", first ? "" : ",", layer);
-    json_string(&s, _mf_layer_name_or(layer, ""));
+    _mf_sbuf_json_string(&s, _mf_layer_name_or(layer, ""));
     _mf_sbuf_printf(&s, ",\"categories\":{");
     bool first_cat = true;
     for (int c = 0; c < MF_CAT_COUNT; c++) {

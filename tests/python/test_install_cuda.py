@@ -97,3 +97,17 @@ def test_no_driver_fails_before_the_swap():
     assert not out["installed"] and "libcuda.so.1" in out["error"], out
     assert "swap" not in out["calls"], out
     assert out["conf"] is None, "a failed install left its options in MEMFIT_CONF"
+
+
+def test_is_out_of_memory_knows_both_types_of_the_plugins_oom():
+    import torch
+
+    import memfit
+
+    assert memfit.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    # The plugin's OOM when no libtorch-built thrower could be registered.
+    assert memfit.is_out_of_memory(RuntimeError("CUDA out of memory. memfit: out of memory on device 0: ..."))
+    assert memfit.is_out_of_memory(memfit.MemfitOutOfMemoryError("memfit: ..."))
+    assert not memfit.is_out_of_memory(RuntimeError("memfit: stream 0x1 of device 0 is capturing a CUDA graph"))
+    assert not memfit.is_out_of_memory(ValueError("CUDA out of memory."))
+    assert not memfit.is_out_of_memory(RuntimeError("expected CUDA out of memory. got none"))
