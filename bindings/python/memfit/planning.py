@@ -88,7 +88,9 @@ class Plan:
                 ": 25% for segments + the model's error)") if d.get("headroom_rule") == "auto" else ", as given)"),
             f"  recompute {d['predicted_recompute_seconds'] * 1e3:.2f} ms per step "
             f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
-            f"{d['throughput_samples_per_second']:.1f} samples/s predicted",
+            + (f"{d['throughput_samples_per_second']:.1f} samples/s predicted"
+               if d.get("throughput_samples_per_second") is not None  # null: a predicted step of 0 s
+               else "throughput not predicted (the profile's step times give a step of 0 s)"),
             f"  model self-check error {100 * d['model_error']:.2f}% allocated, "
             f"{100 * d['model_error_reserved']:.2f}% reserved, "
             f"{100 * d.get('model_error_checkpoint', 0):.2f}% checkpointed   "

@@ -1,0 +1,40 @@
+# test_plan_table.py — the plan's table prints whatever the planner can
+# return: a profile whose step times fall with the batch (timing noise on a
+# loaded machine can do that) extrapolates to a step of 0 s at the planned
+# batch, and the plan's throughput is then null. The table used to raise a
+# TypeError on it, which turned noise into a crashed `memfit plan`.
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import memfit
+
+pytestmark = pytest.mark.needs_lib
+
+SAMPLE = Path(__file__).resolve().parents[2] / "planner" / "examples" / "sample_profile.json"
+
+
+def _falling_times(node, batch):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.endswith("_seconds") and isinstance(value, (int, float)):
+                node[key] = value if batch == 2 else value * 1e-3  # much faster at the larger batch
+            else:
+                _falling_times(value, batch)
+    elif isinstance(node, list):
+        for item in node:
+            _falling_times(item, batch)
+
+
+def test_a_plan_with_a_null_throughput_prints():
+    profile = json.loads(SAMPLE.read_text())
+    for setting in profile["settings"]:
+        _falling_times(setting, setting["batch_size"])
+    plan = memfit.plan(profile, budget="64GiB")
+    assert plan.data["throughput_samples_per_second"] is None, plan.data["predicted_step_seconds"]
+    table = plan.table()
+    assert "throughput not predicted" in table
+    assert f"batch {plan.batch_size}" in table or str(plan.batch_size) in table
