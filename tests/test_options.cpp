@@ -399,3 +399,30 @@ TEST(Options, AllocatorCreateWithoutABackendFails) {
 }
 
 }  // namespace
+
+// Sizes that segments and granules are rounded to are bounded (256 TiB), so
+// that rounding a request cannot wrap to a 0-byte segment: these used to
+// crash the allocator at the first allocation (segfault, double free).
+TEST(Options, RoundingSizesNearTwoToThe64AreRefusedNamingTheKey) {
+  for (const char *key : {"large_segment", "segment_round", "vmm_granule"}) {
+    for (const char *value : {"18446744073709551615", "9223372036854775808", "300TiB"}) {
+      std::string conf = std::string("backend:virtual,") + key + ":" + value;
+      mf_allocator *a = reinterpret_cast<mf_allocator *>(0x1);
+      EXPECT_EQ(mf_allocator_create(conf.c_str(), &a), MF_ERR_INVALID) << conf;
+      std::string err = mf_last_error();
+      EXPECT_NE(err.find(key), std::string::npos) << err;
+      EXPECT_NE(err.find("256TiB"), std::string::npos) << err;
+    }
+  }
+  // At the bound the allocator works.
+  for (const char *conf : {"backend:virtual,vmm:off,large_segment:256TiB,capacity:1TiB",
+                           "backend:virtual,vmm:off,segment_round:1TiB,capacity:1TiB"}) {
+    mf_allocator *a = nullptr;
+    ASSERT_EQ(mf_allocator_create(conf, &a), MF_OK) << conf << ": " << mf_last_error();
+    void *p = mf_malloc(a, 0, 3 << 20, 0);
+    EXPECT_EQ(mf_check(a), MF_OK) << mf_last_error();
+    if (p) EXPECT_EQ(mf_free(a, p), MF_OK);
+    EXPECT_EQ(mf_check(a), MF_OK) << mf_last_error();
+    mf_allocator_destroy(a);
+  }
+}

@@ -29,6 +29,7 @@
 /* Policy constants, each with its reason. */
 #define MF_ROUND 512                     /* device kernels like 512 B alignment; keeps block count low */
 #define MF_SMALL_REQUEST (1 * MF_MiB)    /* requests up to this come from the small pool */
+#define MF_MAX_ROUNDING (1ull << 48)     /* largest large_segment, segment_round, vmm_granule: 256 TiB */
 #define MF_SMALL_SEGMENT (2 * MF_MiB)    /* small pool segments: many small tensors per map */
 #define MF_OVERSIZE_SLACK (20 * MF_MiB)  /* an oversize block may serve a request this much smaller */
 

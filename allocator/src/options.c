@@ -158,6 +158,12 @@ static mf_status set_option(mf_options *o, int id, const char *value) {
       snprintf(why, sizeof why, "%s", mf_last_error());
       return _mf_error(MF_ERR_INVALID, "option %s: %s", row->name, why);
     }
+    /* Sizes that segments and granules are rounded to: far beyond any device,
+     * and small enough that rounding a request (< 2^63) cannot wrap. */
+    if ((id == MF_OPT_LARGE_SEGMENT || id == MF_OPT_SEGMENT_ROUND || id == MF_OPT_VMM_GRANULE) &&
+        bytes > MF_MAX_ROUNDING)
+      return _mf_error(MF_ERR_INVALID, "option %s: %s (%llu bytes) is larger than the largest segment memfit maps "
+                       "(256TiB)", row->name, value, (unsigned long long)bytes);
     v->number = bytes;
     return MF_OK;
   }
