@@ -426,3 +426,23 @@ TEST(Options, RoundingSizesNearTwoToThe64AreRefusedNamingTheKey) {
     mf_allocator_destroy(a);
   }
 }
+
+// A nonzero size below one byte truncated to 0, which capacity reads as "no
+// limit": "--capacity 0.1" silently removed the cap.
+TEST(Options, ASizeBelowOneByteIsRefusedNotZero) {
+  uint64_t out = 7;
+  for (const char *text : {"0.1", "0.5B", "0.0000000001KiB"}) {
+    EXPECT_EQ(mf_parse_size(text, &out), MF_ERR_INVALID) << text;
+    EXPECT_NE(std::string(mf_last_error()).find("less than one byte"), std::string::npos) << mf_last_error();
+  }
+  EXPECT_EQ(out, 7u);
+  ASSERT_EQ(mf_parse_size("0", &out), MF_OK);
+  EXPECT_EQ(out, 0u);
+  ASSERT_EQ(mf_parse_size("0.0", &out), MF_OK);
+  EXPECT_EQ(out, 0u);
+  ASSERT_EQ(mf_parse_size("0.5KiB", &out), MF_OK);
+  EXPECT_EQ(out, 512u);
+  mf_allocator *a = reinterpret_cast<mf_allocator *>(0x1);
+  EXPECT_EQ(mf_allocator_create("backend:virtual,capacity:0.1", &a), MF_ERR_INVALID);
+  EXPECT_NE(std::string(mf_last_error()).find("capacity"), std::string::npos) << mf_last_error();
+}

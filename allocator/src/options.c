@@ -118,6 +118,11 @@ MF_API mf_status mf_parse_size(const char *text, uint64_t *out) {
       double bytes = number * units[i].scale;
       if (bytes >= 18446744073709551616.0)
         return _mf_error(MF_ERR_INVALID, "bad size '%s': larger than 2^64 bytes", text);
+      /* "0.1" would truncate to 0, which options read as "no limit". */
+      if (number > 0 && bytes < 1)
+        return _mf_error(MF_ERR_INVALID,
+                         "bad size '%s': less than one byte (a size without a unit is in bytes: 0.1GiB is a "
+                         "tenth of a GiB)", text);
       *out = (uint64_t)bytes;
       return MF_OK;
     }

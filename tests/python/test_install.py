@@ -52,6 +52,18 @@ def test_bad_size_is_named():
 
 
 @pytest.mark.needs_lib
+def test_a_nul_or_a_fraction_of_a_byte_is_not_a_size():
+    before = memfit.current()
+    with pytest.raises(MemfitError, match="NUL"):
+        memfit.install(device="cpu", capacity="1GiB\0junk")
+    with pytest.raises(MemfitError, match="less than one byte"):
+        memfit.install(device="cpu", capacity="0.1")
+    with pytest.raises(MemfitError, match="NUL"):
+        memfit.parse_size("12\0MiB")
+    assert memfit.current() is before
+
+
+@pytest.mark.needs_lib
 def test_other_bad_arguments():
     with pytest.raises(MemfitError, match="'tpu'"):
         memfit.install(device="tpu")

@@ -247,6 +247,8 @@ def parse_size(text: "str | int", what: str = "size") -> int:
         return text
     if not isinstance(text, str):
         raise MemfitError(f"memfit: {what}: expected a size such as '2GiB', got {text!r}")
+    if "\0" in text:  # C would stop reading there: "1GiB\0junk" is not 1 GiB
+        raise MemfitError(f"memfit: {what}: {text!r} contains a NUL character")
     out = ctypes.c_uint64()
     if lib().mf_parse_size(text.encode(), ctypes.byref(out)) != MF_OK:
         raise MemfitError(f"memfit: {what}: {last_error()}")

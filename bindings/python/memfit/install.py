@@ -39,8 +39,8 @@ def options_conf(options: Dict[str, object], what: str = "memfit.install") -> st
             text = "true" if value else "false"
         else:
             text = str(value)
-        if any(c in text for c in ",:"):
-            raise MemfitError(f"{what}: option {key}={text!r} cannot contain ',' or ':'")
+        if any(c in text for c in ",:\0"):
+            raise MemfitError(f"{what}: option {key}={text!r} cannot contain ',', ':' or a NUL character")
         parts.append(f"{key}:{text}")
     return ",".join(parts)
 
