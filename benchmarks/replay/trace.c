@@ -103,20 +103,29 @@ static bool parse_uint(const token *tok, uint64_t *out) {
 
 /* Sizes are plain decimal in traces the tools write; "1.5MiB" and the other
  * forms of mf_parse_size are accepted for hand-written ones. */
+/* The largest request the allocator takes (mf_malloc refuses more than
+ * SIZE_MAX / 2): a trace asking more is bad input, not a failed replay. */
+#define TRACE_MAX_SIZE (SIZE_MAX / 2)
+
 static trace_status parse_size(parser *p, const token *tok, uint64_t *out) {
+  if (memchr(tok->text, '\0', tok->len)) /* C text would end there: "12\0MiB" is not 12 bytes */
+    return fail(p, TRACE_BAD_INPUT, "bad size: a NUL byte inside '%.*s'", shown_len(tok), tok->text);
   bool digits = tok->len > 0;
   for (size_t i = 0; i < tok->len && digits; i++) digits = isdigit((unsigned char)tok->text[i]);
   if (digits) {
-    if (parse_uint(tok, out) && *out <= SIZE_MAX) return TRACE_OK;
-    return fail(p, TRACE_BAD_INPUT, "size '%.*s' is too large", shown_len(tok), tok->text);
+    if (parse_uint(tok, out) && *out <= TRACE_MAX_SIZE) return TRACE_OK;
+    return fail(p, TRACE_BAD_INPUT, "size '%.*s' is larger than any allocation (2^63 bytes)", shown_len(tok),
+                tok->text);
   }
   char buf[64];
   if (tok->len >= sizeof buf || tok->text[0] == '-')
     return fail(p, TRACE_BAD_INPUT, "bad size '%.*s'", shown_len(tok), tok->text);
   memcpy(buf, tok->text, tok->len);
   buf[tok->len] = '\0';
-  if (mf_parse_size(buf, out) != MF_OK || *out > SIZE_MAX)
+  if (mf_parse_size(buf, out) != MF_OK)
     return fail(p, TRACE_BAD_INPUT, "bad size '%s': %s", buf, mf_last_error());
+  if (*out > TRACE_MAX_SIZE)
+    return fail(p, TRACE_BAD_INPUT, "size '%s' is larger than any allocation (2^63 bytes)", buf);
   return TRACE_OK;
 }
 

@@ -64,6 +64,10 @@ replay_test(bad.event --exit 2 --stderr "bad_event\\.mftrace:3: malformed line: 
             -- ${REPLAY} ${REPLAY_TEST_DIR}/bad_event.mftrace)
 replay_test(bad.size --exit 2 --stderr "bad_size\\.mftrace:2: bad size '-100'"
             -- ${REPLAY} ${REPLAY_TEST_DIR}/bad_size.mftrace)
+replay_test(bad.size_2e63 --exit 2 --stderr "bad_size_2e63\\.mftrace:2: size '9223372036854775808' is larger than any allocation"
+            -- ${REPLAY} ${REPLAY_TEST_DIR}/bad_size_2e63.mftrace)
+replay_test(bad.size_nul --exit 2 --stderr "bad_size_nul\\.mftrace:2: bad size: a NUL byte"
+            -- ${REPLAY} ${REPLAY_TEST_DIR}/bad_size_nul.mftrace)
 replay_test(bad.missing_file --exit 2 --stderr "no_such\\.mftrace: cannot open"
             -- ${REPLAY} ${REPLAY_TEST_DIR}/no_such.mftrace)
 
