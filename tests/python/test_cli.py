@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import adapter_problem, describe, finish_python, start_python
+from conftest import REPO, adapter_problem, describe, finish_python, start_python
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.needs_adapter  # profiling on CPU installs memfit as PyTorch's CPU allocator
@@ -78,6 +78,22 @@ def _cases(d):
         "report-not-a-profile": (["report", str(d / "other.json")], ["is not a memfit profile"]),
         "out-dir-missing": (["profile", "--job", f"{job}:make", "--batch-sizes", "2", "--steps", "1",
                              "--out", str(d / "no" / "such" / "dir.json"), "--quiet"], ["dir.json"]),
+        # Profiles and plans that are wrong in their values: the planner's parser names the path,
+        # for report as for plan (report used to raise a TypeError, or accept what plan rejects).
+        "report-batch-as-string": (["report", str(d / "batch_str.json")], ["settings[0].batch_size", "integer"]),
+        "report-settings-not-a-list": (["report", str(d / "settings_str.json")], ["settings", "expected a list"]),
+        "plan-settings-not-a-list": (["plan", "--job", f"{job}:make", "--profile", str(d / "settings_str.json"),
+                                      "--budget", "1GiB"], ["settings", "expected a list"]),
+        "report-no-layers": (["report", str(d / "no_layers.json")], ["layers", "empty"]),
+        "report-plot-into-a-directory": (["report", str(d / "sample.json"), "--plot", str(d)], ["is a directory"]),
+        "report-plot-missing-directory": (["report", str(d / "sample.json"), "--plot", str(d / "no" / "t.png")],
+                                          ["no directory"]),
+        "job-without-a-module": (profile("job-without-a-module", "--job", ":make"), ["no file or module before"]),
+        "job-relative-module": (profile("job-relative-module", "--job", "..x:make"), ["cannot import module '..x'"]),
+        "verify-negative-batch": (["verify", "--job", f"{job}:make", "--plan", str(d / "plan_neg.json"),
+                                   "--budget", "1GiB"], ["batch_size must be a positive integer"]),
+        "verify-negative-steps": (["verify", "--job", f"{job}:make", "--plan", str(d / "plan_neg.json"),
+                                   "--budget", "1GiB", "--steps", "-1"], ["--steps", ">= 1"]),
         # 8 KiB: two host pages, less than the model's parameters, gradients and AdamW state
         "capacity-too-small": (profile("capacity-too-small", "--job", f"{job}:make", "--capacity", "8KiB", "--quiet"),
                                ["out of memory", "capacity 8.00 KiB"]),
@@ -120,6 +136,18 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     (d / "job.py").write_text(JOB_FILE)
     (d / "other.json").write_text(json.dumps({"format": "something-else", "version": 1}))
+    sample = json.loads(SAMPLE_PROFILE.read_text())
+    (d / "sample.json").write_text(json.dumps(sample))
+    bad = json.loads(json.dumps(sample))
+    bad["settings"][0]["batch_size"] = "2"
+    (d / "batch_str.json").write_text(json.dumps(bad))
+    (d / "settings_str.json").write_text(json.dumps(dict(sample, settings="x")))
+    empty = json.loads(json.dumps(sample))
+    for s in empty["settings"]:
+        s["layers"] = []
+    (d / "no_layers.json").write_text(json.dumps(empty))
+    (d / "plan_neg.json").write_text(json.dumps({"format": "memfit-plan", "version": 1, "batch_size": -3,
+                                                 "layers": []}))
     return d
 
 
@@ -167,6 +195,7 @@ def test_profile_with_a_job_file(runs, workdir):
 
 
 ERROR_CASES = [n for n in _cases(Path("/nowhere")) if n != "ok"]
+SAMPLE_PROFILE = REPO / "planner" / "examples" / "sample_profile.json"
 
 
 @pytest.mark.parametrize("name", ERROR_CASES)

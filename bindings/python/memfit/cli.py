@@ -30,6 +30,21 @@ def _precisions(text: str) -> List[str]:
     return items
 
 
+def _count(least: int):
+    """An argparse type: an integer >= least."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {least}")
+        return n
+
+    return parse
+
+
 def _size(text: str) -> int:
     try:
         return parse_size(text, "size")
@@ -55,8 +70,8 @@ def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str) -> None:
     p.add_argument("--batch-sizes", type=_batch_sizes, default=_batch_sizes(default_sizes),
                    help=f"batch sizes to measure (default {default_sizes})")
     p.add_argument("--precisions", type=_precisions, default=["fp32"], help="fp32,bf16,fp16 (default fp32)")
-    p.add_argument("--steps", type=int, default=3, help="measured steps per setting (default 3)")
-    p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--steps", type=_count(1), default=3, help="measured steps per setting (default 3)")
+    p.add_argument("--warmup-steps", type=_count(0), default=2)
     p.add_argument("--capacity", type=_size, help="memfit's capacity while profiling (e.g. 8GiB)")
 
 
@@ -73,9 +88,9 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print a profile's breakdown; --plot writes the PNG timeline")
     r.add_argument("profile")
-    r.add_argument("--batch-size", type=int)
+    r.add_argument("--batch-size", type=_count(1))
     r.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
-    r.add_argument("--top", type=int, default=10)
+    r.add_argument("--top", type=_count(1), default=10)
     r.add_argument("--plot", help="write the step's timeline to this PNG")
 
     pl = sub.add_parser("plan", help="profile a job (or read a profile) and plan it for a budget")
@@ -85,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--objective", default="max-batch",
                     help="max-batch (default), throughput, or global-batch=N")
     pl.add_argument("--plan-precisions", type=_precisions, help="precisions the plan may use (default: profiled)")
-    pl.add_argument("--max-batch", type=int)
+    pl.add_argument("--max-batch", type=_count(1))
     pl.add_argument("--headroom", type=_headroom,
                     help="fraction of the budget kept free on top of the reserve model, or auto (default: "
                          "1%% with page-mapped pools, 25%% with segments, + the model's self-check error)")
@@ -98,8 +113,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--plan", required=True)
     v.add_argument("--budget", type=_size, required=True)
     v.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    v.add_argument("--steps", type=int, default=3)
-    v.add_argument("--warmup-steps", type=int, default=1)
+    v.add_argument("--steps", type=_count(1), default=3)
+    v.add_argument("--warmup-steps", type=_count(0), default=1)
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--snapshot", help="also write the run as a PyTorch memory snapshot (FILE.pickle)")
 
@@ -221,6 +236,7 @@ def _report(args: argparse.Namespace) -> int:
     from .profiling import Profile
     from .reporting import plot, report
 
+    _writable(args.plot, "--plot")  # a directory would become DIR.png, a missing one a traceback
     prof = Profile.load(args.profile)
     print(report(prof, args.batch_size, args.precision, args.top))
     if args.plot:

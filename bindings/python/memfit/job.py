@@ -39,6 +39,8 @@ def load_job(spec: str) -> Job:
     if ":" not in spec:
         raise MemfitError(f"memfit: --job {spec!r}: expected FILE.py:FUNC (e.g. train.py:make_job)")
     target, _, func = spec.rpartition(":")
+    if not target.strip():
+        raise MemfitError(f"memfit: --job {spec!r}: no file or module before ':' (e.g. train.py:make_job)")
     if not func.isidentifier():
         raise MemfitError(f"memfit: --job {spec!r}: {func!r} is not a function name")
     if target.endswith(".py") or os.sep in target:
@@ -57,7 +59,7 @@ def load_job(spec: str) -> Job:
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as e:
+        except (ImportError, ValueError, TypeError) as e:  # ValueError: a name like '.x' or 'a..b'
             raise MemfitError(f"memfit: --job {spec!r}: cannot import module {target!r}: {e}") from e
     fn = getattr(module, func, None)
     if fn is None:

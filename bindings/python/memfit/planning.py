@@ -37,8 +37,30 @@ def _load_planner() -> ctypes.CDLL:
         lib.mfp_last_error.restype = ctypes.c_char_p
         lib.mfp_status_name.restype = ctypes.c_char_p
         lib.mfp_status_name.argtypes = [ctypes.c_int]
+        lib.mfp_profile_parse.restype = ctypes.c_int
+        lib.mfp_profile_parse.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.mfp_profile_free.argtypes = [ctypes.c_void_p]
         _planner = lib
     return _planner
+
+
+def _slim(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The profile without its timelines (the planner does not read them)."""
+    settings = data.get("settings")
+    if not isinstance(settings, list):
+        return data
+    return dict(data, settings=[{k: v for k, v in s.items() if k != "timeline"} if isinstance(s, dict) else s
+                                for s in settings])
+
+
+def check_profile(data: Dict[str, Any], what: str = "memfit") -> None:
+    """Raise MemfitError naming the JSON path of what is wrong, by the planner's
+    own parser: whatever reads a profile (report, plan) accepts the same ones."""
+    lib = _load_planner()
+    out = ctypes.c_void_p()
+    if lib.mfp_profile_parse(json.dumps(_slim(data)).encode(), ctypes.byref(out)) != 0:
+        raise MemfitError(f"{what}: {(lib.mfp_last_error() or b'').decode(errors='replace')}")
+    lib.mfp_profile_free(out)
 
 
 class Plan:
@@ -64,7 +86,14 @@ class Plan:
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Plan":
         data = _lib.load_json_file(path, PLAN_FORMAT, PLAN_VERSION, "plan")
+        batch = data.get("batch_size")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise MemfitError(f"memfit: {path}: batch_size must be a positive integer, not {batch!r}")
+        if not isinstance(data.get("layers", []), list):
+            raise MemfitError(f"memfit: {path}: layers must be a list")
         for i, layer in enumerate(data.get("layers", [])):
+            if not isinstance(layer, dict):
+                raise MemfitError(f"memfit: {path}: layers[{i}] must be an object")
             for key in ("name", "checkpoint", "precision"):
                 if key not in layer:
                     raise MemfitError(f"memfit: {path}: layers[{i}] has no {key!r}")
@@ -122,7 +151,9 @@ def plan(
     if isinstance(profile, (str, Path)):
         profile = Profile.load(profile)
     data = profile.data if isinstance(profile, Profile) else profile
-    slim = dict(data, settings=[{k: v for k, v in s.items() if k != "timeline"} for s in data["settings"]])
+    if not isinstance(data, dict):
+        raise MemfitError(f"memfit.plan: a profile is a JSON object, not {type(data).__name__}")
+    slim = _slim(data)
     options: Dict[str, Any] = {"budget": _lib.parse_size(budget, "budget") if not isinstance(budget, str) else budget,
                                "objective": objective}
     if global_batch is not None:

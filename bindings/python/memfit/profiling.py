@@ -95,7 +95,13 @@ class Profile:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Profile":
-        return cls(_lib.load_json_file(path, FORMAT, VERSION, "profile"))
+        """Read and check a profile: the planner's parser must accept it (a
+        MemfitError names the JSON path of what is wrong)."""
+        data = _lib.load_json_file(path, FORMAT, VERSION, "profile")
+        from .planning import check_profile
+
+        check_profile(data, f"memfit: {path}")
+        return cls(data)
 
     def validate(self) -> None:
         """Check against the JSON schema (needs the jsonschema package)."""
