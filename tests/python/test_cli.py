@@ -94,6 +94,9 @@ def _cases(d):
                                    "--budget", "1GiB"], ["batch_size must be a positive integer"]),
         "verify-negative-steps": (["verify", "--job", f"{job}:make", "--plan", str(d / "plan_neg.json"),
                                    "--budget", "1GiB", "--steps", "-1"], ["--steps", ">= 1"]),
+        "verify-budget-below-the-plans": (["verify", "--job", f"{job}:make", "--plan", str(d / "plan_64m.json"),
+                                           "--budget", "32MiB"], ["below the plan's 64.0 MiB"]),
+        "plan-without-job-or-profile": (["plan", "--budget", "1GiB"], ["give --job", "or --profile"]),
         # 8 KiB: two host pages, less than the model's parameters, gradients and AdamW state
         "capacity-too-small": (profile("capacity-too-small", "--job", f"{job}:make", "--capacity", "8KiB", "--quiet"),
                                ["out of memory", "capacity 8.00 KiB"]),
@@ -148,6 +151,8 @@ def workdir(tmp_path_factory):
     (d / "no_layers.json").write_text(json.dumps(empty))
     (d / "plan_neg.json").write_text(json.dumps({"format": "memfit-plan", "version": 1, "batch_size": -3,
                                                  "layers": []}))
+    (d / "plan_64m.json").write_text(json.dumps({"format": "memfit-plan", "version": 1, "batch_size": 2,
+                                                 "budget_bytes": 64 << 20, "layers": []}))
     return d
 
 

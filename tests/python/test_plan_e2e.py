@@ -108,3 +108,25 @@ def test_blocks_are_the_units_the_planner_checkpoints() -> None:
     assert [n for n, _ in block_list(GPT(depth=2))] == ["embed", "blocks.0", "blocks.1", "ln_f", "head"]
     assert [n for n, _ in block_list(CNN())] == ["stem", "stage1", "stage2", "stage3", "pool", "fc"]
     assert [n for n, _ in block_list(MLP())] == [f"layers.{i}" for i in range(7)]
+
+
+def test_a_verify_that_runs_out_of_memory_compares_no_peak(tmp_path: Path) -> None:
+    """A run that ran out of memory stopped early: it reports the OOM and no
+    prediction error (it used to print "(+0.01%)" beside "OOM: yes")."""
+    plan_path = tmp_path / "plan.json"
+    planned = run_memfit("plan", "--job", "memfit.models:mlp_job", "--device", "cpu", "--batch-sizes", "4,8",
+                         "--budget", "56MiB", "--out", str(plan_path), "--steps", "1", "--json")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(plan_path.read_text())
+    plan["batch_size"] *= 16  # far past what the budget holds
+    plan_path.write_text(json.dumps(plan))
+    verified = run_memfit("verify", "--job", "memfit.models:mlp_job", "--plan", str(plan_path), "--device", "cpu",
+                          "--json", "--steps", "1")  # --budget: the plan's
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    result = json.loads(verified.stdout.strip().splitlines()[-1])
+    assert result["oom"] is True and result["budget_bytes"] == plan["budget_bytes"]
+    assert result["error_percent"] is None and result["reserved_error_percent"] is None
+    table = run_memfit("verify", "--job", "memfit.models:mlp_job", "--plan", str(plan_path), "--device", "cpu",
+                       "--steps", "1")
+    assert table.returncode == 1 and "not compared: the run ran out of memory" in table.stdout, table.stdout
+    assert "OOM: yes" in table.stdout

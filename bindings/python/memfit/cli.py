@@ -64,8 +64,8 @@ def _headroom(text: str) -> Union[float, str]:
     return value
 
 
-def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str) -> None:
-    p.add_argument("--job", required=True, help="FILE.py:FUNC or package.module:FUNC returning memfit.Job")
+def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str, job_required: bool = True) -> None:
+    p.add_argument("--job", required=job_required, help="FILE.py:FUNC or package.module:FUNC returning memfit.Job")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-sizes", type=_batch_sizes, default=_batch_sizes(default_sizes),
                    help=f"batch sizes to measure (default {default_sizes})")
@@ -94,8 +94,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", help="write the step's timeline to this PNG")
 
     pl = sub.add_parser("plan", help="profile a job (or read a profile) and plan it for a budget")
-    _add_profile_args(pl, "2,4")
-    pl.add_argument("--profile", help="plan this profile instead of measuring the job (--job still names the job)")
+    _add_profile_args(pl, "2,4", job_required=False)
+    pl.add_argument("--profile", help="plan this profile instead of measuring a --job")
     pl.add_argument("--budget", type=_size, required=True, help="the device's memory budget, e.g. 40GiB")
     pl.add_argument("--objective", default="max-batch",
                     help="max-batch (default), throughput, or global-batch=N")
@@ -111,7 +111,8 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="apply a plan and train real steps under memfit with the budget as capacity")
     v.add_argument("--job", required=True)
     v.add_argument("--plan", required=True)
-    v.add_argument("--budget", type=_size, required=True)
+    v.add_argument("--budget", type=_size, help="memfit's capacity for the run (default: the plan's budget; "
+                                               "not below it)")
     v.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     v.add_argument("--steps", type=_count(1), default=3)
     v.add_argument("--warmup-steps", type=_count(0), default=1)
@@ -262,6 +263,8 @@ def _plan(args: argparse.Namespace) -> int:
     from .profiling import Profile, profile
 
     objective, global_batch = _objective(args.objective)
+    if not args.profile and not args.job:
+        raise MemfitError("memfit plan: give --job (to profile it) or --profile (a profile already measured)")
     _writable(args.out, "--out")
     _writable(args.profile_out, "--profile-out")
     if args.profile:
@@ -287,20 +290,32 @@ def _plan(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .planning import Plan, verify
 
+    from .reporting import human
+
     _writable(args.snapshot, "--snapshot")
-    result = verify(args.job, Plan.load(args.plan), args.budget, device=args.device, steps=args.steps,
+    the_plan = Plan.load(args.plan)
+    planned = the_plan.data.get("budget_bytes")
+    if args.budget is None:
+        if not isinstance(planned, int) or planned <= 0:
+            raise MemfitError(f"memfit verify: {args.plan} names no budget_bytes: give --budget")
+        args.budget = planned
+    elif isinstance(planned, int) and args.budget < planned:
+        raise MemfitError(f"memfit verify: --budget {human(args.budget)} is below the plan's {human(planned)}: "
+                          "the plan is made for its budget (plan again for this one)")
+    result = verify(args.job, the_plan, args.budget, device=args.device, steps=args.steps,
                     warmup_steps=args.warmup_steps, snapshot=args.snapshot)
     if args.json:
         print(json.dumps(result))
     else:
-        from .reporting import human
-
         print(f"memfit verify: batch {result['batch_size']} on {args.device} with capacity {human(args.budget)}")
+        def error(key: str) -> str:  # only a run that fits has a peak to compare
+            return f"{result[key]:+.2f}%" if result.get(key) is not None else "not compared: the run ran out of memory"
+
         print(f"  predicted peak {human(result['predicted_peak_bytes'])}, measured peak "
-              f"{human(result['measured_peak_bytes'])} ({result['error_percent']:+.2f}%)")
+              f"{human(result['measured_peak_bytes'])} ({error('error_percent')})")
         if result.get("predicted_reserved_bytes"):
             print(f"  predicted reserved {human(result['predicted_reserved_bytes'])}, measured peak reserved "
-                  f"{human(result['measured_peak_reserved_bytes'])} ({result['reserved_error_percent']:+.2f}%)")
+                  f"{human(result['measured_peak_reserved_bytes'])} ({error('reserved_error_percent')})")
         else:
             print(f"  measured peak reserved {human(result['measured_peak_reserved_bytes'])}")
         print("  OOM: " + (f"yes ({result['error']})" if result["oom"] else "no"))

@@ -46,10 +46,13 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     result = json.loads(done.stdout.strip().splitlines()[-1])
     (out / "verify.json").write_text(json.dumps(result, indent=1) + "\n")
+    def error(key: str) -> str:  # None: the run ran out of memory, nothing to compare
+        return f"{result[key]:+.2f}%" if result.get(key) is not None else "not compared: out of memory"
+
     print(f"  predicted peak {human(result['predicted_peak_bytes'])}   measured peak "
-          f"{human(result['measured_peak_bytes'])}   ({result['error_percent']:+.2f}%)")
+          f"{human(result['measured_peak_bytes'])}   ({error('error_percent')})")
     print(f"  predicted reserved {human(result['predicted_reserved_bytes'])}   measured peak reserved "
-          f"{human(result['measured_peak_reserved_bytes'])}   ({result['reserved_error_percent']:+.2f}%)")
+          f"{human(result['measured_peak_reserved_bytes'])}   ({error('reserved_error_percent')})")
     print(f"  budget {human(result['budget_bytes'])}   OOM: {'yes' if result['oom'] else 'no'}")
     base = the_plan.data["baselines"]
     print(f"  without memfit's plan: no checkpointing fits batch {base['no_checkpoint']['batch_size']}, "

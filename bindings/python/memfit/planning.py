@@ -335,10 +335,13 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
     result["measured_peak_bytes"] = stats["allocated_bytes"]["peak"]
     result["measured_peak_reserved_bytes"] = stats["reserved_bytes"]["peak"]
     predicted = result["predicted_peak_bytes"]
-    result["error_percent"] = 100.0 * (result["measured_peak_bytes"] - predicted) / predicted if predicted else None
+    # A run that ran out of memory stopped early: its peak says nothing about the prediction.
+    fits = not result.get("oom")
+    result["error_percent"] = (100.0 * (result["measured_peak_bytes"] - predicted) / predicted
+                               if predicted and fits else None)
     predicted_reserved = result["predicted_reserved_bytes"]
     result["reserved_error_percent"] = (100.0 * (result["measured_peak_reserved_bytes"] - predicted_reserved)
-                                        / predicted_reserved if predicted_reserved else None)
+                                        / predicted_reserved if predicted_reserved and fits else None)
     if times:
         times.sort()
         result["step_seconds"] = times[len(times) // 2]
