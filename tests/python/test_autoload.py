@@ -152,7 +152,7 @@ def test_pth_file_is_one_import_line():
     # site runs a .pth line only when it starts with "import"; this one imports the
     # hook only when a variable asks for backend:memfit.
     assert len(lines) == 1 and lines[0].startswith("import ")
-    assert "__import__('memfit._autoload')" in lines[0] and "'backend:memfit' in" in lines[0]
+    assert "__import__('memfit._autoload')" in lines[0] and "'memfit' in" in lines[0]
     assert "MEMFIT_INSTALL" in lines[0]
 
 
@@ -168,7 +168,7 @@ def test_backend_memfit_is_taken_out_before_torch(children, name, var):
     assert not out["torch_imported_by_hook"]  # the hook waits for the program's own `import torch`
     assert NO_CUDA in result.stderr and "backend:memfit" in result.stderr, describe(result)
     assert len([x for x in result.stderr.splitlines() if x.startswith("memfit:")]) == 1, describe(result)
-    assert not out["installed"] and not out["libmemfit_loaded"]  # PyTorch's allocator untouched
+    assert not out["installed"]  # PyTorch's allocator untouched (libmemfit.so is loaded: it checked the options)
     assert out["intent"] == "cuda"  # what the process's children inherit
     assert out["state"]["asked_by"] == var and out["state"]["conf"] == "capacity:2GiB"
     assert out["state"]["status"] == "failed" and "without CUDA" in out["state"]["reason"]
@@ -179,7 +179,7 @@ def test_torch_imported_before_the_hook(children):
     assert out["after"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     assert out["after"]["MEMFIT_CONF"] == "capacity:2GiB"
     assert NO_CUDA in result.stderr, describe(result)
-    assert not out["installed"] and not out["libmemfit_loaded"]
+    assert not out["installed"]
 
 
 def test_without_backend_memfit_nothing_changes(children):
@@ -286,3 +286,24 @@ def test_memfit_run_loads_memfit_before_the_script_imports_torch(tmp_path):
     assert out == {"argv": [str(script), "--lr", "3"], "var": None, "conf": "capacity:1GiB", "name": "__main__"}
     missing = finish_python(start_python(["-m", "memfit", "run", str(tmp_path / "nope.py")], env=python_env()))
     assert missing.returncode == 2 and "no such script" in missing.stderr, describe(missing)
+
+
+def test_backend_memfit_in_other_spelling_and_bad_keys_are_caught_at_start_up(tmp_path):
+    shutil.copy(PTH, tmp_path / PTH.name)
+    # Spaces and case: memfit's, never left to PyTorch (which would reject the backend).
+    out = _result(finish_python(start_python(["-c", _INHERITING_CHILD, str(tmp_path)],
+                                             env=python_env(PYTORCH_CUDA_ALLOC_CONF=" Backend : MEMFIT ,vmm:off"))))
+    assert out["env"]["PYTORCH_CUDA_ALLOC_CONF"] is None and out["env"]["MEMFIT_CONF"] == "vmm:off", out
+    assert out["state"]["status"] == "armed", out
+    # A bad value of memfit's own key fails now, with memfit's message, not at the first CUDA allocation.
+    proc = finish_python(start_python(["-c", _INHERITING_CHILD, str(tmp_path)],
+                                      env=python_env(PYTORCH_CUDA_ALLOC_CONF="backend:memfit,capacity:10XB")))
+    out = _result(proc)
+    assert out["state"]["status"] == "failed" and "unknown unit" in out["state"]["reason"], out
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("memfit:")]
+    assert len(lines) == 1 and "capacity" in lines[0] and "PyTorch's allocator is unchanged" in lines[0], proc.stderr
+    assert out["env"]["PYTORCH_CUDA_ALLOC_CONF"] is None and out["env"]["MEMFIT_INSTALL"] is None, out
+    # "memfit" elsewhere in the variable is not a request.
+    out = _result(finish_python(start_python(["-c", _INHERITING_CHILD, str(tmp_path)],
+                                             env=python_env(PYTORCH_ALLOC_CONF="backend:native,note:memfit"))))
+    assert out["state"]["status"] == "off" and out["env"]["PYTORCH_ALLOC_CONF"] == "backend:native,note:memfit"

@@ -76,10 +76,29 @@ class _TorchWatcher(importlib.abc.MetaPathFinder):
         return spec
 
 
+def _bad_options(conf: str) -> Optional[str]:
+    """memfit's own parser's message for conf, or None when it parses."""
+    from . import _lib
+
+    try:
+        lib = _lib.lib()
+    except Exception as e:  # no library: install() will say so
+        return None if "not found" in str(e) else str(e)
+    options = lib.mf_options_new()
+    if not options:
+        return None
+    try:
+        if lib.mf_options_parse(options, conf.encode()) != _lib.MF_OK:
+            return f"bad memfit option: {_lib.last_error()}"
+        return None
+    finally:
+        lib.mf_options_free(options)
+
+
 def asked(environ: Optional[Dict[str, str]] = None) -> bool:
     """Whether a variable switches memfit on (the .pth line's test, spelt out)."""
     env = os.environ if environ is None else environ
-    return ("backend:memfit" in env.get("PYTORCH_CUDA_ALLOC_CONF", "") + env.get("PYTORCH_ALLOC_CONF", "")
+    return ("memfit" in (env.get("PYTORCH_CUDA_ALLOC_CONF", "") + env.get("PYTORCH_ALLOC_CONF", "")).lower()
             or bool(env.get(INTENT_VAR)))
 
 
@@ -92,7 +111,15 @@ def run() -> None:
     from ._conf import ENV_VARS, split_conf, take_memfit_conf
 
     asked_by = next((name for name in ENV_VARS if split_conf(os.environ.get(name, ""))[0]), None)
+    if asked_by is None and not os.environ.get(INTENT_VAR):
+        return  # "memfit" appeared in a variable, but not as its backend
     conf = take_memfit_conf()
+    if conf:
+        problem = _bad_options(conf)
+        if problem:  # now, not at the first CUDA allocation
+            STATE.update(asked_by=asked_by, conf=conf, status="failed", reason=problem)
+            _warn(f"{problem} (from {asked_by}); memfit stays off and PyTorch's allocator is unchanged")
+            return
     if conf is None:
         asked_by, conf = INTENT_VAR, ""
         intent = os.environ.get(INTENT_VAR, "")

@@ -35,7 +35,7 @@ def split_conf(value: str) -> Tuple[bool, List[str], List[str]]:
             continue
         key, _, val = item.partition(":")
         key, val = key.strip(), val.strip()
-        if key == "backend" and val == "memfit":
+        if key.lower() == "backend" and val.lower() == "memfit":  # "backend: Memfit" too: never left to PyTorch
             asked = True
         elif key in MEMFIT_KEYS:
             mine.append(f"{key}:{val}")
