@@ -2,6 +2,7 @@
 // name the JSON path, option errors the key; the self-check reproduces a
 // profile made from the model; nothing fitting has its status; the plan JSON.
 #include "test_planner_util.h"
+#include "memfit/memfit.h"
 
 using namespace planner_test;
 
@@ -354,19 +355,30 @@ TEST(PlannerProfile, UnknownKeysAreIgnoredAndAccessorsWork) {
 
 // ------------------------------------------------------------------ options
 
+// The planner reads sizes with memfit's one parser (mf_parse_size), as the
+// allocator's options and Python do: the same text is the same bytes in all
+// three ("8GB" is 8 GiB everywhere, "0.5" bytes nowhere), up to 2^63.
 TEST(PlannerOptions, SizesAreDecimalWithBinaryUnits) {
   struct { const char *text; uint64_t bytes; } good[] = {
       {"512", 512}, {"8GiB", 8ull << 30}, {"8g", 8ull << 30}, {"1.5G", 3ull << 29}, {"64 MiB", 64ull << 20},
-      {"2K", 2048}, {"3kib", 3072}, {"1T", 1ull << 40}, {"7B", 7}, {"0.5", 0}, {"  12M  ", 12ull << 20}};
+      {"2K", 2048}, {"3kib", 3072}, {"1T", 1ull << 40}, {"7B", 7}, {"0", 0}, {"  12M  ", 12ull << 20},
+      {"8GB", 8ull << 30}};
   for (auto &g : good) {
     uint64_t v = 1;
     EXPECT_EQ(mfp_parse_size(g.text, &v), MFP_OK) << g.text << ": " << mfp_last_error();
     EXPECT_EQ(v, g.bytes) << g.text;
   }
-  for (const char *bad : {"", "GiB", "-1G", "8GB", "1e9", "0x10", "8 GiB x", "1.2.3G", "99999999999999999999"}) {
+  for (const char *bad : {"", "GiB", "-1G", "8XB", "0.5", "1e9", "0x10", "8 GiB x", "1.2.3G",
+                          "99999999999999999999", "9223372036854775808"}) {
     uint64_t v;
     EXPECT_EQ(mfp_parse_size(bad, &v), MFP_ERR_INVALID) << bad;
     EXPECT_TRUE(starts_with(mfp_last_error(), "bad size '")) << mfp_last_error();
+  }
+  for (auto &g : good) {
+    uint64_t mine = 0, allocators = 1;
+    ASSERT_EQ(mfp_parse_size(g.text, &mine), MFP_OK);
+    ASSERT_EQ(mf_parse_size(g.text, &allocators), MF_OK) << g.text;
+    EXPECT_EQ(mine, allocators) << g.text;
   }
 }
 
@@ -397,7 +409,7 @@ TEST(PlannerOptions, BadOptionsNameTheKey) {
   struct { const char *json, *prefix; } cases[] = {
       {"{\"budgte\": \"8GiB\"}", "budgte: unknown option"},
       {"{}", "budget: missing"},
-      {"{\"budget\": \"8GB\"}", "budget: bad size '8GB': unknown unit"},
+      {"{\"budget\": \"8XB\"}", "budget: bad size '8XB': unknown unit"},
       {"{\"budget\": 1.5}", "budget: expected an integer number of bytes or a size string"},
       {"{\"budget\": -5}", "budget: must be positive"},
       {"{\"budget\": \"32TiB\"}", "budget: "},

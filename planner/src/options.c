@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "internal.h"
+#include "memfit/memfit.h"
 
 #define MFP_MAX_GLOBAL_BATCH ((int64_t)1 << 40)
 #define MFP_MAX_FRONT_CAP (1u << 24)
@@ -23,54 +24,15 @@ MFP_API void mfp_options_init(mfp_options *o) {
   o->max_batch = MFP_DEFAULT_MAX_BATCH;
 }
 
+/* memfit's one size parser (libmemfit's mf_parse_size: the allocator's options,
+ * Python and the planner read "1.5GiB" alike), within the planner's limit. */
 MFP_API mfp_status mfp_parse_size(const char *text, uint64_t *bytes) {
   if (!text || !bytes) return _mfp_error(MFP_ERR_INVALID, "mfp_parse_size: NULL argument");
-  const char *p = text;
-  while (isspace((unsigned char)*p)) p++;
-  uint64_t whole = 0;
-  double fraction = 0, scale_digit = 0.1;
-  bool digits = false, overflow = false;
-  for (; isdigit((unsigned char)*p); p++) {
-    digits = true;
-    unsigned d = (unsigned)(*p - '0');
-    if (whole > (UINT64_MAX - d) / 10) overflow = true;
-    else whole = whole * 10 + d;
-  }
-  if (*p == '.') {
-    for (p++; isdigit((unsigned char)*p); p++) {
-      digits = true;
-      fraction += (*p - '0') * scale_digit;
-      scale_digit /= 10;
-    }
-  }
-  if (!digits)
-    return _mfp_error(MFP_ERR_INVALID, "bad size '%s': expected a decimal number such as 512, 64MiB or 1.5GiB", text);
-  while (isspace((unsigned char)*p)) p++;
-  static const struct {
-    const char *unit;
-    int shift;
-  } units[] = {{"", 0},   {"b", 0},    {"k", 10},  {"kib", 10}, {"m", 20},
-               {"mib", 20}, {"g", 30}, {"gib", 30}, {"t", 40},  {"tib", 40}};
-  char unit[8];
-  size_t n = 0;
-  while (p[n] && !isspace((unsigned char)p[n]) && n < sizeof unit - 1) {
-    unit[n] = (char)tolower((unsigned char)p[n]);
-    n++;
-  }
-  unit[n] = '\0';
-  const char *rest = p + n;
-  while (isspace((unsigned char)*rest)) rest++;
-  if (*rest) return _mfp_error(MFP_ERR_INVALID, "bad size '%s': trailing text", text);
-  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-    if (strcmp(unit, units[i].unit) != 0) continue;
-    uint64_t scale = (uint64_t)1 << units[i].shift;
-    if (overflow || whole > (UINT64_MAX >> 1) / scale)
-      return _mfp_error(MFP_ERR_INVALID, "bad size '%s': larger than 2^63 bytes", text);
-    *bytes = whole * scale + (uint64_t)floor(fraction * (double)scale);
-    return MFP_OK;
-  }
-  return _mfp_error(MFP_ERR_INVALID, "bad size '%s': unknown unit '%s' (use B, K/KiB, M/MiB, G/GiB or T/TiB)", text,
-                    unit);
+  uint64_t n = 0;
+  if (mf_parse_size(text, &n) != MF_OK) return _mfp_error(MFP_ERR_INVALID, "%s", mf_last_error());
+  if (n > (UINT64_MAX >> 1)) return _mfp_error(MFP_ERR_INVALID, "bad size '%s': larger than 2^63 bytes", text);
+  *bytes = n;
+  return MFP_OK;
 }
 
 /* What needs no profile; every message starts with the key. */

@@ -203,8 +203,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(arg, "--json") == 0) {
       json = true;
     } else if (strcmp(arg, "--budget") == 0) {
-      if (mfp_parse_size(value, &o.budget_bytes) != MFP_OK || o.budget_bytes == 0)
-        return usage_error("bad --budget '%s': expected a size such as 8GiB, 1.5G or 512MiB", value);
+      if (mfp_parse_size(value, &o.budget_bytes) != MFP_OK)
+        return usage_error("bad --budget: %s", mfp_last_error());
+      if (o.budget_bytes == 0) return usage_error("bad --budget '%s': a budget must be more than 0 bytes", value);
     } else if (strcmp(arg, "--objective") == 0) {
       rc = parse_objective(value, &o);
     } else if (strcmp(arg, "--precisions") == 0) {

@@ -113,7 +113,7 @@ plan_test(bad.precision_not_profiled --exit 2 --stderr "precisions: fp16 is not 
 # --- usage errors: exit 2 with the usage text
 plan_test(usage.no_profile --exit 2 --stderr "no profile given" --stderr "^usage: memfit-plan" -- ${PLAN} --budget 8GiB)
 plan_test(usage.no_budget --exit 2 --stderr "no --budget given" -- ${PLAN} ${PLAN_SAMPLE})
-plan_test(usage.bad_budget --exit 2 --stderr "bad --budget '8GB'" -- ${PLAN} ${PLAN_SAMPLE} --budget 8GB --headroom 0.03)
+plan_test(usage.bad_budget --exit 2 --stderr "bad --budget: bad size '8XB': unknown unit" -- ${PLAN} ${PLAN_SAMPLE} --budget 8XB --headroom 0.03)
 plan_test(usage.unknown_option --exit 2 --stderr "unknown option '--bogus'" -- ${PLAN} ${PLAN_SAMPLE} --budget 8GiB --headroom 0.03 --bogus)
 plan_test(usage.objective --exit 2 --stderr "unknown objective 'fastest'"
           -- ${PLAN} ${PLAN_SAMPLE} --budget 8GiB --headroom 0.03 --objective fastest)

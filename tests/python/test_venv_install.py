@@ -65,3 +65,14 @@ def test_a_child_of_a_process_with_backend_memfit_says_memfit_is_active(venv):
     assert report["asked_by"] == "MEMFIT_INSTALL" and report["status"] == "armed", report
     assert "capacity:1GiB" in json.dumps(report["options"]), report
     assert out["torch_child_rc"] == 0 and out["torch_child"] == "2.0"
+
+
+def test_the_installed_planner_plans(venv):
+    python, env, root = venv
+    env = dict(env)
+    env.pop("MEMFIT_WHEEL_BUILD_DIR")
+    sample = REPO / "planner" / "examples" / "sample_profile.json"
+    result = subprocess.run([str(python), "-m", "memfit", "plan", "--profile", str(sample), "--budget", "8.5GiB",
+                             "--json"], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, describe(result)
+    assert json.loads(result.stdout)["budget_bytes"] == 17 << 29  # 8.5GiB, by the one size parser

@@ -30,6 +30,7 @@ def _load_planner() -> ctypes.CDLL:
         if path is None:
             raise MemfitError("memfit: libmemfit_plan.so not found; build the checkout (cmake --build build) "
                               "or set MEMFIT_PLAN_LIBRARY to its path")
+        _lib.lib()  # libmemfit.so first: the planner links it (memfit's one size parser)
         lib = ctypes.CDLL(str(path))
         lib.mfp_plan_json.restype = ctypes.c_int
         lib.mfp_plan_json.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]

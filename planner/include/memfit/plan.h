@@ -103,9 +103,11 @@ MFP_API const char *mfp_precision_name(mfp_precision p);
 MFP_API const char *mfp_objective_name(mfp_objective o);
 MFP_API const char *mfp_phase_name(mfp_phase p);
 
-/* Sizes: a plain decimal number of bytes, optionally with a fraction, and an
- * optional unit B, K/KiB, M/MiB, G/GiB, T/TiB (binary, case-insensitive):
- * "8GiB", "1.5G", "512". */
+/* Sizes, read by memfit's one size parser (libmemfit's mf_parse_size, which
+ * the allocator's options and Python use too): a plain decimal number of
+ * bytes, optionally with a fraction, and an optional unit B, K/KiB/KB,
+ * M/MiB/MB, G/GiB/GB, T/TiB/TB (all binary, case-insensitive): "8GiB", "1.5G",
+ * "512". At most 2^63 bytes; a nonzero size below one byte is refused. */
 MFP_API mfp_status mfp_parse_size(const char *text, uint64_t *bytes);
 
 /* --------------------------------------------------------------- profile */
