@@ -43,7 +43,7 @@ MF_API const char *mf_status_name(mf_status s) {
   return "unknown status";
 }
 
-MF_API const char *mf_version(void) { return "0.1.0"; }
+MF_API const char *mf_version(void) { return MEMFIT_VERSION; } /* CMake's project(VERSION) */
 
 void _mf_sbuf_printf(mf_sbuf *s, const char *fmt, ...) {
   if (s->failed) return;

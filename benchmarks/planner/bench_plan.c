@@ -99,7 +99,7 @@ static void window(text *t, const char *name, int64_t start, int64_t peak, int64
 static char *make_profile(size_t n, int n_precisions, bool varied) {
   text t = {0};
   uint64_t rng = 42;
-  put(&t, "{\"format\": \"memfit-profile\", \"version\": 1, \"memfit_version\": \"0.1.0\", \"torch_version\": \"2.4.0\","
+  put(&t, "{\"format\": \"memfit-profile\", \"version\": 1, \"memfit_version\": \"test\", \"torch_version\": \"2.4.0\","
           " \"device\": \"cuda\", \"device_name\": \"bench\", \"job\": \"bench:gpt%zu\", \"optimizer\": \"AdamW\","
           " \"rounding_bytes\": 512, \"warmup_steps\": 1, \"steps\": 3, \"settings\": [",
       n);

@@ -47,4 +47,14 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildWithLibraries}, distclass=BinaryDistribution)
+def cmake_version() -> str:
+    """The one version: the top-level CMakeLists.txt's project(memfit VERSION x.y.z)."""
+    import re
+
+    match = re.search(r"project\(memfit VERSION ([0-9.]+)", (REPO / "CMakeLists.txt").read_text())
+    if not match:
+        raise RuntimeError(f"memfit: no project(memfit VERSION ...) in {REPO / 'CMakeLists.txt'}")
+    return match.group(1)
+
+
+setup(version=cmake_version(), cmdclass={"build_py": BuildWithLibraries}, distclass=BinaryDistribution)

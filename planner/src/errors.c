@@ -37,7 +37,7 @@ MFP_API const char *mfp_status_name(mfp_status s) {
   return "unknown status";
 }
 
-MFP_API const char *mfp_version(void) { return "0.1.0"; }
+MFP_API const char *mfp_version(void) { return MEMFIT_VERSION; } /* CMake's project(VERSION) */
 
 MFP_API void mfp_free(void *p) { free(p); }
 

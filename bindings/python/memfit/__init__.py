@@ -26,7 +26,6 @@ from .install import current, install, uninstall
 # memfit.snapshot bound to the module. The module does not import torch.
 from .snapshot import snapshot
 
-__version__ = "0.1.0"
 
 _LAZY = {
     "Job": ("job", "Job"),
@@ -60,6 +59,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # one version: CMake's project(VERSION), compiled into libmemfit.so
+        from ._lib import lib
+
+        return lib().mf_version().decode()
     if name in _LAZY:
         import importlib
 
