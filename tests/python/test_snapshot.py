@@ -15,6 +15,7 @@ import json
 import pickle
 import pickletools
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -28,29 +29,7 @@ from memfit.allocator import Allocator  # noqa: E402
 
 snapshot_mod = importlib.import_module("memfit.snapshot")  # memfit.snapshot stays the function
 
-JOB_FILE = textwrap.dedent('''
-    import torch
-    import memfit
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1 = torch.nn.Linear(16, 32)
-            self.act = torch.nn.ReLU()
-            self.fc2 = torch.nn.Linear(32, 4)
-
-        def forward(self, x):
-            return self.fc2(self.act(self.fc1(x)))
-
-    def make():
-        torch.manual_seed(0)
-        return memfit.Job(
-            model=Net(),
-            make_batch=lambda b: (torch.randn(b, 16), torch.randint(0, 4, (b,))),
-            loss_fn=lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1]),
-            optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
-        )
-''')
+JOB_FILE = (Path(__file__).resolve().parent / "jobs" / "tiny_mlp.py").read_text()
 # verify needs a plan; this one checkpoints fc2.
 PLAN = {"format": "memfit-plan", "version": 1, "batch_size": 8, "predicted_peak_bytes": 1 << 20,
         "layers": [{"name": "fc1", "checkpoint": False, "precision": "fp32"},
