@@ -14,7 +14,6 @@ import importlib
 import json
 import pickle
 import pickletools
-import textwrap
 from pathlib import Path
 
 import pytest
