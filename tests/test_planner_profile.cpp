@@ -526,3 +526,42 @@ TEST(PlannerPlan, DefaultPrecisionsAreTheProfilesAndBaselinesUseTheFirst) {
   EXPECT_STREQ(l.name, "layers.4");
   EXPECT_FALSE(l.decision.checkpoint);
 }
+
+// ------------------------------------------------------- extrapolation range
+
+// A profile whose activations shrink with the batch (no real model gives one:
+// a measurement gone wrong) extrapolates, past its largest batch, to a step
+// that holds negative bytes, and every batch up to max_batch then "fit". The
+// model is out of range where the memory it holds would be negative, so the
+// plan stops there.
+TEST(PlannerModel, ActivationsThatShrinkWithTheBatchDoNotPlanPastZero) {
+  Synth synth = small_synth(11, 1, 2, 4);
+  SynthPrecision &sp = synth.precisions[0];
+  // Layer 1 keeps 2 MB at batch 0 and 40 KB less per sample: at the profiled
+  // batches (<= 8) it is still positive; from batch 50 the walk's held bytes
+  // would be negative.
+  sp.layers[1].kept = {2000000, -40000};
+  sp.layers[1].out = {0, 0};
+  sp.layers[1].fpk = {sp.layers[1].kept.a + 1000, 0};
+  sp.layers[1].bd = {-sp.layers[1].kept.a, 40000};
+  sp.layers[1].bpk = {1000, 40000};
+  Profile profile = parse(synth_profile(synth).str());
+  ASSERT_TRUE(profile);
+  mfp_options opts;
+  mfp_options_init(&opts);
+  opts.budget_bytes = 1ull << 40;  // nothing but the model's range limits the batch
+  opts.max_batch = 65536;
+  mfp_plan_result *raw = nullptr;
+  ASSERT_EQ(mfp_plan(profile.get(), &opts, &raw), MFP_OK) << mfp_last_error();
+  Plan plan(raw);
+  mfp_plan_summary sm;
+  mfp_plan_get_summary(plan.get(), &sm);
+  EXPECT_LT(sm.batch_size, 65536) << "planned the whole range on negative bytes";
+  EXPECT_GT(sm.predicted_peak_bytes, 0);
+  // At the planned batch, the held bytes of the least-holding walk are still >= 0.
+  int64_t held = synth.fixed.at(sm.batch_size);
+  for (const SynthLayer &l : sp.layers) {
+    held += l.kept.at(sm.batch_size);
+    EXPECT_GE(held, 0) << "batch " << sm.batch_size;
+  }
+}

@@ -24,6 +24,35 @@ static double seconds_at(const _mfp_line *line, int64_t batch) {
   return v > 0 ? v : 0.0;
 }
 
+/* Beyond the largest profiled batch the fits are extrapolations, and a term
+ * that falls with the batch (activations that shrink: a profile no real model
+ * gives) eventually makes the memory held during the step negative: every
+ * batch would then "fit". The model is out of range there. Checked on the walk
+ * that holds the least, each layer in the precision that keeps least and none
+ * checkpointed (checkpointing only replaces kept with out >= 0), through the
+ * forward and the loss. Each prefix is a concave function of the batch that is
+ * >= 0 where measured, so once negative it stays so: feasibility stays
+ * monotone (Note [Monotone feasibility]). */
+static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
+  int64_t largest = 0;
+  for (size_t k = 0; k < p->n_settings; k++)
+    if (p->settings[k].batch > largest) largest = p->settings[k].batch;
+  if (m->batch <= largest || !m->in_range) return;
+  int64_t held = m->fixed, least_ld = INT64_MAX;
+  for (size_t i = 0; i < m->n_layers && m->in_range; i++) {
+    int64_t least = INT64_MAX;
+    for (int k = 0; k < p->n_precisions; k++) {
+      const _mfp_layer_terms *t = &m->layer[p->precisions[k]][i];
+      if (t->kept < least) least = t->kept;
+    }
+    held += least;
+    if (held < 0) m->in_range = false;
+  }
+  for (int k = 0; k < p->n_precisions; k++)
+    if (m->step[p->precisions[k]].ld < least_ld) least_ld = m->step[p->precisions[k]].ld;
+  if (m->in_range && held + least_ld < 0) m->in_range = false;
+}
+
 mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
   *m = (_mfp_model){.batch = batch, .n_layers = p->n_layers, .in_range = true};
   for (int k = 0; k < p->n_precisions; k++) {
@@ -56,6 +85,7 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
   m->opk = bytes_at(&p->global_fit[MFP_G_OPK], batch, true, &m->in_range);
   m->od = bytes_at(&p->global_fit[MFP_G_OD], batch, false, &m->in_range);
   m->to = seconds_at(&p->global_fit[MFP_G_TO], batch);
+  extrapolation_check(p, m);
   return MFP_OK;
 }
 
