@@ -234,6 +234,13 @@ TEST(PlannerProfile, MistypedFieldNamesItsPathAndType) {
   profile["settings"][0]["layers"][1]["forward_seconds"] = Json("fast");
   EXPECT_EQ(profile_error(profile), "settings[0].layers[1].forward_seconds: expected a number, got a string");
 
+  // A time whose sums would overflow (a fit through 1e308 s is inf - inf = NaN,
+  // which turned every time of the plan into 0) is not a measurement.
+  profile = synth_profile(small_synth());
+  profile["settings"][1]["loss_seconds"] = Json(1.7e308);
+  EXPECT_TRUE(starts_with(profile_error(profile), "settings[1].loss_seconds: 1.7e+308 s is not a measured time"))
+      << profile_error(profile);
+
   profile = synth_profile(small_synth());
   profile["settings"][0]["layers"] = Json::object();
   EXPECT_EQ(profile_error(profile), "settings[0].layers: expected a list, got an object");

@@ -14,6 +14,9 @@
  * at most 16 TiB in magnitude, and a step sums fewer than 3 * 65536 + 16 of
  * them (< 2^62). No device is near 16 TiB. */
 #define MFP_MAX_BYTES ((int64_t)1 << 44)
+/* The longest time a profile may report (a day and more per layer or step): sums over
+ * layers, batches and accumulation steps then stay far from overflow. */
+#define MFP_MAX_SECONDS 1e5
 #define MFP_MAX_LAYERS 65536
 /* Profile byte counts are read into doubles to be fitted: exact up to 2^53. */
 #define MFP_MAX_PROFILE_BYTES ((int64_t)1 << 53)

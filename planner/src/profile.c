@@ -81,6 +81,9 @@ static mfp_status get_seconds(const json_t *obj, const char *path, const char *k
   if (!json_is_number(v)) return _mfp_error(MFP_ERR_PROFILE, "%s: expected a number, got %s", at, _mfp_json_type_name(v));
   double x = json_number_value(v);
   if (!isfinite(x) || x < 0) return _mfp_error(MFP_ERR_PROFILE, "%s: must be a finite number >= 0, got %g", at, x);
+  /* Sums of times must stay finite (a fit through 1e308 s gives inf - inf). */
+  if (x > MFP_MAX_SECONDS)
+    return _mfp_error(MFP_ERR_PROFILE, "%s: %g s is not a measured time (at most %g s)", at, x, MFP_MAX_SECONDS);
   *out = x;
   return MFP_OK;
 }
