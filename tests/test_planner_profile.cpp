@@ -234,6 +234,11 @@ TEST(PlannerProfile, MistypedFieldNamesItsPathAndType) {
   profile["settings"][0]["layers"][1]["forward_seconds"] = Json("fast");
   EXPECT_EQ(profile_error(profile), "settings[0].layers[1].forward_seconds: expected a number, got a string");
 
+  // The batch limit is named as it is (2^30), not as the JSON integer limit.
+  profile = synth_profile(small_synth());
+  profile["settings"][0]["batch_size"] = Json((int64_t)1 << 40);
+  EXPECT_EQ(profile_error(profile), "settings[0].batch_size: 1099511627776 is too large (the limit is 2^30)");
+
   // A time whose sums would overflow (a fit through 1e308 s is inf - inf = NaN,
   // which turned every time of the plan into 0) is not a measurement.
   profile = synth_profile(small_synth());

@@ -263,7 +263,7 @@ static mfp_status parse_setting(mfp_profile *p, const json_t *setting, size_t in
   double seconds;
   if ((s = get_int(setting, path, "batch_size", 1, &st->batch)) != MFP_OK) return s;
   if (st->batch > MFP_MAX_BATCH_LIMIT)
-    return _mfp_error(MFP_ERR_PROFILE, "%s.batch_size: %" PRId64 " is too large", path, st->batch);
+    return _mfp_error(MFP_ERR_PROFILE, "%s.batch_size: %" PRId64 " is too large (the limit is 2^30)", path, st->batch);
   if ((s = parse_precision(setting, path, &st->precision)) != MFP_OK) return s;
   if ((s = get_int(setting, path, "peak_allocated_bytes", 0, &st->peak_allocated)) != MFP_OK) return s;
   if ((s = get_int(setting, path, "peak_reserved_bytes", 0, &st->peak_reserved)) != MFP_OK) return s;
@@ -352,7 +352,7 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
       break;
     }
     if (ck->batch > MFP_MAX_BATCH_LIMIT) {
-      s = _mfp_error(MFP_ERR_PROFILE, "%s.batch_size: %" PRId64 " is too large", path, ck->batch);
+      s = _mfp_error(MFP_ERR_PROFILE, "%s.batch_size: %" PRId64 " is too large (the limit is 2^30)", path, ck->batch);
       break;
     }
     _mfp_model m;
