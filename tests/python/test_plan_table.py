@@ -38,3 +38,10 @@ def test_a_plan_with_a_null_throughput_prints():
     table = plan.table()
     assert "throughput not predicted" in table
     assert f"batch {plan.batch_size}" in table or str(plan.batch_size) in table
+
+
+@pytest.mark.parametrize("headroom", [float("nan"), float("inf"), -0.1, 1.0, "3%", True])
+def test_a_bad_headroom_is_named(headroom):
+    profile = json.loads(SAMPLE.read_text())
+    with pytest.raises(memfit.MemfitError, match="headroom must be a fraction"):
+        memfit.plan(profile, budget="64GiB", headroom=headroom)

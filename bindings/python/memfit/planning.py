@@ -164,6 +164,10 @@ def plan(
     if max_batch is not None:
         options["max_batch"] = max_batch
     if headroom is not None:
+        # JSON has no NaN: checked here, or the planner would say "not valid JSON".
+        if headroom != "auto" and not (isinstance(headroom, (int, float)) and not isinstance(headroom, bool)
+                                       and 0 <= headroom < 1):
+            raise MemfitError(f"memfit.plan: headroom must be a fraction in [0, 1) or 'auto', not {headroom!r}")
         options["headroom"] = headroom
     lib = _load_planner()
     out = ctypes.c_void_p()
