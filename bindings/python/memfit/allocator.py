@@ -50,10 +50,38 @@ class Allocator:
     def __init__(self, handle: int, device: str, index: int = 0, owned: bool = False) -> None:
         if not handle:
             raise MemfitError("memfit: NULL allocator handle")
-        self.handle = ctypes.c_void_p(handle)
+        self._handle: Optional[ctypes.c_void_p] = ctypes.c_void_p(handle)
         self.device = device  # "cpu" or "cuda"
         self.index = index  # the device index inside the allocator
         self._owned = owned
+
+    @property
+    def handle(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raise MemfitError("memfit: this allocator was closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Destroy an allocator created here (Allocator.create): its segments go back
+        to the backend and its blocks are forgotten. Refused for one that may still
+        hold tensors: PyTorch's CPU or CUDA allocator installed by memfit.install.
+        Closing twice is a no-op."""
+        if self._handle is None:
+            return
+        if not self._owned:
+            raise MemfitError("memfit: Allocator.close: this allocator is not memfit's to destroy (it is the "
+                              "CUDA plugin's, which lives as long as the process)")
+        if getattr(self, "_installed", False):  # set by memfit.install: tensors free into it, even after uninstall
+            raise MemfitError("memfit: Allocator.close: this allocator was installed under PyTorch, and tensors "
+                              "it served may still free into it; it lives as long as the process")
+        lib().mf_allocator_destroy(self._handle)
+        self._handle = None
+
+    def __enter__(self) -> "Allocator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def create(cls, conf: str, device: str = "cpu") -> "Allocator":
@@ -189,7 +217,8 @@ class Allocator:
         return self.index if device is None else device
 
     def __repr__(self) -> str:
-        return f"<memfit.Allocator {self.device}:{self.index} at {self.handle.value:#x}>"
+        where = f"at {self._handle.value:#x}" if getattr(self, "_handle", None) is not None else "(closed)"
+        return f"<memfit.Allocator {self.device}:{self.index} {where}>"
 
 
 def _tag_stats_dict(raw: "_lib.TagStats") -> Dict[str, Dict[str, int]]:

@@ -124,6 +124,7 @@ def _install_cpu(conf: str) -> Allocator:
     env = os.environ.get("MEMFIT_CONF", "").strip().strip(",")
     parts = ["backend:host", options_conf(CPU_DEFAULTS)] + [c for c in (env, conf) if c]
     alloc = Allocator.create(",".join(parts), "cpu")
+    alloc._installed = True  # type: ignore[attr-defined]  # Allocator.close refuses from here on
     if adapter.memfit_torch_cpu_install(alloc.handle, 0) != 0:
         raise MemfitError(f"memfit.install(device='cpu'): {adapter.memfit_torch_last_error().decode()}")
     if _current is not None:
