@@ -17,10 +17,13 @@
 #include <unistd.h>
 
 #include "emucuda.h"
+#include "test_util.h"
 
 namespace emutest {
 
-constexpr size_t KiB = 1024, MiB = 1024 * KiB, GiB = 1024 * MiB;
+using memfit_test::KiB;
+using memfit_test::MiB;
+constexpr size_t GiB = 1024 * MiB;
 constexpr size_t G = 2 * MiB;  // the emulator's default granule
 
 // The emulator, loaded and initialized once per process.
@@ -117,26 +120,10 @@ inline void expect_same(const Live &before, const Live &after) {
   EXPECT_EQ(after.timeouts, before.timeouts) << "a synchronizing call waited on a held stream and gave up";
 }
 
-// An allocator over the cuda backend (the emulator); null and a failure if
-// creation fails.
-struct AllocatorDeleter {
-  void operator()(mf_allocator *a) const { mf_allocator_destroy(a); }
-};
-using Allocator = std::unique_ptr<mf_allocator, AllocatorDeleter>;
-
-inline Allocator create(const char *conf) {
-  mf_allocator *a = nullptr;
-  mf_status s = mf_allocator_create(conf, &a);
-  EXPECT_EQ(s, MF_OK) << conf << ": " << mf_last_error();
-  return Allocator(s == MF_OK ? a : nullptr);
-}
-
-inline mf_stats stats(mf_allocator *a, int device = 0) {
-  mf_stats s;
-  std::memset(&s, 0xA5, sizeof s);
-  EXPECT_EQ(mf_get_stats(a, device, &s), MF_OK) << mf_last_error();
-  return s;
-}
+// Allocator handles, checked creation and stats reads: the suite's own (test_util.h).
+using memfit_test::Allocator;
+using memfit_test::create;
+using memfit_test::stats;
 
 inline bool holds(const void *p, size_t n, unsigned char v) {
   const unsigned char *b = static_cast<const unsigned char *>(p);
