@@ -71,7 +71,7 @@ void expect_close(double got, double want, const std::string &what) {
 }
 
 struct Tally {
-  int cases = 0, plans = 0, nothing_fits = 0, capped = 0, checkpointing = 0, mixed = 0, corrected = 0;
+  int cases = 0, plans = 0, nothing_fits = 0, capped = 0, checkpointing = 0, mixed = 0, corrected = 0, measured = 0;
   size_t assignments = 0;
 };
 
@@ -82,6 +82,7 @@ void run_case(uint64_t seed, Tally &tally) {
   so.precisions = (int)uni(1, 3);
   so.batch_sizes = (int)uni(2, 3);
   so.negative_bd_slopes = seed % 2 == 0;
+  so.measured_checkpoint = seed % 4 >= 2;  // half the cases: checkpointed terms measured, not derived
   int n_allowed = (int)uni(1, so.precisions);
   // Layers: 1..12 with one precision, fewer with more (6^4 = 1296 assignments).
   static const size_t max_layers[] = {0, 12, 6, 4};
@@ -183,6 +184,7 @@ void run_case(uint64_t seed, Tally &tally) {
       any_other_precision |= l.decision.precision != first.decision.precision;
     }
     tally.checkpointing += any_checkpoint;
+    tally.measured += any_checkpoint && so.measured_checkpoint;
     tally.corrected += any_checkpoint && sm.checkpoint_correction_bytes > 0;
     tally.mixed += any_other_precision;
 
@@ -227,12 +229,13 @@ TEST(PlannerBruteForce, OptimumEqualsEnumeration) {
   }
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   printf("[          ] %d cases: %d plans (%d checkpoint, %d of them under a correction, %d mix precisions), %d with "
-         "nothing fitting, %d capped by max_batch; %zu assignments simulated, in %.2f s\n",
-         tally.cases, tally.plans, tally.checkpointing, tally.corrected, tally.mixed, tally.nothing_fits, tally.capped,
+         "nothing fitting, %d capped by max_batch, %d checkpointing with measured terms; %zu assignments simulated, in %.2f s\n",
+         tally.cases, tally.plans, tally.checkpointing, tally.corrected, tally.mixed, tally.nothing_fits, tally.capped, tally.measured,
          tally.assignments, seconds);
   EXPECT_GT(tally.plans, 1500);
   EXPECT_GT(tally.checkpointing, 500);
   EXPECT_GT(tally.corrected, 100) << "plans under a checkpoint check's correction";
+  EXPECT_GT(tally.measured, 200) << "plans that checkpoint with measured checkpointed terms";
   EXPECT_GT(tally.mixed, 300);
   EXPECT_GT(tally.nothing_fits, 0);
 }

@@ -577,3 +577,151 @@ TEST(PlannerModel, ActivationsThatShrinkWithTheBatchDoNotPlanPastZero) {
     EXPECT_GE(held, 0) << "batch " << sm.batch_size;
   }
 }
+
+// ------------------------------------------- measured checkpointed terms
+
+namespace {
+
+Synth measured_synth(uint64_t seed, int precisions = 2, int batch_sizes = 2, size_t layers = 6) {
+  std::mt19937_64 rng(seed);
+  SynthOptions so;
+  so.layers = layers;
+  so.precisions = precisions;
+  so.batch_sizes = batch_sizes;
+  so.negative_bd_slopes = true;
+  so.measured_checkpoint = true;
+  return make_synth(rng, so);
+}
+
+}  // namespace
+
+TEST(PlannerCheckpointed, EveryLayerCheckpointedReproducesTheCheckpointedRun) {
+  for (int batch_sizes : {2, 3}) {
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+      Synth synth = measured_synth(seed, 2, batch_sizes);
+      Profile profile = parse(synth_profile(synth).str());
+      ASSERT_TRUE(profile);
+      for (const SynthPrecision &sp : synth.precisions)
+        for (int64_t b : {synth.batches[0], synth.batches.back(), (int64_t)11}) {  // 11: never profiled
+          SynthRun run = synth_run(synth, sp, b, true);
+          std::vector<mfp_decision> d(synth.names.size(), mfp_decision{true, sp.precision});
+          mfp_simulation sim;
+          ASSERT_EQ(mfp_simulate(profile.get(), b, d.data(), d.size(), &sim), MFP_OK);
+          EXPECT_EQ(sim.peak_bytes, run.peak) << "seed " << seed << " batch " << b;
+        }
+    }
+  }
+}
+
+TEST(PlannerCheckpointed, TheSelfCheckCoversBothRunsAndTheTermsAreNotDerived) {
+  Synth synth = measured_synth(3);
+  Json json = synth_profile(synth);
+  Plan plan;
+  {
+    Profile profile = parse(json.str());
+    mfp_options o;
+    mfp_options_init(&o);
+    o.budget_bytes = 64 << 20;
+    mfp_plan_result *r = nullptr;
+    ASSERT_EQ(mfp_plan(profile.get(), &o, &r), MFP_OK) << mfp_last_error();
+    plan.reset(r);
+  }
+  char *text = nullptr;
+  ASSERT_EQ(mfp_plan_to_json(plan.get(), &text), MFP_OK);
+  std::string out = text;
+  mfp_free(text);
+  size_t runs = synth.precisions.size() * synth.batches.size();
+  size_t checkpointed = 0, plain = 0;
+  for (size_t at = 0; (at = out.find("\"checkpointed\": ", at)) != std::string::npos; at++)
+    (out.compare(at + 16, 4, "true") == 0 ? checkpointed : plain)++;
+  EXPECT_EQ(checkpointed, runs) << out;
+  EXPECT_EQ(plain, runs) << out;
+  EXPECT_NE(out.find("\"model_error\": 0.0,"), std::string::npos) << "both runs are reproduced exactly";
+
+  // Without the checkpointed runs, the every-layer-checkpointed peak comes from
+  // the derived terms: a different number for this profile.
+  Json bare = json;
+  for (auto &setting : bare["settings"].items) setting.erase("checkpointed");
+  Profile with = parse(json.str()), without = parse(bare.str());
+  const SynthPrecision &sp = synth.precisions[0];
+  std::vector<mfp_decision> d(synth.names.size(), mfp_decision{true, sp.precision});
+  mfp_simulation a, b;
+  ASSERT_EQ(mfp_simulate(with.get(), synth.batches[0], d.data(), d.size(), &a), MFP_OK);
+  ASSERT_EQ(mfp_simulate(without.get(), synth.batches[0], d.data(), d.size(), &b), MFP_OK);
+  EXPECT_EQ(a.peak_bytes, synth_run(synth, sp, synth.batches[0], true).peak);
+  EXPECT_NE(a.peak_bytes, b.peak_bytes);
+}
+
+TEST(PlannerCheckpointed, ACheckedMixedPlanIsSimulatedAsNamed) {
+  Synth synth = measured_synth(5, 1);
+  Json json = synth_profile(synth);
+  int64_t b = synth.batches[0];
+  // Only layers.1 and layers.4 checkpointed, measured 1000 bytes above the model.
+  Profile bare = parse(json.str());
+  std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, synth.precisions[0].precision});
+  d[1].checkpoint = d[4].checkpoint = true;
+  mfp_simulation sim;
+  ASSERT_EQ(mfp_simulate(bare.get(), b, d.data(), d.size(), &sim), MFP_OK);
+  Json names = Json::array();
+  names.push("layers.1");
+  names.push("layers.4");
+  Json checks = Json::array();
+  checks.push(Json::object()
+                  .set("batch_size", b)
+                  .set("precision", mfp_precision_name(synth.precisions[0].precision))
+                  .set("checkpointed_layers", names)
+                  .set("peak_allocated_bytes", sim.peak_bytes + 1000)
+                  .set("peak_reserved_bytes", sim.peak_bytes + 1000 + kSynthReserveOverhead));
+  json.set("checkpoint_checks", checks);
+  mfp_options o;
+  mfp_options_init(&o);
+  o.budget_bytes = 64 << 20;
+  mfp_plan_result *r = nullptr;
+  Profile profile = parse(json.str());
+  ASSERT_EQ(mfp_plan(profile.get(), &o, &r), MFP_OK) << mfp_last_error();
+  Plan plan(r);
+  char *text = nullptr;
+  ASSERT_EQ(mfp_plan_to_json(plan.get(), &text), MFP_OK);
+  std::string out = text;
+  mfp_free(text);
+  EXPECT_NE(out.find("\"predicted\": " + std::to_string(sim.peak_bytes)), std::string::npos) << out;
+  EXPECT_NE(out.find("\"checkpointed_layers\": 2"), std::string::npos) << out;
+}
+
+TEST(PlannerCheckpointed, BadCheckpointedRunsNameTheirPath) {
+  Synth synth = measured_synth(9);
+  {
+    Json j = synth_profile(synth);
+    j["settings"][1].erase("checkpointed");
+    EXPECT_PRED2(starts_with, profile_error(j), "settings[1].checkpointed: missing, but settings[0] has one");
+  }
+  {
+    Json j = synth_profile(synth);
+    j["settings"][0]["checkpointed"]["layers"][2].set("name", "elsewhere");
+    EXPECT_PRED2(starts_with, profile_error(j), "settings[0].checkpointed.layers[2].name: \"elsewhere\"");
+  }
+  {
+    Json j = synth_profile(synth);
+    Json &w = j["settings"][0]["checkpointed"]["layers"][3]["forward"];
+    w.set("start", w["start"].i + 1).set("peak", w["peak"].i + 1);
+    EXPECT_PRED2(starts_with, profile_error(j), "settings[0].checkpointed.layers[3].forward.start:");
+  }
+  {
+    Json j = synth_profile(synth);
+    j["settings"][0]["checkpointed"]["layers"].items.pop_back();
+    EXPECT_PRED2(starts_with, profile_error(j), "settings[0].checkpointed.layers: 5 layers, but the setting has 6");
+  }
+  {
+    Json j = synth_profile(synth);
+    j["settings"][0]["checkpointed"].set("peak_reserved_bytes", 0);
+    EXPECT_PRED2(starts_with, profile_error(j), "settings[0].checkpointed.peak_reserved_bytes: 0 is below");
+  }
+  {
+    Json j = with_checks(synth, [](int64_t, int64_t) { return 0; });
+    Json names = Json::array();
+    names.push("nowhere");
+    j["checkpoint_checks"][0].set("checkpointed_layers", names);
+    EXPECT_PRED2(starts_with, profile_error(j),
+                 "checkpoint_checks[0].checkpointed_layers[0]: \"nowhere\" is not a layer of the profile");
+  }
+}

@@ -107,7 +107,8 @@ struct Json {
 struct ByteLine { int64_t a = 0, s = 0; int64_t at(int64_t b) const { return a + s * b; } };
 struct TimeLine { double a = 0, s = 0; double at(int64_t b) const { return a + s * b; } };
 
-struct SynthLayer { ByteLine fpk, kept, out, bpk, bd; TimeLine tf, tb; };
+// c*: the layer in the every-layer-checkpointed run (used when the options ask for it).
+struct SynthLayer { ByteLine fpk, kept, out, bpk, bd; TimeLine tf, tb; ByteLine cfpk, ckept, cbpk, cbd; TimeLine ctf, ctb; };
 struct SynthPrecision {
   mfp_precision precision;
   std::vector<SynthLayer> layers;
@@ -115,6 +116,7 @@ struct SynthPrecision {
   TimeLine tl, tlb;
 };
 struct Synth {
+  bool measured_checkpoint = false;  // settings carry a "checkpointed" run
   std::vector<std::string> names;
   std::vector<int64_t> batches;
   std::vector<SynthPrecision> precisions;  // settings[0]'s precision first
@@ -127,6 +129,7 @@ struct SynthOptions {
   int precisions = 1;
   int batch_sizes = 2;
   bool negative_bd_slopes = false;  // bd may shrink with the batch (kept + bd may not)
+  bool measured_checkpoint = false;  // give every setting a "checkpointed" run with its own terms
 };
 
 // Random terms that make a valid profile: every window's peak is above its
@@ -136,6 +139,7 @@ inline Synth make_synth(std::mt19937_64 &rng, const SynthOptions &o) {
   auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   auto real = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
   Synth s;
+  s.measured_checkpoint = o.measured_checkpoint;
   for (size_t i = 0; i < o.layers; i++) s.names.push_back("layers." + std::to_string(i));
   std::vector<int64_t> pool = {1, 2, 3, 4, 6, 8};
   std::shuffle(pool.begin(), pool.end(), rng);
@@ -160,6 +164,16 @@ inline Synth make_synth(std::mt19937_64 &rng, const SynthOptions &o) {
       l.bpk = {std::max<int64_t>(l.bd.a, 0) + uni(0, 7000), std::max<int64_t>(l.bd.s, 0) + uni(0, 2500)};
       l.tf = {real(0.0005, 0.01), real(0, 0.004)};
       l.tb = {real(0.0005, 0.02), real(0, 0.008)};
+      // Checkpointed: keeps at most what it keeps otherwise, more than its output
+      // sometimes (what the enclosing module holds); its backward window holds
+      // the recomputation. Its time is sometimes below tf + tb (noise).
+      l.ckept = {uni(0, l.kept.a), uni(0, l.kept.s)};
+      if (uni(0, 4) == 0) l.ckept = {uni(0, 9000), uni(0, 3500)};
+      l.cfpk = {l.ckept.a + uni(0, 6000), l.ckept.s + uni(0, 2500)};
+      l.cbd = {uni(-l.ckept.a - 2000, 3000), o.negative_bd_slopes ? uni(-l.ckept.s, 300) : uni(0, 300)};
+      l.cbpk = {std::max<int64_t>(l.cbd.a, 0) + uni(0, 12000), std::max<int64_t>(l.cbd.s, 0) + uni(0, 4000)};
+      l.ctf = {real(0.0004, 0.01), real(0, 0.004)};
+      l.ctb = {real(0.0005, 0.03), real(0, 0.012)};
       p.layers.push_back(l);
     }
     p.ld = {uni(0, 600), uni(0, 50)};
@@ -190,71 +204,99 @@ inline Json totals() {
 constexpr int64_t kSynthGranule = 2 * 1024 * 1024;
 constexpr int64_t kSynthReserveOverhead = 4096;
 
-inline Json synth_setting(const Synth &s, const SynthPrecision &p, int64_t b, int64_t *peak_out = nullptr) {
+// One run's windows at batch b, every layer checkpointed or none: the walk of
+// PLAN.md written out independently of the planner.
+struct SynthRun {
+  Json layers = Json::array(), loss, loss_backward, optimizer;
+  int64_t fixed = 0, peak = 0;
+  double step = 0;
+};
+
+inline SynthRun synth_run(const Synth &s, const SynthPrecision &p, int64_t b, bool checkpointed) {
   size_t n = s.names.size();
-  int64_t fixed = s.fixed.at(b), cur = fixed, peak = fixed;
-  auto track = [&](int64_t v) { peak = std::max(peak, v); };
-  Json layers = Json::array();
+  SynthRun r;
+  int64_t cur = r.fixed = s.fixed.at(b);
+  r.peak = cur;
+  auto track = [&](int64_t v) { r.peak = std::max(r.peak, v); };
   std::vector<Json> fwd(n), bwd(n);
   for (size_t i = 0; i < n; i++) {
     const SynthLayer &l = p.layers[i];
-    fwd[i] = window(cur, l.fpk.at(b), l.kept.at(b));
-    track(cur + l.fpk.at(b));
-    cur += l.kept.at(b);
+    const ByteLine &pk = checkpointed ? l.cfpk : l.fpk, &kept = checkpointed ? l.ckept : l.kept;
+    fwd[i] = window(cur, pk.at(b), kept.at(b));
+    track(cur + pk.at(b));
+    cur += kept.at(b);
   }
-  Json loss = window(cur, p.lpk.at(b), p.ld.at(b));
+  r.loss = window(cur, p.lpk.at(b), p.ld.at(b));
   track(cur + p.lpk.at(b));
   cur += p.ld.at(b);
-  Json loss_backward = window(cur, p.lbpk.at(b), p.lbd.at(b));
+  r.loss_backward = window(cur, p.lbpk.at(b), p.lbd.at(b));
   track(cur + p.lbpk.at(b));
   cur += p.lbd.at(b);
   for (size_t i = n; i-- > 0;) {
     const SynthLayer &l = p.layers[i];
-    bwd[i] = window(cur, l.bpk.at(b), l.bd.at(b));
-    track(cur + l.bpk.at(b));
-    cur += l.bd.at(b);
+    const ByteLine &pk = checkpointed ? l.cbpk : l.bpk, &d = checkpointed ? l.cbd : l.bd;
+    bwd[i] = window(cur, pk.at(b), d.at(b));
+    track(cur + pk.at(b));
+    cur += d.at(b);
   }
-  Json optimizer = window(cur, s.opk.at(b), s.od.at(b));
+  r.optimizer = window(cur, s.opk.at(b), s.od.at(b));
   track(cur + s.opk.at(b));
-  double step = 0;
   for (size_t i = 0; i < n; i++) {
     const SynthLayer &l = p.layers[i];
-    step += l.tf.at(b) + l.tb.at(b);
-    layers.push(Json::object()
-                    .set("name", s.names[i])
-                    .set("type", "Block")
-                    .set("parameter_bytes", 1000)
-                    .set("gradient_bytes", 1000)
-                    .set("optimizer_state_bytes", 2000)
-                    .set("activation_bytes", l.kept.at(b))
-                    .set("output_bytes", l.out.at(b))
-                    .set("output_allocated_bytes", l.out.at(b))
-                    .set("forward_temporary_peak_bytes", l.fpk.at(b) - l.kept.at(b))
-                    .set("backward_temporary_peak_bytes", l.bpk.at(b))
-                    .set("forward_seconds", l.tf.at(b))
-                    .set("backward_seconds", l.tb.at(b))
-                    .set("forward", fwd[i])
-                    .set("backward", bwd[i]));
+    double tf = checkpointed ? l.ctf.at(b) : l.tf.at(b), tb = checkpointed ? l.ctb.at(b) : l.tb.at(b);
+    r.step += tf + tb;
+    Json layer = Json::object().set("name", s.names[i]);
+    if (!checkpointed)
+      layer.set("type", "Block")
+          .set("parameter_bytes", 1000)
+          .set("gradient_bytes", 1000)
+          .set("optimizer_state_bytes", 2000)
+          .set("activation_bytes", l.kept.at(b))
+          .set("output_bytes", l.out.at(b))
+          .set("output_allocated_bytes", l.out.at(b))
+          .set("forward_temporary_peak_bytes", l.fpk.at(b) - l.kept.at(b))
+          .set("backward_temporary_peak_bytes", l.bpk.at(b));
+    layer.set("forward_seconds", tf).set("backward_seconds", tb).set("forward", fwd[i]).set("backward", bwd[i]);
+    r.layers.push(layer);
   }
-  if (peak_out) *peak_out = peak;
-  return Json::object()
+  r.step += p.tl.at(b) + p.tlb.at(b) + s.to.at(b);
+  return r;
+}
+
+inline Json synth_setting(const Synth &s, const SynthPrecision &p, int64_t b, int64_t *peak_out = nullptr) {
+  SynthRun r = synth_run(s, p, b, false);
+  if (peak_out) *peak_out = r.peak;
+  Json setting = Json::object()
       .set("batch_size", b)
       .set("precision", mfp_precision_name(p.precision))
-      .set("peak_allocated_bytes", peak)
-      .set("peak_reserved_bytes", peak + kSynthReserveOverhead)
-      .set("peak_requested_bytes", peak)
-      .set("fixed_bytes", fixed)
+      .set("peak_allocated_bytes", r.peak)
+      .set("peak_reserved_bytes", r.peak + kSynthReserveOverhead)
+      .set("peak_requested_bytes", r.peak)
+      .set("fixed_bytes", r.fixed)
       .set("input_bytes", 64 * b)
       .set("totals", totals())
       .set("totals_allocated", totals())
-      .set("step_seconds", step + p.tl.at(b) + p.tlb.at(b) + s.to.at(b))
-      .set("loss", loss)
-      .set("loss_backward", loss_backward)
-      .set("optimizer", optimizer)
+      .set("step_seconds", r.step)
+      .set("loss", r.loss)
+      .set("loss_backward", r.loss_backward)
+      .set("optimizer", r.optimizer)
       .set("loss_seconds", p.tl.at(b))
       .set("loss_backward_seconds", p.tlb.at(b))
       .set("optimizer_seconds", s.to.at(b))
-      .set("layers", layers);
+      .set("layers", r.layers);
+  if (s.measured_checkpoint) {
+    SynthRun c = synth_run(s, p, b, true);
+    setting.set("checkpointed", Json::object()
+                                    .set("peak_allocated_bytes", c.peak)
+                                    .set("peak_reserved_bytes", c.peak + kSynthReserveOverhead)
+                                    .set("step_seconds", c.step)
+                                    .set("fixed_bytes", c.fixed)
+                                    .set("loss", c.loss)
+                                    .set("loss_backward", c.loss_backward)
+                                    .set("optimizer", c.optimizer)
+                                    .set("layers", c.layers));
+  }
+  return setting;
 }
 
 inline Json synth_profile(const Synth &s) {

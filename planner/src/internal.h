@@ -50,7 +50,15 @@ struct json_t;
 const char *_mfp_json_type_name(const struct json_t *v);
 
 /* The measured value of every model term in one setting, before fitting. */
-enum { MFP_T_FPK, MFP_T_KEPT, MFP_T_OUT, MFP_T_BPK, MFP_T_BD, MFP_T_TF, MFP_T_TB, MFP_LAYER_TERMS };
+/* MFP_T_C*: the same layer measured with every layer checkpointed (the
+ * setting's optional "checkpointed" run; PLAN.md, "What a checkpointed layer
+ * keeps"): its forward transient and what it keeps, its backward window with
+ * the recomputation inside, and their times. */
+enum {
+  MFP_T_FPK, MFP_T_KEPT, MFP_T_OUT, MFP_T_BPK, MFP_T_BD, MFP_T_TF, MFP_T_TB,
+  MFP_T_CFPK, MFP_T_CKEPT, MFP_T_CBPK, MFP_T_CBD, MFP_T_CTF, MFP_T_CTB,
+  MFP_LAYER_TERMS
+};
 enum { MFP_S_LPK, MFP_S_LD, MFP_S_LBPK, MFP_S_LBD, MFP_S_TL, MFP_S_TLB, MFP_STEP_TERMS };
 enum { MFP_G_FIXED, MFP_G_OPK, MFP_G_OD, MFP_G_TO, MFP_GLOBAL_TERMS };
 
@@ -60,6 +68,9 @@ typedef struct _mfp_setting {
   int64_t peak_allocated;
   int64_t peak_reserved;
   double step_seconds;
+  /* The setting's run with every layer checkpointed, when the profile has it. */
+  int64_t ckpt_peak_allocated, ckpt_peak_reserved;
+  double ckpt_step_seconds;
   double *layer_values; /* n_layers * MFP_LAYER_TERMS */
   double step_values[MFP_STEP_TERMS];
   double global_values[MFP_GLOBAL_TERMS];
@@ -71,6 +82,9 @@ typedef struct _mfp_checkpoint_check {
   int64_t batch;
   mfp_precision precision;
   int64_t measured, predicted;
+  bool *checkpointed; /* per layer: the plan that ran (every layer when the profile does not say);
+                        NULL in a plan's copy */
+  size_t n_checkpointed;
 } _mfp_checkpoint_check;
 
 /* value(b) = center_value + slope * (b - center_batch): centred, so that the
@@ -89,6 +103,7 @@ struct mfp_profile {
   mfp_precision precisions[MFP_PRECISION_COUNT];
   mfp_precision first_precision;           /* settings[0]'s: fixed and optimizer terms */
   int64_t largest_batch;
+  bool measured_checkpoint; /* every setting has its "checkpointed" run: the MFP_T_C* terms are measured */
   int64_t granule;          /* the allocator's page-mapped granule; 0: segments (or not recorded) */
   int64_t reserve_overhead; /* max over settings of peak reserved - peak allocated */
   double reserve_ratio;     /* max over settings of peak reserved / peak allocated */
@@ -110,9 +125,19 @@ double _mfp_line_at(const _mfp_line *line, int64_t batch);
 
 /* ----------------------------------------------------------------- model.c */
 
+/* A layer's terms at one batch. Not checkpointed: forward transient fpk, then
+ * it keeps `kept`; its backward has transient bpk and changes the live bytes
+ * by bd. Checkpointed: forward transient cfpk, keeps ckept; its backward opens
+ * with the recomputation (transient crpk, then the live bytes change by crd)
+ * and then has transient cbpk and change cbd; step time ct of which crt is
+ * recomputation. From a profile without measured checkpointed runs these are
+ * derived from the uncheckpointed terms (PLAN.md, "What a checkpointed layer
+ * keeps"). */
 typedef struct _mfp_layer_terms {
   int64_t fpk, kept, out, bpk, bd;
   double tf, tb;
+  int64_t cfpk, ckept, crpk, crd, cbpk, cbd;
+  double ct, crt;
 } _mfp_layer_terms;
 
 typedef struct _mfp_step_terms {
@@ -182,6 +207,7 @@ typedef struct _mfp_self_check {
   int64_t measured_reserved, predicted_reserved;
   double reserved_error;
   double measured_seconds, predicted_seconds;
+  bool checkpointed; /* the setting's run with every layer checkpointed */
 } _mfp_self_check;
 
 typedef struct _mfp_baseline {

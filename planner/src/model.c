@@ -28,9 +28,8 @@ static double seconds_at(const _mfp_line *line, int64_t batch) {
  * that falls with the batch (activations that shrink: a profile no real model
  * gives) eventually makes the memory held during the step negative: every
  * batch would then "fit". The model is out of range there. Checked on the walk
- * that holds the least, each layer in the precision that keeps least and none
- * checkpointed (checkpointing only replaces kept with out >= 0), through the
- * forward and the loss. Each prefix is a concave function of the batch that is
+ * that holds the least, each layer in the precision and checkpoint choice that
+ * keeps least, through the forward and the loss. Each prefix is a concave function of the batch that is
  * >= 0 where measured, so once negative it stays so: feasibility stays
  * monotone (Note [Monotone feasibility]). */
 static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
@@ -44,6 +43,7 @@ static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
     for (int k = 0; k < p->n_precisions; k++) {
       const _mfp_layer_terms *t = &m->layer[p->precisions[k]][i];
       if (t->kept < least) least = t->kept;
+      if (t->ckept < least) least = t->ckept;
     }
     held += least;
     if (held < 0) m->in_range = false;
@@ -51,6 +51,38 @@ static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
   for (int k = 0; k < p->n_precisions; k++)
     if (m->step[p->precisions[k]].ld < least_ld) least_ld = m->step[p->precisions[k]].ld;
   if (m->in_range && held + least_ld < 0) m->in_range = false;
+}
+
+/* A checkpointed layer's terms (PLAN.md, "What a checkpointed layer keeps").
+ * Measured: the profile's every-layer-checkpointed runs, fitted like the other
+ * terms; the backward window holds the recomputation, so crpk is that window's
+ * transient and crd 0; the time is at least the uncheckpointed one
+ * (recomputing never saves time: a faster measurement is noise). Derived
+ * (older profiles): the layer keeps only its output, and its recomputation
+ * restores what it kept on top of that output. */
+static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, int64_t batch, _mfp_layer_terms *t,
+                               bool *in_range) {
+  double plain = t->tf + t->tb;
+  if (p->measured_checkpoint) {
+    t->cfpk = bytes_at(&f[MFP_T_CFPK], batch, true, in_range);
+    t->ckept = bytes_at(&f[MFP_T_CKEPT], batch, false, in_range);
+    t->cbpk = t->crpk = bytes_at(&f[MFP_T_CBPK], batch, true, in_range);
+    t->crd = 0;
+    t->cbd = bytes_at(&f[MFP_T_CBD], batch, false, in_range);
+    double measured = seconds_at(&f[MFP_T_CTF], batch);
+    measured += seconds_at(&f[MFP_T_CTB], batch);
+    t->ct = measured > plain ? measured : plain;
+    t->crt = t->ct - plain;
+  } else {
+    t->cfpk = t->fpk;
+    t->ckept = t->out;
+    t->crpk = t->fpk > t->out ? t->fpk - t->out : 0;
+    t->crd = t->kept - t->out;
+    t->cbpk = t->bpk;
+    t->cbd = t->bd;
+    t->ct = plain + t->tf;
+    t->crt = t->tf;
+  }
 }
 
 mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
@@ -72,6 +104,7 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
       terms[i].bd = bytes_at(&f[MFP_T_BD], batch, false, &m->in_range);
       terms[i].tf = seconds_at(&f[MFP_T_TF], batch);
       terms[i].tb = seconds_at(&f[MFP_T_TB], batch);
+      checkpointed_terms(p, f, batch, &terms[i], &m->in_range);
     }
     const _mfp_line *s = p->step_fit[prec];
     m->step[prec].lpk = bytes_at(&s[MFP_S_LPK], batch, true, &m->in_range);
@@ -121,8 +154,13 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
   int64_t cur = m->fixed;
   for (size_t i = 0; i < n; i++) {
     const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
-    window_at(&pt, MFP_PHASE_FORWARD, (int32_t)i, cur, t->fpk);
-    cur += d[i].checkpoint ? t->out : t->kept;
+    if (d[i].checkpoint) {
+      window_at(&pt, MFP_PHASE_FORWARD, (int32_t)i, cur, t->cfpk);
+      cur += t->ckept;
+    } else {
+      window_at(&pt, MFP_PHASE_FORWARD, (int32_t)i, cur, t->fpk);
+      cur += t->kept;
+    }
   }
   const _mfp_step_terms *st = &m->step[d[n - 1].precision];
   window_at(&pt, MFP_PHASE_LOSS, -1, cur, st->lpk);
@@ -132,14 +170,14 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
   for (size_t i = n; i-- > 0;) {
     const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
     if (d[i].checkpoint) {
-      /* The recomputation runs on top of the layer's output, which is still alive:
-       * its transient is the forward's less that output (a second copy is never
-       * held at the peak), see PLAN.md. */
-      window_at(&pt, MFP_PHASE_RECOMPUTE, (int32_t)i, cur, t->fpk > t->out ? t->fpk - t->out : 0);
-      cur += t->kept - t->out;
+      window_at(&pt, MFP_PHASE_RECOMPUTE, (int32_t)i, cur, t->crpk);
+      cur += t->crd;
+      window_at(&pt, MFP_PHASE_BACKWARD, (int32_t)i, cur, t->cbpk);
+      cur += t->cbd;
+    } else {
+      window_at(&pt, MFP_PHASE_BACKWARD, (int32_t)i, cur, t->bpk);
+      cur += t->bd;
     }
-    window_at(&pt, MFP_PHASE_BACKWARD, (int32_t)i, cur, t->bpk);
-    cur += t->bd;
   }
   window_at(&pt, MFP_PHASE_OPTIMIZER, -1, cur, m->opk);
   cur += m->od;
@@ -151,8 +189,8 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
     const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
     double dt = t->tf + t->tb;
     if (d[i].checkpoint) {
-      dt += t->tf;
-      recompute += t->tf;
+      dt = t->ct;
+      recompute += t->crt;
     }
     seconds += dt;
   }
@@ -186,6 +224,8 @@ bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int
     double loss = s[MFP_S_LD].slope + s[MFP_S_LBD].slope;
     if (loss < loss_only) loss_only = loss;
     if (loss + f[MFP_T_KEPT].slope + f[MFP_T_BD].slope < suffix) suffix = loss + f[MFP_T_KEPT].slope + f[MFP_T_BD].slope;
+    if (p->measured_checkpoint && loss + f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope < suffix)
+      suffix = loss + f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope;
   }
   if (loss_only < 0) return false; /* the suffix of the last layer's backward */
   for (size_t i = n; i-- > 0;) {
@@ -195,6 +235,11 @@ bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int
       if (f[MFP_T_FPK].slope < 0 || f[MFP_T_KEPT].slope < 0 || f[MFP_T_OUT].slope < 0 || f[MFP_T_BPK].slope < 0)
         return false;
       if (f[MFP_T_KEPT].slope + f[MFP_T_BD].slope < smallest_add) smallest_add = f[MFP_T_KEPT].slope + f[MFP_T_BD].slope;
+      if (p->measured_checkpoint) { /* the checkpointed choice's terms, measured (derived ones follow from the above) */
+        if (f[MFP_T_CFPK].slope < 0 || f[MFP_T_CKEPT].slope < 0 || f[MFP_T_CBPK].slope < 0) return false;
+        if (f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope < smallest_add)
+          smallest_add = f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope;
+      }
     }
     if (i + 1 < n) suffix += smallest_add;
     if (suffix < 0) return false; /* the suffix of layer i - 1's backward, or the optimizer's for i = 0 */

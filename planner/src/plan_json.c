@@ -105,6 +105,7 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
   for (size_t k = 0; ckpt && k < r->profile_checks_n; k++) {
     const _mfp_checkpoint_check *c = &r->profile_checks[k];
     json_t *item = peak_check_json(c->batch, c->precision, c->measured, c->predicted, ok);
+    if (item) put(item, "checkpointed_layers", json_integer((json_int_t)c->n_checkpointed), ok);
     if (!item || json_array_append_new(ckpt, item) != 0) *ok = false;
   }
   put(root, "checkpoint_checks", ckpt, ok);
@@ -118,6 +119,7 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
       put(item, "reserved_error", json_real(c->reserved_error), ok);
       put(item, "measured_step_seconds", json_real(c->measured_seconds), ok);
       put(item, "predicted_step_seconds", json_real(c->predicted_seconds), ok);
+      put(item, "checkpointed", json_boolean(c->checkpointed), ok);
     }
     if (!item || json_array_append_new(checks, item) != 0) *ok = false;
   }

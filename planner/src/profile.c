@@ -176,6 +176,38 @@ static mfp_status parse_layer(const json_t *layer, const char *path, size_t i, _
   return MFP_OK;
 }
 
+/* The windows' chain of one run: forward 1..n, loss, loss_backward, backward
+ * n..1, optimizer, each starting where the previous ended, the first at fixed. */
+static mfp_status check_chain(const char *path, size_t n, const window *fwd, const window *bwd, const window *loss,
+                              const window *loss_backward, const window *optimizer, int64_t fixed) {
+  mfp_status s = MFP_OK;
+  char at[PATH_LEN];
+  char prev[64];
+  for (size_t i = 0; i < n && s == MFP_OK; i++) {
+    snprintf(at, sizeof at, "%.200s.layers[%zu]", path, i);
+    if (i == 0) s = check_follows(at, "forward", fwd[0].start, fixed, "fixed_bytes");
+    else {
+      snprintf(prev, sizeof prev, "layers[%zu].forward.end", i - 1);
+      s = check_follows(at, "forward", fwd[i].start, fwd[i - 1].end, prev);
+    }
+  }
+  if (s == MFP_OK) {
+    snprintf(prev, sizeof prev, "layers[%zu].forward.end", n - 1);
+    s = check_follows(path, "loss", loss->start, fwd[n - 1].end, prev);
+  }
+  if (s == MFP_OK) s = check_follows(path, "loss_backward", loss_backward->start, loss->end, "loss.end");
+  for (size_t i = n; i-- > 0 && s == MFP_OK;) {
+    snprintf(at, sizeof at, "%.200s.layers[%zu]", path, i);
+    if (i == n - 1) s = check_follows(at, "backward", bwd[i].start, loss_backward->end, "loss_backward.end");
+    else {
+      snprintf(prev, sizeof prev, "layers[%zu].backward.end", i + 1);
+      s = check_follows(at, "backward", bwd[i].start, bwd[i + 1].end, prev);
+    }
+  }
+  if (s == MFP_OK) s = check_follows(path, "optimizer", optimizer->start, bwd[0].end, "layers[0].backward.end");
+  return s;
+}
+
 /* The layers of setting `index`; the first setting names them, the others
  * must name the same layers in the same order. */
 static mfp_status parse_layers(mfp_profile *p, const json_t *setting, const char *path, size_t index,
@@ -223,33 +255,82 @@ static mfp_status parse_layers(mfp_profile *p, const json_t *setting, const char
                      at, name, i, p->layer_names[i]);
     }
   }
-  /* The windows' chain: forward 1..n, loss, loss_backward, backward n..1, optimizer. */
-  char prev[64];
-  for (size_t i = 0; i < n && s == MFP_OK; i++) {
-    snprintf(at, sizeof at, "%.200s.layers[%zu]", path, i);
-    if (i == 0) s = check_follows(at, "forward", fwd[0].start, fixed, "fixed_bytes");
-    else {
-      snprintf(prev, sizeof prev, "layers[%zu].forward.end", i - 1);
-      s = check_follows(at, "forward", fwd[i].start, fwd[i - 1].end, prev);
-    }
-  }
-  if (s == MFP_OK) {
-    snprintf(prev, sizeof prev, "layers[%zu].forward.end", n - 1);
-    s = check_follows(path, "loss", loss->start, fwd[n - 1].end, prev);
-  }
-  if (s == MFP_OK) s = check_follows(path, "loss_backward", loss_backward->start, loss->end, "loss.end");
-  for (size_t i = n; i-- > 0 && s == MFP_OK;) {
-    snprintf(at, sizeof at, "%.200s.layers[%zu]", path, i);
-    if (i == n - 1) s = check_follows(at, "backward", bwd[i].start, loss_backward->end, "loss_backward.end");
-    else {
-      snprintf(prev, sizeof prev, "layers[%zu].backward.end", i + 1);
-      s = check_follows(at, "backward", bwd[i].start, bwd[i + 1].end, prev);
-    }
-  }
-  if (s == MFP_OK) s = check_follows(path, "optimizer", optimizer->start, bwd[0].end, "layers[0].backward.end");
+  if (s == MFP_OK) s = check_chain(path, n, fwd, bwd, loss, loss_backward, optimizer, fixed);
   free(fwd);
   free(bwd);
   return s;
+}
+
+/* The optional "checkpointed" object of a setting: the same steps with every
+ * layer checkpointed, traced (PROFILE.md). Its layers are the setting's, in
+ * the same order, and its windows form their own chain. Absent: the
+ * setting's ckpt_peak_allocated stays -1. */
+static mfp_status parse_checkpointed(const mfp_profile *p, const json_t *setting, const char *setting_path,
+                                     _mfp_setting *st) {
+  st->ckpt_peak_allocated = -1;
+  json_t *c = json_object_get(setting, "checkpointed");
+  if (!c) return MFP_OK;
+  char path[PATH_LEN];
+  snprintf(path, sizeof path, "%.200s.checkpointed", setting_path);
+  if (!json_is_object(c))
+    return _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", path, _mfp_json_type_name(c));
+  mfp_status s;
+  int64_t fixed, allocated, reserved;
+  if ((s = get_int(c, path, "peak_allocated_bytes", 0, &allocated)) != MFP_OK) return s;
+  if ((s = get_int(c, path, "peak_reserved_bytes", 0, &reserved)) != MFP_OK) return s;
+  if (reserved < allocated)
+    return _mfp_error(MFP_ERR_PROFILE, "%s.peak_reserved_bytes: %" PRId64 " is below peak_allocated_bytes (%" PRId64
+                      "): reserved memory holds every allocated block", path, reserved, allocated);
+  if ((s = get_seconds(c, path, "step_seconds", &st->ckpt_step_seconds)) != MFP_OK) return s;
+  if ((s = get_int(c, path, "fixed_bytes", 0, &fixed)) != MFP_OK) return s;
+  window loss, loss_backward, optimizer;
+  if ((s = get_window(c, path, "loss", &loss)) != MFP_OK) return s;
+  if ((s = get_window(c, path, "loss_backward", &loss_backward)) != MFP_OK) return s;
+  if ((s = get_window(c, path, "optimizer", &optimizer)) != MFP_OK) return s;
+  json_t *layers;
+  if ((s = typed(c, path, "layers", JSON_ARRAY, "a list", &layers)) != MFP_OK) return s;
+  size_t n = json_array_size(layers);
+  if (n != p->n_layers)
+    return _mfp_error(MFP_ERR_PROFILE, "%s.layers: %zu layers, but the setting has %zu (the same layers, checkpointed)",
+                      path, n, p->n_layers);
+  window *fwd = malloc(n * sizeof *fwd), *bwd = malloc(n * sizeof *bwd);
+  if (!fwd || !bwd) {
+    free(fwd);
+    free(bwd);
+    return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
+  }
+  char at[PATH_LEN];
+  for (size_t i = 0; i < n && s == MFP_OK; i++) {
+    snprintf(at, sizeof at, "%.200s.layers[%zu]", path, i);
+    json_t *layer = json_array_get(layers, i);
+    const char *name;
+    double *v = st->layer_values + i * MFP_LAYER_TERMS;
+    if (!json_is_object(layer)) {
+      s = _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", at, _mfp_json_type_name(layer));
+      break;
+    }
+    if ((s = get_string(layer, at, "name", &name)) != MFP_OK) break;
+    if (strcmp(name, p->layer_names[i]) != 0) {
+      s = _mfp_error(MFP_ERR_PROFILE, "%s.name: \"%s\", but the setting's layers[%zu] is \"%s\"", at, name, i,
+                     p->layer_names[i]);
+      break;
+    }
+    if ((s = get_seconds(layer, at, "forward_seconds", &v[MFP_T_CTF])) != MFP_OK) break;
+    if ((s = get_seconds(layer, at, "backward_seconds", &v[MFP_T_CTB])) != MFP_OK) break;
+    if ((s = get_window(layer, at, "forward", &fwd[i])) != MFP_OK) break;
+    if ((s = get_window(layer, at, "backward", &bwd[i])) != MFP_OK) break;
+    v[MFP_T_CFPK] = (double)(fwd[i].peak - fwd[i].start);
+    v[MFP_T_CKEPT] = (double)(fwd[i].end - fwd[i].start);
+    v[MFP_T_CBPK] = (double)(bwd[i].peak - bwd[i].start);
+    v[MFP_T_CBD] = (double)(bwd[i].end - bwd[i].start);
+  }
+  if (s == MFP_OK) s = check_chain(path, n, fwd, bwd, &loss, &loss_backward, &optimizer, fixed);
+  free(fwd);
+  free(bwd);
+  if (s != MFP_OK) return s;
+  st->ckpt_peak_allocated = allocated;
+  st->ckpt_peak_reserved = reserved;
+  return MFP_OK;
 }
 
 static mfp_status parse_setting(mfp_profile *p, const json_t *setting, size_t index) {
@@ -291,7 +372,8 @@ static mfp_status parse_setting(mfp_profile *p, const json_t *setting, size_t in
   st->global_values[MFP_G_OPK] = (double)(optimizer.peak - optimizer.start);
   st->global_values[MFP_G_OD] = (double)(optimizer.end - optimizer.start);
   st->global_values[MFP_G_TO] = seconds;
-  return parse_layers(p, setting, path, index, st, &loss, &loss_backward, &optimizer, fixed);
+  if ((s = parse_layers(p, setting, path, index, st, &loss, &loss_backward, &optimizer, fixed)) != MFP_OK) return s;
+  return parse_checkpointed(p, setting, path, st);
 }
 
 static int compare_names(const void *a, const void *b) {
@@ -315,9 +397,37 @@ static mfp_status check_unique_names(const mfp_profile *p) {
   return s;
 }
 
-/* The optional checkpoint_checks: each a plan with every layer checkpointed in
- * one profiled precision, run at one batch; the model's peak for it is
- * simulated here (the profile is fitted by now) and the differences fitted. */
+/* A check's "checkpointed_layers": the names of the layers its plan
+ * checkpointed, each a layer of the profile. Absent: every layer. */
+static mfp_status check_layers(const mfp_profile *p, const json_t *c, const char *path, bool *out) {
+  const json_t *list = json_object_get(c, "checkpointed_layers");
+  if (!list) {
+    for (size_t i = 0; i < p->n_layers; i++) out[i] = true;
+    return MFP_OK;
+  }
+  if (!json_is_array(list))
+    return _mfp_error(MFP_ERR_PROFILE, "%s.checkpointed_layers: expected a list of layer names, got %s", path,
+                      _mfp_json_type_name(list));
+  for (size_t i = 0; i < p->n_layers; i++) out[i] = false;
+  for (size_t k = 0; k < json_array_size(list); k++) {
+    const json_t *name = json_array_get(list, k);
+    if (!json_is_string(name))
+      return _mfp_error(MFP_ERR_PROFILE, "%s.checkpointed_layers[%zu]: expected a layer name, got %s", path, k,
+                        _mfp_json_type_name(name));
+    size_t i = 0;
+    while (i < p->n_layers && strcmp(p->layer_names[i], json_string_value(name)) != 0) i++;
+    if (i == p->n_layers)
+      return _mfp_error(MFP_ERR_PROFILE, "%s.checkpointed_layers[%zu]: \"%s\" is not a layer of the profile", path, k,
+                        json_string_value(name));
+    out[i] = true;
+  }
+  return MFP_OK;
+}
+
+/* The optional checkpoint_checks: each a plan checkpointing the layers it names
+ * (every layer by default) in one profiled precision, run at one batch; the
+ * model's peak for it is simulated here (the profile is fitted by now) and the
+ * differences fitted. */
 static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
   const json_t *list = json_object_get(root, "checkpoint_checks");
   if (!list) return MFP_OK;
@@ -347,6 +457,13 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
     if ((s = parse_precision(c, path, &ck->precision)) != MFP_OK) break;
     if ((s = get_int(c, path, "peak_allocated_bytes", 0, &ck->measured)) != MFP_OK) break;
     if ((s = get_int(c, path, "peak_reserved_bytes", 0, &reserved)) != MFP_OK) break;
+    if (!(ck->checkpointed = malloc(p->n_layers * sizeof *ck->checkpointed))) {
+      s = _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
+      break;
+    }
+    p->n_checks = k + 1; /* freed with the profile from here on */
+    if ((s = check_layers(p, c, path, ck->checkpointed)) != MFP_OK) break;
+    for (size_t i = 0; i < p->n_layers; i++) ck->n_checkpointed += ck->checkpointed[i];
     if (!p->fitted[ck->precision]) {
       s = _mfp_error(MFP_ERR_PROFILE, "%s.precision: %s has no settings", path, mfp_precision_name(ck->precision));
       break;
@@ -357,14 +474,13 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
     }
     _mfp_model m;
     if ((s = _mfp_model_eval(p, ck->batch, &m)) != MFP_OK) break;
-    for (size_t i = 0; i < p->n_layers; i++) all[i] = (mfp_decision){true, ck->precision};
+    for (size_t i = 0; i < p->n_layers; i++) all[i] = (mfp_decision){ck->checkpointed[i], ck->precision};
     mfp_simulation sim;
     _mfp_model_simulate(&m, all, &sim);
     _mfp_model_free(&m);
     ck->predicted = sim.peak_bytes;
     double b = (double)ck->batch, e = (double)(ck->measured - ck->predicted);
     sb += b, se += e, sbb += b * b, sbe += b * e;
-    p->n_checks = k + 1;
   }
   free(all);
   if (s != MFP_OK) return s;
@@ -427,7 +543,20 @@ static mfp_status parse_root(mfp_profile *p, const json_t *root) {
     if (over > p->reserve_overhead) p->reserve_overhead = over;
     double ratio = st->peak_allocated > 0 ? (double)st->peak_reserved / (double)st->peak_allocated : 1.0;
     if (ratio > p->reserve_ratio) p->reserve_ratio = ratio;
+    if (st->ckpt_peak_allocated >= 0) {
+      over = st->ckpt_peak_reserved - st->ckpt_peak_allocated;
+      if (over > p->reserve_overhead) p->reserve_overhead = over;
+      ratio = st->ckpt_peak_allocated > 0 ? (double)st->ckpt_peak_reserved / (double)st->ckpt_peak_allocated : 1.0;
+      if (ratio > p->reserve_ratio) p->reserve_ratio = ratio;
+    }
   }
+  /* The checkpointed runs are used only when every setting has one: terms are
+   * fitted over a precision's settings, all measured the same way. */
+  p->measured_checkpoint = p->settings[0].ckpt_peak_allocated >= 0;
+  for (size_t i = 1; i < p->n_settings; i++)
+    if ((p->settings[i].ckpt_peak_allocated >= 0) != p->measured_checkpoint)
+      return _mfp_error(MFP_ERR_PROFILE, "settings[%zu].checkpointed: %s, but settings[0] %s (every setting has one, or none)",
+                        i, p->measured_checkpoint ? "missing" : "present", p->measured_checkpoint ? "has one" : "has none");
   p->first_precision = p->settings[0].precision;
   if ((s = check_unique_names(p)) != MFP_OK) return s;
   if ((s = _mfp_fit_profile(p)) != MFP_OK) return s;
@@ -526,6 +655,7 @@ MFP_API void mfp_profile_free(mfp_profile *p) {
   for (int k = 0; k < MFP_PRECISION_COUNT; k++) free(p->layer_fit[k]);
   free(p->job);
   free(p->device_name);
+  for (size_t k = 0; p->checks && k < p->n_checks; k++) free(p->checks[k].checkpointed);
   free(p->checks);
   free(p);
 }

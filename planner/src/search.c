@@ -200,30 +200,40 @@ static int64_t allocated_within(const mfp_profile *p, int64_t usable) {
   return allocated > 0 ? allocated : 0;
 }
 
+/* Each profiled run against the model's peak for it: the setting's (no layer
+ * checkpointed) and, when the profile has it, its run with every layer
+ * checkpointed (PLAN.md, "Self-check"). */
 static mfp_status self_check(const mfp_profile *p, mfp_plan_result *r, mfp_decision *scratch) {
-  r->checks = calloc(p->n_settings, sizeof *r->checks);
+  size_t runs = p->measured_checkpoint ? 2 : 1;
+  r->checks = calloc(p->n_settings * runs, sizeof *r->checks);
   if (!r->checks) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory");
-  r->n_checks = p->n_settings;
+  r->n_checks = 0;
   double worst = 0, worst_reserved = 0;
   for (size_t k = 0; k < p->n_settings; k++) {
     const _mfp_setting *st = &p->settings[k];
     _mfp_model m;
     mfp_status s = _mfp_model_eval(p, st->batch, &m);
     if (s != MFP_OK) return s;
-    for (size_t i = 0; i < p->n_layers; i++) scratch[i] = (mfp_decision){false, st->precision};
-    mfp_simulation sim;
-    _mfp_model_simulate(&m, scratch, &sim);
+    for (size_t run = 0; run < runs; run++) {
+      bool checkpointed = run == 1;
+      for (size_t i = 0; i < p->n_layers; i++) scratch[i] = (mfp_decision){checkpointed, st->precision};
+      mfp_simulation sim;
+      _mfp_model_simulate(&m, scratch, &sim);
+      int64_t measured_bytes = checkpointed ? st->ckpt_peak_allocated : st->peak_allocated;
+      int64_t measured_reserved_bytes = checkpointed ? st->ckpt_peak_reserved : st->peak_reserved;
+      double measured = (double)measured_bytes;
+      double error = fabs((double)sim.peak_bytes - measured) / (measured > 0 ? measured : 1.0);
+      int64_t reserved = reserved_for(p, sim.peak_bytes);
+      double measured_reserved = (double)measured_reserved_bytes;
+      double reserved_error =
+          fabs((double)reserved - measured_reserved) / (measured_reserved > 0 ? measured_reserved : 1.0);
+      r->checks[r->n_checks++] = (_mfp_self_check){
+          st->batch, st->precision, measured_bytes, sim.peak_bytes, error, measured_reserved_bytes, reserved,
+          reserved_error, checkpointed ? st->ckpt_step_seconds : st->step_seconds, sim.step_seconds, checkpointed};
+      if (error > worst) worst = error;
+      if (reserved_error > worst_reserved) worst_reserved = reserved_error;
+    }
     _mfp_model_free(&m);
-    double measured = (double)st->peak_allocated;
-    double error = fabs((double)sim.peak_bytes - measured) / (measured > 0 ? measured : 1.0);
-    int64_t reserved = reserved_for(p, sim.peak_bytes);
-    double measured_reserved = (double)st->peak_reserved;
-    double reserved_error = fabs((double)reserved - measured_reserved) / (measured_reserved > 0 ? measured_reserved : 1.0);
-    r->checks[k] = (_mfp_self_check){st->batch,        st->precision,  st->peak_allocated, sim.peak_bytes,
-                                     error,            st->peak_reserved, reserved, reserved_error,
-                                     st->step_seconds, sim.step_seconds};
-    if (error > worst) worst = error;
-    if (reserved_error > worst_reserved) worst_reserved = reserved_error;
   }
   r->summary.model_error = worst;
   r->summary.model_error_reserved = worst_reserved;
@@ -294,8 +304,8 @@ static mfp_status finish(const mfp_profile *p, mfp_plan_result *r, int64_t batch
   _mfp_model_simulate(&m, r->decisions, &r->sim);
   for (size_t i = 0; i < p->n_layers; i++) {
     const _mfp_layer_terms *t = &m.layer[r->decisions[i].precision][i];
-    r->kept_bytes[i] = r->decisions[i].checkpoint ? t->out : t->kept;
-    r->recompute_seconds[i] = r->decisions[i].checkpoint ? t->tf : 0.0;
+    r->kept_bytes[i] = r->decisions[i].checkpoint ? t->ckept : t->kept;
+    r->recompute_seconds[i] = r->decisions[i].checkpoint ? t->crt : 0.0;
     if (!(r->layer_names[i] = copy_string(p->layer_names[i]))) s = MFP_ERR_HOST_MEMORY;
   }
   _mfp_model_free(&m);
@@ -405,6 +415,7 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
   sm->model_error_checkpoint = 0;
   if (profile->n_checks && (r->profile_checks = malloc(profile->n_checks * sizeof *r->profile_checks))) {
     memcpy(r->profile_checks, profile->checks, profile->n_checks * sizeof *r->profile_checks);
+    for (size_t k = 0; k < profile->n_checks; k++) r->profile_checks[k].checkpointed = NULL; /* the profile's */
     r->profile_checks_n = profile->n_checks;
   }
   for (size_t k = 0; k < profile->n_checks; k++) {

@@ -10,11 +10,12 @@
 
 /* One decision for one layer, reduced to what the recurrence uses. */
 typedef struct option {
-  int64_t kept;   /* K: bytes it keeps through the forward (its output when checkpointed) */
-  int64_t local;  /* its backward's peak above the prefix and suffix: max(fpk, out, kept + bpk) or kept + bpk */
-  int64_t add;    /* kept + bd: what it adds to the backward of every earlier layer */
-  int64_t fpk;
-  double dt;      /* tf + tb (+ tf when checkpointed) */
+  int64_t kept;   /* K: bytes it keeps through the forward (kept, or ckept when checkpointed) */
+  int64_t local;  /* its backward's peak above the prefix and suffix: kept + bpk, or checkpointed
+                     max(ckept + crpk, ckept + crd + cbpk) */
+  int64_t add;    /* what it adds to the backward of every earlier layer: kept + bd, or ckept + crd + cbd */
+  int64_t fpk;    /* its forward transient: fpk, or cfpk */
+  double dt;      /* tf + tb, or ct when checkpointed */
 } option;
 
 /* After layer i: S = sum of K over layers <= i; m = max over j <= i of the
@@ -306,17 +307,22 @@ static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_opt
       const _mfp_layer_terms *x = &m->layer[req->allowed[k]][i];
       for (int ckpt = 0; ckpt < 2; ckpt++) {
         option *o = &w->options[i * (size_t)n_options + (size_t)(2 * k + ckpt)];
-        o->kept = ckpt ? x->out : x->kept;
-        o->local = x->kept + x->bpk;
-        /* recompute: the output (in the prefix) plus the forward transient beyond it */
-        if (ckpt && x->fpk > o->local) o->local = x->fpk;
-        if (ckpt && x->out > o->local) o->local = x->out;
+        if (ckpt) { /* the recomputation's window, then the backward's, on top of what it kept */
+          o->kept = x->ckept;
+          o->local = x->ckept + x->crpk;
+          if (x->ckept + x->crd + x->cbpk > o->local) o->local = x->ckept + x->crd + x->cbpk;
+          o->add = x->ckept + x->crd + x->cbd;
+          o->fpk = x->cfpk;
+          o->dt = x->ct;
+        } else {
+          o->kept = x->kept;
+          o->local = x->kept + x->bpk;
+          o->add = x->kept + x->bd;
+          o->fpk = x->fpk;
+          o->dt = x->tf + x->tb;
+        }
         /* A pass without checkpoints: an option no state can take and still fit. */
         if (ckpt && !req->allow_checkpoint) o->kept = o->local = req->usable + 1;
-        o->add = x->kept + x->bd;
-        o->fpk = x->fpk;
-        o->dt = x->tf + x->tb;
-        if (ckpt) o->dt += x->tf;
       }
     }
   int64_t add = 0, kept = 0;
