@@ -49,7 +49,7 @@ def worker(job_spec: str, batch: int, checkpoint: bool, options: dict, steps: in
     import memfit
     from memfit.job import load_job
     from memfit.planning import Plan, apply
-    from memfit.profiling import block_list
+    from memfit.blocks import find_units as block_list
     from memfit.tracking import move_parameters_into_memfit
 
     alloc = memfit.install("cpu", **options)

@@ -153,9 +153,13 @@ def runs(workdir):
     return out
 
 
+PROGRESS = ("memfit: [", "memfit: profiling ", "memfit: planning ", "memfit: verify: ", "memfit: not planned: ")
+
+
 def error_lines(stderr: str):
-    """stderr without argparse's usage block (a 'usage:' line and its indented continuation)."""
-    lines = stderr.strip().splitlines()
+    """stderr without argparse's usage block (a 'usage:' line and its indented
+    continuation) and without progress lines (what ran before the error)."""
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(PROGRESS)]
     if lines and lines[0].startswith("usage:"):
         i = 1
         while i < len(lines) and lines[i].startswith(" "):
@@ -238,3 +242,34 @@ def test_job_file_with_a_dataclass_loads(tmp_path):
                               optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
     '''))
     assert isinstance(load_job(f"{path}:make"), Job)
+
+
+def test_progress_goes_to_stderr_and_q_silences_it(workdir):
+    job = f"{workdir / 'job.py'}:make"
+    args = ["-m", "memfit", "profile", "--job", job, "--batch-sizes", "1,2", "--steps", "1", "--warmup-steps", "1"]
+    loud = finish_python(start_python(args + ["--out", str(workdir / "loud.json")]))
+    assert loud.returncode == 0, describe(loud)
+    lines = loud.stderr.strip().splitlines()
+    assert lines[0].startswith("memfit: profiling ") and "3 units: fc1 (Linear), act (ReLU), fc2 (Linear)" in lines[0]
+    # 2 settings, each also checkpointed, and a checkpoint check per batch size: 6 runs, numbered.
+    assert [line.split("]")[0] for line in lines[1:]] == [f"memfit: [{k}/6" for k in range(1, 7)], lines
+    assert "every layer checkpointed" in lines[2] and "checkpoint check at batch 1" in lines[5]
+    quiet = finish_python(start_python(args + ["--out", str(workdir / "quiet.json"), "-q"]))
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == "", describe(quiet)
+
+
+def test_plan_precisions_is_one_flag(tmp_path):
+    """`--precisions` names the precisions in every command: with --profile it
+    restricts the plan's (default: the profile's); the older --plan-precisions
+    still works."""
+    from memfit import cli
+
+    def planned(*extra):
+        out = tmp_path / "p.json"
+        assert cli.main(["plan", "--profile", str(SAMPLE_PROFILE), "--budget", "40GiB", "--out", str(out), "-q",
+                         *extra]) == 0
+        return json.loads(out.read_text())["precisions"]
+
+    assert planned() == ["fp32", "bf16"]
+    assert planned("--precisions", "bf16") == ["bf16"]
+    assert planned("--plan-precisions", "fp32") == ["fp32"]

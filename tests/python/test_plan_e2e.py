@@ -129,7 +129,7 @@ def test_blocks_are_the_units_the_planner_checkpoints() -> None:
     whole), a model that is one Sequential is expanded into its children."""
     sys.path.insert(0, str(REPO / "bindings" / "python"))
     from memfit.models import CNN, GPT, MLP
-    from memfit.profiling import block_list
+    from memfit.blocks import find_units as block_list
 
     assert [n for n, _ in block_list(GPT(depth=2))] == ["embed", "blocks.0", "blocks.1", "ln_f", "head"]
     assert [n for n, _ in block_list(CNN())] == ["stem", "stage1", "stage2", "stage3", "pool", "fc"]

@@ -64,15 +64,19 @@ def _headroom(text: str) -> Union[float, str]:
     return value
 
 
-def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str, job_required: bool = True) -> None:
+def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str, job_required: bool = True,
+                      precisions_help: str = "fp32,bf16,fp16 (default fp32)") -> None:
     p.add_argument("--job", required=job_required, help="FILE.py:FUNC or package.module:FUNC returning memfit.Job")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-sizes", type=_batch_sizes, default=_batch_sizes(default_sizes),
                    help=f"batch sizes to measure (default {default_sizes})")
-    p.add_argument("--precisions", type=_precisions, default=["fp32"], help="fp32,bf16,fp16 (default fp32)")
+    p.add_argument("--precisions", type=_precisions, help=precisions_help)
     p.add_argument("--steps", type=_count(1), default=3, help="measured steps per setting (default 3)")
     p.add_argument("--warmup-steps", type=_count(0), default=2)
     p.add_argument("--capacity", type=_size, help="memfit's capacity while profiling (e.g. 8GiB)")
+    p.add_argument("--blocks", metavar="REGEX",
+                   help="the modules the plan decides on: a regular expression matched against whole module "
+                        "paths, e.g. 'model\\.layers\\.\\d+' (default: the model's repeated blocks)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure a job and write its profile (JSON)")
     _add_profile_args(p, "2,4")
     p.add_argument("--out", required=True, help="where to write the profile JSON")
-    p.add_argument("--quiet", action="store_true", help="do not print the report")
+    p.add_argument("-q", "--quiet", action="store_true", help="print neither progress (stderr) nor the report")
     p.add_argument("--snapshot", help="also write the largest batch's run as a PyTorch memory snapshot "
                                       "(FILE.pickle, for python -m torch.cuda._memory_viz and pytorch.org/memory_viz)")
 
@@ -94,12 +98,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", help="write the step's timeline to this PNG")
 
     pl = sub.add_parser("plan", help="profile a job (or read a profile) and plan it for a budget")
-    _add_profile_args(pl, "2,4", job_required=False)
+    _add_profile_args(pl, "2,4", job_required=False,
+                      precisions_help="fp32,bf16,fp16: with --job, the precisions profiled (default fp32), each of "
+                                      "which the plan may use; with --profile, those the plan may use (default: "
+                                      "the profile's)")
     pl.add_argument("--profile", help="plan this profile instead of measuring a --job")
     pl.add_argument("--budget", type=_size, required=True, help="the device's memory budget, e.g. 40GiB")
     pl.add_argument("--objective", default="max-batch",
                     help="max-batch (default), throughput, or global-batch=N")
-    pl.add_argument("--plan-precisions", type=_precisions, help="precisions the plan may use (default: profiled)")
+    pl.add_argument("--plan-precisions", type=_precisions, help=argparse.SUPPRESS)  # before --precisions did both
     pl.add_argument("--max-batch", type=_count(1))
     pl.add_argument("--headroom", type=_headroom,
                     help="fraction of the budget kept free on top of the reserve model, or auto (default: "
@@ -107,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
+    pl.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     v = sub.add_parser("verify", help="apply a plan and train real steps under memfit with the budget as capacity")
     v.add_argument("--job", required=True)
@@ -118,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--warmup-steps", type=_count(0), default=1)
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--snapshot", help="also write the run as a PyTorch memory snapshot (FILE.pickle)")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     d = sub.add_parser("demo", help="profile the built-in GPT, plan it for a budget, apply and verify")
     # A literal default: parsing "160MiB" here would load libmemfit.so for every command, `env` included.
@@ -215,15 +224,22 @@ def _writable(path: Optional[str], what: str) -> None:
         raise MemfitError(f"memfit: {what} {path!r} cannot be written (permission denied)")
 
 
+def _progress(args: argparse.Namespace):
+    """Progress lines on stderr (what is being measured now), unless -q."""
+    if getattr(args, "quiet", False):
+        return None
+    return lambda message: print(f"memfit: {message}", file=sys.stderr, flush=True)
+
+
 def _profile(args: argparse.Namespace) -> int:
     from .profiling import profile
     from .reporting import report
 
     _writable(args.out, "--out")
     _writable(args.snapshot, "--snapshot")
-    prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions,
+    prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions or ["fp32"],
                    steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
-                   snapshot=args.snapshot)
+                   snapshot=args.snapshot, blocks=args.blocks, progress=_progress(args))
     prof.save(args.out)
     if not args.quiet:
         print(report(prof))
@@ -243,6 +259,12 @@ def _report(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"timeline written to {plot(prof, args.plot, args.batch_size, args.precision)}")
     return 0
+
+
+def _human(n: int) -> str:
+    from .reporting import human
+
+    return human(n)
 
 
 def _objective(text: str):
@@ -270,12 +292,17 @@ def _plan(args: argparse.Namespace) -> int:
     if args.profile:
         prof = Profile.load(args.profile)
     else:
-        prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions,
-                       steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity)
+        prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions or ["fp32"],
+                       steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
+                       blocks=args.blocks, progress=_progress(args))
         if args.profile_out:
             prof.save(args.profile_out)
+    say = _progress(args)
+    if say:
+        say(f"planning {len(prof.settings[0]['layers'])} layers for a budget of {_human(args.budget)}")
     result = plan(prof, budget=args.budget, objective=objective, global_batch=global_batch,
-                  precisions=args.plan_precisions, max_batch=args.max_batch, headroom=args.headroom)
+                  precisions=args.plan_precisions or (args.precisions if args.profile else None),
+                  max_batch=args.max_batch, headroom=args.headroom)
     if args.out:
         result.save(args.out)
     if args.json:
@@ -303,7 +330,7 @@ def _verify(args: argparse.Namespace) -> int:
         raise MemfitError(f"memfit verify: --budget {human(args.budget)} is below the plan's {human(planned)}: "
                           "the plan is made for its budget (plan again for this one)")
     result = verify(args.job, the_plan, args.budget, device=args.device, steps=args.steps,
-                    warmup_steps=args.warmup_steps, snapshot=args.snapshot)
+                    warmup_steps=args.warmup_steps, snapshot=args.snapshot, progress=_progress(args))
     if args.json:
         print(json.dumps(result))
     else:

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence, Union
 
 from ._lib import MemfitError
 
@@ -17,12 +17,16 @@ from ._lib import MemfitError
 class Job:
     """model: an nn.Module (memfit moves it to the device); make_batch(batch_size)
     returns a batch (tensors, possibly nested; memfit moves them); loss_fn(model,
-    batch) returns the scalar loss; optimizer(params) returns a torch optimizer."""
+    batch) returns the scalar loss; optimizer(params) returns a torch optimizer.
+    blocks (optional): the modules the planner decides on, as a regular
+    expression over module paths or a list of paths (default: the model's
+    repeated blocks, found as memfit.blocks.find_units describes)."""
 
     model: Any
     make_batch: Callable[[int], Any]
     loss_fn: Callable[[Any, Any], Any]
     optimizer: Callable[[Any], Any]
+    blocks: Optional[Union[str, Sequence[str]]] = None
 
     def check(self, where: str = "job") -> None:
         import torch
@@ -32,6 +36,10 @@ class Job:
         for name in ("make_batch", "loss_fn", "optimizer"):
             if not callable(getattr(self, name)):
                 raise MemfitError(f"memfit: {where}: {name} must be callable")
+        if self.blocks is not None:
+            from .blocks import find_units
+
+            find_units(self.model, self.blocks)  # a pattern that matches nothing is named now
 
 
 def load_job(spec: str) -> Job:

@@ -8,7 +8,7 @@ import ctypes
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.utils.checkpoint
@@ -211,7 +211,11 @@ def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str) -> None:
         if dtype is None:  # fp32: autocast off, and inputs from a lower-precision layer cast back
             with torch.autocast(device_type=device_type, enabled=False):
                 return original(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
-        with torch.autocast(device_type=device_type, dtype=dtype):
+        # A checkpointed layer's casts of its weights are not cached: the cache
+        # would hold them until the outermost autocast exits, for nothing (its
+        # backward recomputes them, after that exit), and what that cache frees
+        # at the exit would depend on which layers are checkpointed.
+        with torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=not checkpoint):
             return original(*args, **kwargs)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -257,7 +261,8 @@ def unapply(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], device: str = "cpu",
-           steps: int = 3, warmup_steps: int = 1, snapshot: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
+           steps: int = 3, warmup_steps: int = 1, snapshot: Optional[Union[str, Path]] = None,
+           progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Apply the plan and train `warmup_steps + steps` real steps at its batch
     under memfit with the budget as capacity; measured against predicted peak.
     Best run in a fresh process (python3 -m memfit verify): memfit becomes the
@@ -305,6 +310,11 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
     }
     times: List[float] = []
     traced = False
+    if progress:
+        from .reporting import human
+
+        progress(f"verify: batch {batch_size} with a capacity of {human(budget_bytes)}: "
+                 f"{warmup_steps} warm-up + {steps} measured steps")
     try:
         for i in range(warmup_steps + steps):
             if i == warmup_steps:

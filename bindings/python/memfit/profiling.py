@@ -5,19 +5,21 @@ turn the trace into the profile that planner/PROFILE.md documents."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import _lib
 from ._lib import CATEGORIES, MemfitError
 from .allocator import Allocator, tag
+from .blocks import describe, find_units
 from .install import current, install
 from .job import Job, load_job
 from .tracking import Tracker, move_parameters_into_memfit, on_gradient_of_outputs, storage_ptr, tensors_in
@@ -29,33 +31,6 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STEP_START, FORWARD_END, LOSS_END, BACKWARD_END, STEP_END = 1, 2, 3, 4, 5
 FORWARD_MARK, BACKWARD_MARK = 1_000_000, 2_000_000
 TIMELINE_POINTS = 1500
-
-
-def block_list(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
-    """The model's blocks, the units the planner checkpoints: the root's children,
-    with ModuleList / ModuleDict expanded into their children (they have no
-    forward of their own), recursively. An nn.Sequential stays one block (a CNN's
-    stage is checkpointed whole, keeping only its input, as Chen's segments do),
-    except when the blocks would be that one Sequential (a model that is a
-    Sequential): then its children are the blocks. Execution order is settled by
-    the forward pass, not by this list."""
-
-    def expand(prefix: str, module: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
-        out: List[Tuple[str, torch.nn.Module]] = []
-        for name, child in module.named_children():
-            path = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):
-                out.extend(expand(path, child))
-            else:
-                out.append((path, child))
-        return out
-
-    blocks = expand("", model)
-    while len(blocks) == 1 and isinstance(blocks[0][1], torch.nn.Sequential):
-        blocks = expand(*blocks[0])
-    if not blocks:
-        raise MemfitError(f"memfit.profile: the model ({type(model).__name__}) has no submodules to profile as layers")
-    return blocks
 
 
 def to_device(obj: Any, device: str) -> Any:
@@ -129,9 +104,16 @@ class _Profiler:
         with tag("", "none", "optimizer_state"):
             self.optimizer = job.optimizer(model.parameters())
         self.tracker = Tracker(model, self.optimizer, alloc)
-        self.blocks = block_list(model)
+        self.blocks = find_units(model, job.blocks)
         self.index = {id(m): i for i, (_, m) in enumerate(self.blocks)}
         self.record: Optional[_StepRecord] = None
+        # Units whose forward runs more than once in a step (a dropout module a
+        # T5 stack applies after its embedding and again after its final norm):
+        # their later calls land in other units' windows, and checkpointing the
+        # module changes what those windows hold, so they are not layers. Found
+        # in the first (untraced) step; their calls become enclosing code.
+        self.calls: Dict[int, int] = {}
+        self.reused: Dict[int, int] = {}
         self._handles = []
         for i, (_, m) in enumerate(self.blocks):
             self._handles.append(m.register_forward_pre_hook(self._forward_pre(i)))
@@ -154,6 +136,9 @@ class _Profiler:
 
     def _forward_pre(self, i: int):
         def hook(module: torch.nn.Module, args: Any) -> None:
+            self.calls[i] = self.calls.get(i, 0) + 1
+            if i in self.reused:
+                return
             if self.record is not None and i not in self.record.outputs:
                 self.mark(FORWARD_MARK + i)
 
@@ -161,7 +146,7 @@ class _Profiler:
 
     def _forward_post(self, i: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if self.record is None or i in self.record.outputs:
+            if self.record is None or i in self.record.outputs or i in self.reused:
                 return
             seen = {}
             for t in tensors_in(output):
@@ -185,6 +170,7 @@ class _Profiler:
 
     def step(self, batch_size: int, precision: str, traced: bool) -> None:
         self.record = _StepRecord() if traced else None
+        self.calls = {}
         self.optimizer.zero_grad(set_to_none=True)
         with tag("", "none", "input"):
             batch = to_device(self.job.make_batch(batch_size), self.device)
@@ -199,6 +185,12 @@ class _Profiler:
                 loss = self.job.loss_fn(self.model, batch)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise MemfitError("memfit.profile: the job's loss_fn must return a scalar tensor")
+        for i, count in self.calls.items():
+            if count > 1 and i not in self.reused:
+                if self.record is not None:
+                    raise MemfitError(f"memfit.profile: {self.blocks[i][0]} ran {count} times in a measured step but "
+                                      "once in the warm-up: the model's forward must run the same modules every step")
+                self.reused[i] = count
         self.alloc.retag_live("forward", "temporary", "activation")
         self.mark(LOSS_END)
         with tag("", "backward", "temporary"):
@@ -232,12 +224,19 @@ def profile(
     warmup_steps: int = 2,
     capacity: Optional[Union[str, int]] = None,
     snapshot: Optional[Union[str, Path]] = None,
+    blocks: Union[None, str, Sequence[str]] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> Profile:
     """Measure `job` (a memfit.Job or 'FILE.py:FUNC') on `device` at each batch
     size and precision; see planner/PROFILE.md for what the result holds.
     snapshot: also write PyTorch's memory snapshot (memfit.snapshot) of the
     largest batch's run (first precision) there, with the trace of its measured
-    steps as device_traces."""
+    steps as device_traces. blocks: the modules the plan decides on (a
+    regular expression over module paths, or a list of paths), replacing the
+    job's own `blocks` and the default rule (memfit.blocks.find_units).
+    progress: called with a line for each thing measured (the command line
+    prints them on stderr)."""
+    say = progress or (lambda message: None)
     if device not in ("cpu", "cuda"):
         raise MemfitError(f"memfit.profile: device must be 'cpu' or 'cuda', not {device!r}")
     sizes = list(batch_sizes)
@@ -252,18 +251,35 @@ def profile(
     job_name = job if isinstance(job, str) else type(job.model).__name__
     if isinstance(job, str):
         job = load_job(job)
+    if blocks is not None:
+        job = dataclasses.replace(job, blocks=blocks)
     job.check()
     prof = _Profiler(job, alloc, device)
     optimizer_name = type(prof.optimizer).__name__
+    say(f"profiling {job_name} on {device}: {len(prof.blocks)} units: {describe(prof.blocks)}")
+    runs = len(precisions) * len(sizes) * 2 + len(sizes)
+    done = 0
+
+    def started(what: str) -> None:
+        nonlocal done
+        done += 1
+        say(f"[{done}/{runs}] {what}: {warmup_steps} warm-up + {steps} measured steps")
     settings, checks = [], []
     try:
         for precision in precisions:
             for b in sizes:
                 snapshot_here = snapshot if (precision, b) == (precisions[0], max(sizes)) else None
-                settings.append(_measure(prof, b, precision, steps, warmup_steps, snapshot_here))
+                started(f"batch {b}, {precision}")
+                setting = _measure(prof, b, precision, steps, warmup_steps, snapshot_here)
+                started(f"batch {b}, {precision}, every layer checkpointed")
+                setting["checkpointed"] = _measure_checkpointed(prof, b, precision, steps, warmup_steps, setting)
+                settings.append(setting)
+        alternate = [name for k, name in enumerate(layer["name"] for layer in settings[0]["layers"]) if k % 2 == 0]
         for b in sizes:
-            checks.append(_measure_checkpointed(prof, b, precisions[0], steps, warmup_steps))
+            started(f"checkpoint check at batch {b}, {precisions[0]}, every other layer checkpointed")
+            checks.append(_measure_check(prof, b, precisions[0], steps, warmup_steps, alternate))
     finally:
+        prof_blocks, reused = prof.blocks, dict(prof.reused)
         prof.close()
         del prof  # its hooks' closures form cycles: collect them so the model's memory goes now
         gc.collect()
@@ -285,20 +301,67 @@ def profile(
         "steps": steps,
         "settings": settings,
         "checkpoint_checks": checks,
+        # Units the planner does not decide on, and why (PROFILE.md).
+        "units_not_planned": _units_not_planned(prof_blocks, reused, settings[0]["layers"]),
     }
+    for unit in data["units_not_planned"]:
+        say(f"not planned: {unit['name']} ({unit['type']}): {unit['reason']}")
     return Profile(data)
 
 
-def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, steps: int,
-                          warmup: int) -> Dict[str, Any]:
-    """The checkpoint check (planner/PLAN.md): the same steps with every block
-    checkpointed, untraced; only their peaks are kept, against which the planner
-    measures its model of checkpointing."""
-    from .planning import Plan, apply, unapply
+def _units_not_planned(blocks, reused: Dict[int, int], layers: List[Dict[str, Any]]) -> List[Dict[str, str]]:
+    planned = {layer["name"] for layer in layers}
+    out = []
+    for i, (name, module) in enumerate(blocks):
+        if name in planned:
+            continue
+        reason = (f"its forward runs {reused[i]} times per step" if i in reused
+                  else "its forward never ran")
+        out.append({"name": name, "type": type(module).__name__, "reason": reason})
+    return out
+
+
+def _all_checkpointed(prof: _Profiler, names: Sequence[str], precision: str):
+    from .planning import Plan
+
+    chosen = set(names)
+    layers = [{"name": name, "checkpoint": name in chosen, "precision": precision} for name, _ in prof.blocks]
+    return Plan({"batch_size": 0, "layers": layers})
+
+
+def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int,
+                          plain: Dict[str, Any]) -> Dict[str, Any]:
+    """The setting's steps again with every layer checkpointed, traced: what a
+    checkpointed layer really keeps and what its recomputation costs, measured
+    (PROFILE.md, "checkpointed"), in the layers' order of the plain run."""
+    from .planning import apply, unapply
+
+    apply(prof.model, _all_checkpointed(prof, [layer["name"] for layer in plain["layers"]], precision))
+    try:
+        run = _measure(prof, batch_size, precision, steps, warmup)
+    finally:
+        unapply(prof.model)
+    names = [layer["name"] for layer in plain["layers"]]
+    if [layer["name"] for layer in run["layers"]] != names:
+        raise MemfitError("memfit.profile: with every layer checkpointed, the layers ran in a different order; "
+                          "cannot profile")
+    keep = ("peak_allocated_bytes", "peak_reserved_bytes", "step_seconds", "fixed_bytes", "loss",
+            "loss_backward", "optimizer")
+    return dict({k: run[k] for k in keep},
+                layers=[{k: layer[k] for k in ("name", "forward", "backward", "forward_seconds", "backward_seconds")}
+                        for layer in run["layers"]])
+
+
+def _measure_check(prof: _Profiler, batch_size: int, precision: str, steps: int,
+                   warmup: int, names: Sequence[str]) -> Dict[str, Any]:
+    """The checkpoint check (planner/PLAN.md): the same steps with the named
+    layers checkpointed (every other one: the model's terms come from runs with
+    none and with all, so a mixed plan tests how they combine), untraced; only
+    their peaks are kept."""
+    from .planning import apply, unapply
 
     alloc = prof.alloc
-    layers = [{"name": name, "checkpoint": True, "precision": precision} for name, _ in prof.blocks]
-    apply(prof.model, Plan({"batch_size": batch_size, "layers": layers}))
+    apply(prof.model, _all_checkpointed(prof, names, precision))
     try:
         alloc.empty_cache()
         for _ in range(warmup):
@@ -309,7 +372,7 @@ def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, step
         stats = alloc.stats()
     finally:
         unapply(prof.model)
-    return {"batch_size": batch_size, "precision": precision,
+    return {"batch_size": batch_size, "precision": precision, "checkpointed_layers": list(names),
             "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
             "peak_reserved_bytes": stats["reserved_bytes"]["peak"]}
 
@@ -550,10 +613,12 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
     alloc_of, free_index = ctx["alloc_of"], ctx["free_index"]
     act, tmp, grad = (CATEGORIES.index(c) for c in ("activation", "temporary", "gradient"))
     forward_end = step["loss_end_index"]  # the forward pass ends after the loss is computed
+    # Units whose forward never ran (a pooler the head does not use) are not
+    # layers of the profile: the plan cannot decide on them, and their
+    # parameters are in fixed_bytes like any other state.
     order = sorted(step["forward"], key=lambda i: step["forward"][i][0]["index"])
-    if len(order) != len(prof.blocks):
-        missing = [prof.blocks[i][0] for i in range(len(prof.blocks)) if i not in step["forward"]]
-        raise MemfitError(f"memfit.profile: these blocks did not run in the forward pass: {', '.join(missing)}")
+    if not order:
+        raise MemfitError("memfit.profile: none of the model's units ran in the forward pass")
     owned = _state_bytes(prof)
     layers = []
     for i in order:

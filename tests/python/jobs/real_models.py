@@ -1,0 +1,145 @@
+"""Jobs built from real architectures (HF GPT-2, Llama, BERT, T5 from config,
+no weights; and a plain-torch U-Net whose skips the parent holds), shrunk so a
+step at batch 4 runs well under a second on a CPU while activations still grow
+with the batch. For tests of profiling, planning and checkpointing on models
+people actually train."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import memfit
+
+VOCAB = 512
+SEQ = 32
+
+
+def _ids(b, length=SEQ, seed=0):
+    g = torch.Generator().manual_seed(seed + b)
+    return torch.randint(0, VOCAB, (b, length), generator=g)
+
+
+def _adamw(params):
+    return torch.optim.AdamW(params, lr=1e-3)
+
+
+def _gpt2_model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=64,
+                     bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, use_cache=False, attn_implementation="sdpa")
+    return GPT2LMHeadModel(cfg)
+
+
+def gpt2():
+    """GPT-2, loss computed inside forward (labels=)."""
+    torch.manual_seed(0)
+    return memfit.Job(model=_gpt2_model(), make_batch=lambda b: _ids(b),
+                      loss_fn=lambda m, ids: m(input_ids=ids, labels=ids).loss,
+                      optimizer=_adamw)
+
+
+def _next_token_loss(m, ids):
+    logits = m(input_ids=ids).logits
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+
+
+def gpt2_loss_outside():
+    """GPT-2, loss computed outside the model from the logits."""
+    torch.manual_seed(0)
+    return memfit.Job(model=_gpt2_model(), make_batch=lambda b: _ids(b),
+                      loss_fn=_next_token_loss, optimizer=_adamw)
+
+
+def llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                      max_position_embeddings=64, use_cache=False, attn_implementation="sdpa")
+    return memfit.Job(model=LlamaForCausalLM(cfg), make_batch=lambda b: _ids(b),
+                      loss_fn=lambda m, ids: m(input_ids=ids, labels=ids).loss,
+                      optimizer=_adamw)
+
+
+def bert():
+    from transformers import BertConfig, BertForMaskedLM
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64,
+                     attn_implementation="sdpa")
+    return memfit.Job(model=BertForMaskedLM(cfg), make_batch=lambda b: _ids(b),
+                      loss_fn=lambda m, ids: m(input_ids=ids, labels=ids).loss,
+                      optimizer=_adamw)
+
+
+def t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+    torch.manual_seed(0)
+    cfg = T5Config(d_model=64, d_ff=128, num_layers=3, num_decoder_layers=3, num_heads=4,
+                   d_kv=16, vocab_size=VOCAB, use_cache=False, decoder_start_token_id=0,
+                   pad_token_id=0)
+    return memfit.Job(model=T5ForConditionalGeneration(cfg),
+                      make_batch=lambda b: (_ids(b, SEQ), _ids(b, SEQ // 2, seed=1000)),
+                      loss_fn=lambda m, batch: m(input_ids=batch[0], labels=batch[1]).loss,
+                      optimizer=_adamw)
+
+
+def _conv_block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DownStage(nn.Module):
+    """conv-norm-relu x2; the output is both the skip and (pooled) the next input."""
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = _conv_block(cin, cout)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class UpStage(nn.Module):
+    """Upsample by a transposed conv, concatenate the skip, conv-norm-relu x2."""
+    def __init__(self, cin, cskip, cout):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cskip, 2, stride=2)
+        self.conv = _conv_block(2 * cskip, cout)
+
+    def forward(self, x, skip):
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    def __init__(self, cin=3, classes=4, widths=(8, 16, 32)):
+        super().__init__()
+        chans = [cin, *widths]
+        self.down = nn.ModuleList([DownStage(chans[i], chans[i + 1]) for i in range(len(widths))])
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _conv_block(widths[-1], 2 * widths[-1])
+        ups, c = [], 2 * widths[-1]
+        for w in reversed(widths):
+            ups.append(UpStage(c, w, w))
+            c = w
+        self.up = nn.ModuleList(ups)
+        self.head = nn.Conv2d(widths[0], classes, 1)
+
+    def forward(self, x):
+        skips = []  # held here by the parent, read by the decoder: not a chain
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for stage, skip in zip(self.up, reversed(skips)):
+            x = stage(x, skip)
+        return self.head(x)
+
+
+def unet():
+    torch.manual_seed(0)
+
+    def batch(b):
+        g = torch.Generator().manual_seed(b)
+        return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, 4, (b, 32, 32), generator=g)
+    return memfit.Job(model=UNet(), make_batch=batch,
+                      loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
+                      optimizer=_adamw)
