@@ -38,6 +38,8 @@ _LAZY = {
     "Plan": ("planning", "Plan"),
     "apply": ("planning", "apply"),
     "unapply": ("planning", "unapply"),
+    "needs_grad_scaler": ("planning", "needs_grad_scaler"),
+    "find_units": ("blocks", "find_units"),
     "verify": ("planning", "verify"),
     "report": ("reporting", "report"),
 }

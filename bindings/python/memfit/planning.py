@@ -249,6 +249,16 @@ def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.
     return model
 
 
+def needs_grad_scaler(the_plan: Union[Plan, str, Path]) -> bool:
+    """Whether the plan runs any layer in fp16: then the training loop needs a
+    torch.amp.GradScaler (scale the loss before backward, scaler.step(optimizer),
+    scaler.update()), as memfit's profile and verify use; apply changes only the
+    model."""
+    if not isinstance(the_plan, Plan):
+        the_plan = Plan.load(the_plan)
+    return any(layer["precision"] == "fp16" for layer in the_plan.layers)
+
+
 def unapply(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         if hasattr(module, "_memfit_forward"):
@@ -291,6 +301,11 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
     apply(model, the_plan)
     optimizer = job_obj.optimizer(model.parameters())
     tracker = Tracker(model, optimizer, alloc)
+    scaler = None
+    if needs_grad_scaler(the_plan):  # as the profile's fp16 settings trained
+        from .profiling import MAX_SKIPPED_WARMUP, grad_scaler, scaler_step
+
+        scaler = grad_scaler(device)
     batch_size = the_plan.batch_size
     result: Dict[str, Any] = {
         "batch_size": batch_size,
@@ -316,7 +331,8 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
         progress(f"verify: batch {batch_size} with a capacity of {human(budget_bytes)}: "
                  f"{warmup_steps} warm-up + {steps} measured steps")
     try:
-        for i in range(warmup_steps + steps):
+        i, skipped = 0, 0
+        while i < warmup_steps + steps:
             if i == warmup_steps:
                 alloc.reset_peaks()
                 if snapshot is not None:
@@ -326,13 +342,23 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
             batch = to_device(job_obj.make_batch(batch_size), device)
             t0 = time.perf_counter()
             loss = job_obj.loss_fn(model, batch)
-            loss.backward()
-            optimizer.step()
+            again = False
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                # As the profile does: the warm-up goes on until the optimizer has
+                # taken a step (and has its state), however many the scaler skips.
+                again = scaler_step(scaler, optimizer) and i < warmup_steps and skipped < MAX_SKIPPED_WARMUP
+                skipped += again
+            else:
+                loss.backward()
+                optimizer.step()
             if device == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup_steps:
                 times.append(time.perf_counter() - t0)
             del loss, batch
+            if not (again and i == warmup_steps - 1):
+                i += 1
     except RuntimeError as e:  # torch.OutOfMemoryError, or the plugin's RuntimeError without a thrower
         if not is_out_of_memory(e):
             raise

@@ -114,6 +114,8 @@ class _Profiler:
         # in the first (untraced) step; their calls become enclosing code.
         self.calls: Dict[int, int] = {}
         self.reused: Dict[int, int] = {}
+        self.scaler: Optional[Any] = None  # fp16 settings train with a GradScaler, as fp16 training must
+        self.skipped = False  # the last step's optimizer step was skipped by the scaler (inf/nan gradients)
         self._handles = []
         for i, (_, m) in enumerate(self.blocks):
             self._handles.append(m.register_forward_pre_hook(self._forward_pre(i)))
@@ -168,6 +170,12 @@ class _Profiler:
         if event == "forward_post" and module is self.model:
             self.mark(FORWARD_END)
 
+    def _scaler(self) -> Any:
+        if self.scaler is None:
+            with tag("", "none", "optimizer_state"):
+                self.scaler = grad_scaler(self.device)
+        return self.scaler
+
     def step(self, batch_size: int, precision: str, traced: bool) -> None:
         self.record = _StepRecord() if traced else None
         self.calls = {}
@@ -176,13 +184,11 @@ class _Profiler:
             batch = to_device(self.job.make_batch(batch_size), self.device)
         t0 = time.perf_counter()
         self.mark(STEP_START)
-        dtype = PRECISIONS[precision]
-        autocast = (
-            torch.autocast(device_type=self.device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        )
+        # The precision is the layers' own (memfit.apply wraps each in autocast,
+        # as a plan runs them): what runs outside the layers, the loss computed
+        # by loss_fn included, runs as it would under the plan.
         with tag("", "forward", "temporary"):
-            with autocast:
-                loss = self.job.loss_fn(self.model, batch)
+            loss = self.job.loss_fn(self.model, batch)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise MemfitError("memfit.profile: the job's loss_fn must return a scalar tensor")
         for i, count in self.calls.items():
@@ -192,15 +198,40 @@ class _Profiler:
                                       "once in the warm-up: the model's forward must run the same modules every step")
                 self.reused[i] = count
         self.alloc.retag_live("forward", "temporary", "activation")
+        scaler = self._scaler() if precision == "fp16" else None
+        if scaler is not None:
+            with tag("", "forward", "temporary"):
+                loss = scaler.scale(loss)
         self.mark(LOSS_END)
         with tag("", "backward", "temporary"):
             loss.backward()
         self.mark(BACKWARD_END)
-        self.optimizer.step()
+        self.skipped = scaler_step(scaler, self.optimizer) if scaler is not None else False
+        if scaler is None:
+            self.optimizer.step()
         self.mark(STEP_END)
         if self.record is not None:
             self.record.seconds = time.perf_counter() - t0
         del loss, batch
+
+
+def grad_scaler(device: str) -> Any:
+    """The GradScaler fp16 training uses (fp16 gradients underflow without one):
+    the loss is scaled before backward, the step skipped on inf/nan gradients."""
+    return torch.amp.GradScaler(device)
+
+
+def scaler_step(scaler: Any, optimizer: Any) -> bool:
+    """scaler.step + update; True when the scaler skipped the optimizer's step
+    (inf/nan gradients: it lowered its scale). Until a step is taken an
+    optimizer like Adam has no state, so a warm-up goes on until one is."""
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < before
+
+
+MAX_SKIPPED_WARMUP = 40  # a GradScaler halves its scale per skipped step: 2^16 down to 2^-24
 
 
 def _ensure_allocator(device: str, capacity: Optional[Union[str, int]]) -> Allocator:
@@ -270,7 +301,8 @@ def profile(
             for b in sizes:
                 snapshot_here = snapshot if (precision, b) == (precisions[0], max(sizes)) else None
                 started(f"batch {b}, {precision}")
-                setting = _measure(prof, b, precision, steps, warmup_steps, snapshot_here)
+                with _applied(prof, precision, ()):
+                    setting = _measure(prof, b, precision, steps, warmup_steps, snapshot_here)
                 started(f"batch {b}, {precision}, every layer checkpointed")
                 setting["checkpointed"] = _measure_checkpointed(prof, b, precision, steps, warmup_steps, setting)
                 settings.append(setting)
@@ -321,12 +353,23 @@ def _units_not_planned(blocks, reused: Dict[int, int], layers: List[Dict[str, An
     return out
 
 
-def _all_checkpointed(prof: _Profiler, names: Sequence[str], precision: str):
-    from .planning import Plan
+@contextlib.contextmanager
+def _applied(prof: _Profiler, precision: str, checkpointed: Sequence[str]):
+    """The model with every unit in `precision` and the named ones checkpointed,
+    through memfit.apply (nothing to apply for fp32 without checkpoints)."""
+    from .planning import Plan, apply, unapply
 
-    chosen = set(names)
-    layers = [{"name": name, "checkpoint": name in chosen, "precision": precision} for name, _ in prof.blocks]
-    return Plan({"batch_size": 0, "layers": layers})
+    chosen = set(checkpointed)
+    if precision == "fp32" and not chosen:
+        yield
+        return
+    layers = [{"name": name, "checkpoint": name in chosen, "precision": precision}
+              for i, (name, _) in enumerate(prof.blocks) if i not in prof.reused]
+    apply(prof.model, Plan({"batch_size": 0, "layers": layers}))
+    try:
+        yield
+    finally:
+        unapply(prof.model)
 
 
 def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int,
@@ -334,13 +377,9 @@ def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, step
     """The setting's steps again with every layer checkpointed, traced: what a
     checkpointed layer really keeps and what its recomputation costs, measured
     (PROFILE.md, "checkpointed"), in the layers' order of the plain run."""
-    from .planning import apply, unapply
 
-    apply(prof.model, _all_checkpointed(prof, [layer["name"] for layer in plain["layers"]], precision))
-    try:
+    with _applied(prof, precision, [layer["name"] for layer in plain["layers"]]):
         run = _measure(prof, batch_size, precision, steps, warmup)
-    finally:
-        unapply(prof.model)
     names = [layer["name"] for layer in plain["layers"]]
     if [layer["name"] for layer in run["layers"]] != names:
         raise MemfitError("memfit.profile: with every layer checkpointed, the layers ran in a different order; "
@@ -358,20 +397,14 @@ def _measure_check(prof: _Profiler, batch_size: int, precision: str, steps: int,
     layers checkpointed (every other one: the model's terms come from runs with
     none and with all, so a mixed plan tests how they combine), untraced; only
     their peaks are kept."""
-    from .planning import apply, unapply
-
     alloc = prof.alloc
-    apply(prof.model, _all_checkpointed(prof, names, precision))
-    try:
+    with _applied(prof, precision, names):
         alloc.empty_cache()
-        for _ in range(warmup):
-            prof.step(batch_size, precision, traced=False)
+        _warm_up(prof, batch_size, precision, warmup)
         alloc.reset_peaks()
         for _ in range(steps):
             prof.step(batch_size, precision, traced=False)
         stats = alloc.stats()
-    finally:
-        unapply(prof.model)
     return {"batch_size": batch_size, "precision": precision, "checkpointed_layers": list(names),
             "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
             "peak_reserved_bytes": stats["reserved_bytes"]["peak"]}
@@ -381,8 +414,7 @@ def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmu
              snapshot: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
     alloc = prof.alloc
     alloc.empty_cache()
-    for _ in range(warmup):
-        prof.step(batch_size, precision, traced=False)
+    _warm_up(prof, batch_size, precision, warmup)
     prof.tracker.retag_optimizer_state()
     alloc.reset_peaks()
     start_stats = alloc.stats()
@@ -428,6 +460,20 @@ def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmu
         "timeline": last["timeline"],
     }
     return setting
+
+
+def _warm_up(prof: _Profiler, batch_size: int, precision: str, warmup: int) -> None:
+    """`warmup` untraced steps, and more while the GradScaler skips the
+    optimizer's step (fp16): the measured steps start with the optimizer state."""
+    for _ in range(warmup):
+        prof.step(batch_size, precision, traced=False)
+    extra = 0
+    while prof.skipped:
+        if extra == MAX_SKIPPED_WARMUP:
+            raise MemfitError(f"memfit.profile: batch {batch_size}, {precision}: the GradScaler skipped "
+                              f"{MAX_SKIPPED_WARMUP} optimizer steps in a row (the gradients are inf or nan)")
+        prof.step(batch_size, precision, traced=False)
+        extra += 1
 
 
 def _mark_label(prof: _Profiler, mark_id: int) -> str:
