@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+# hf_compare.py — memfit's plan against what users of the transformers library pick instead:
+# HF's own gradient_checkpointing_enable() (every block checkpointed) and Chen's sqrt(n)
+# segments, on GPT-2 and Llama built from config (tests/python/jobs/real_models.py), three
+# budgets each, in one run; writes benchmarks/results/hf-DATE.{md,json}. See README.md.
+"""Usage: python3 benchmarks/planner/hf_compare.py [--out-dir DIR] [--date YYYY-MM-DD] [--budgets A,B,C]
+
+For each model: one memfit profile (batches 2 and 4, real times). For each budget:
+memfit's max-batch plan, verified by a real run under the budget; the true largest
+batch of HF's gradient checkpointing and of sqrt(n) segments, each by bisection over
+real runs under the budget; then, at HF's largest batch, memfit's fastest plan that
+fits, and the step times of no checkpointing (no cap), HF's and memfit's there,
+interleaved over rounds (medians): the recompute each costs, as a ratio to the step
+without checkpointing measured in the same run. Every trial runs on CPU with memfit
+as PyTorch's CPU allocator and the budget as its capacity (compare.py's Runner)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1] / "tests" / "python" / "jobs"))
+
+import compare  # noqa: E402  (sets up the package path and the build directory)
+import torch  # noqa: E402
+import torch.utils.checkpoint  # noqa: E402
+
+from memfit.planning import plan  # noqa: E402
+from memfit.profiling import profile  # noqa: E402
+
+JOBS = HERE.parents[1] / "tests" / "python" / "jobs" / "real_models.py"
+MODELS = ("gpt2", "llama")
+MiB = 1 << 20
+
+
+def hf_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """What a transformers user turns on: every decoder layer checkpointed by HF itself
+    (activation_checkpointing_enable in transformers 5.x, gradient_checkpointing_enable before)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    for path in ("transformer.h", "model.layers"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise TypeError(f"no decoder layers found in {type(model).__name__}")
+
+
+def sqrt_segments(model: torch.nn.Module) -> None:
+    """Chen et al.'s sqrt(n): the n decoder layers in round(sqrt(n)) segments, each segment one
+    checkpoint (only its input kept), the last segment without one (its backward follows at
+    once), as torch.utils.checkpoint.checkpoint_sequential does. The parent's loop calls each
+    layer: the first layer of a segment runs the whole segment, the others pass their input on
+    (in this transformers version a decoder layer returns its hidden states as one tensor)."""
+    layers = list(_decoder_layers(model))
+    n = len(layers)
+    segments = max(1, round(math.sqrt(n)))
+    size = n // segments
+    for start in range(0, size * (segments - 1), size):
+        group = layers[start:start + size]
+        forwards = [layer.forward for layer in group]
+
+        def run(hidden: torch.Tensor, *args: Any, _forwards=forwards, **kwargs: Any) -> torch.Tensor:
+            for f in _forwards:
+                hidden = f(hidden, *args, **kwargs)
+            return hidden
+
+        def first(hidden: torch.Tensor, *args: Any, _run=run, **kwargs: Any) -> torch.Tensor:
+            if torch.is_grad_enabled():
+                return torch.utils.checkpoint.checkpoint(_run, hidden, *args, use_reentrant=False, **kwargs)
+            return _run(hidden, *args, **kwargs)
+
+        group[0].forward = first
+        for layer in group[1:]:
+            layer.forward = lambda hidden, *args, **kwargs: hidden
+
+
+def _steps(runner: compare.Runner, job: str, batch: int, policy, rounds: int) -> Dict[str, List[float]]:
+    """Median step time per policy at `batch`, no capacity, the policies interleaved per round."""
+    times: Dict[str, List[float]] = {name: [] for name in policy}
+    for _ in range(rounds):
+        for name, p in policy.items():
+            r = runner.trial(job, batch, None, p, warmup=1, steps=3)
+            if r["step_seconds"] is not None:
+                times[name].append(r["step_seconds"])
+    return times
+
+
+def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int) -> Dict[str, Any]:
+    job = f"{JOBS}:{name}"
+    prof = profile(job, device="cpu", batch_sizes=(2, 4), steps=3, warmup_steps=2)
+    out: Dict[str, Any] = {"model": name, "layers": [layer["name"] for layer in prof.settings[0]["layers"]],
+                           "budgets": []}
+    for budget in budgets:
+        the_plan = plan(prof, budget=budget)
+        d = the_plan.data
+        upper = 4 * d["batch_size"]
+        check = runner.trial(job, d["batch_size"], budget, compare.memfit_plan_policy(the_plan), warmup=1, steps=2)
+        hf = compare.fixed_policy_search(runner, job, budget, hf_gradient_checkpointing, upper)
+        sq = compare.fixed_policy_search(runner, job, budget, sqrt_segments, upper)
+        equal_batch = hf["batch"]
+        row: Dict[str, Any] = {
+            "budget_bytes": budget,
+            "memfit": {"batch": d["batch_size"], "fits": check["ok"], "oom": check["oom"],
+                       "predicted_peak_bytes": d["predicted_peak_bytes"] + d.get("checkpoint_correction_bytes", 0),
+                       "measured_peak_bytes": check["peak_allocated_bytes"],
+                       "predicted_step_seconds": d["predicted_step_seconds"],
+                       "measured_step_seconds": check["step_seconds"],
+                       "checkpointed": [layer["name"] for layer in d["layers"] if layer["checkpoint"]]},
+            "hf_gradient_checkpointing": {"batch": hf["batch"], "trials": hf["trials"], "bound_hit": hf["bound_hit"]},
+            "sqrt_segments": {"batch": sq["batch"], "trials": sq["trials"], "bound_hit": sq["bound_hit"]},
+        }
+        if equal_batch >= 1:
+            at = plan(prof, budget=budget, max_batch=equal_batch)
+            policies = {"none": None, "hf": hf_gradient_checkpointing, "memfit": compare.memfit_plan_policy(at)}
+            times = _steps(runner, job, equal_batch, policies, rounds)
+            medians = {k: statistics.median(v) if v else None for k, v in times.items()}
+            none = medians["none"]
+            row["equal_batch"] = {
+                "batch": equal_batch,
+                "memfit_batch": at.batch_size,
+                "memfit_checkpointed": [layer["name"] for layer in at.layers if layer["checkpoint"]],
+                "step_seconds": medians,
+                "recompute_overhead": {k: (medians[k] / none - 1) if none and medians[k] else None
+                                       for k in ("hf", "memfit")},
+                "rounds": rounds,
+            }
+        out["budgets"].append(row)
+        print(json.dumps({"model": name, **row}), flush=True)
+    return out
+
+
+def write_markdown(path: Path, res: Dict[str, Any]) -> None:
+    lines = [f"# memfit against HF gradient checkpointing and sqrt(n) segments ({res['date']})", "",
+             f"Machine: {res['machine']['cpu_model']}, {res['machine']['cpus_usable']} CPUs usable, load average "
+             f"before {res['machine']['load_average_before'][0]:.2f}, commit {res['machine']['git_commit'][:10]}"
+             f"{' (dirty)' if res['machine']['git_dirty'] else ''}. torch {res['torch']}, "
+             f"transformers {res['transformers']}. "
+             "Produced by `python3 benchmarks/planner/hf_compare.py`; every batch is from real runs on CPU "
+             "with memfit's allocator and the budget as its capacity.", "",
+             "| model | budget | memfit batch (verified) | HF gc largest | sqrt(n) largest | memfit / HF | "
+             "peak predicted / measured | step predicted / measured |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in res["models"]:
+        for r in m["budgets"]:
+            mf, hf, sq = r["memfit"], r["hf_gradient_checkpointing"], r["sqrt_segments"]
+            fits = "fits" if mf["fits"] else ("OOM" if mf["oom"] else "error")
+            ratio = f"{mf['batch'] / hf['batch']:.2f}" if hf["batch"] else "-"
+            peak = (f"{mf['predicted_peak_bytes'] / MiB:.2f} / {mf['measured_peak_bytes'] / MiB:.2f} MiB"
+                    if mf["measured_peak_bytes"] else "-")
+            step = (f"{mf['predicted_step_seconds'] * 1e3:.0f} / {mf['measured_step_seconds'] * 1e3:.0f} ms"
+                    if mf["measured_step_seconds"] else "-")
+            lines.append(f"| {m['model']} | {r['budget_bytes'] // MiB} MiB | {mf['batch']} ({fits}) | {hf['batch']}"
+                         f"{' (bound)' if hf['bound_hit'] else ''} | {sq['batch']}"
+                         f"{' (bound)' if sq['bound_hit'] else ''} | {ratio} | {peak} | {step} |")
+    lines += ["", "At HF's largest batch: step time against no checkpointing at that batch (no cap), medians "
+              "of interleaved rounds in this run.", "",
+              "| model | budget | batch | HF gc recompute | memfit recompute | memfit checkpoints |",
+              "|---|---|---|---|---|---|"]
+    for m in res["models"]:
+        for r in m["budgets"]:
+            e = r.get("equal_batch")
+            if not e:
+                continue
+            o = e["recompute_overhead"]
+            fmt = lambda x: f"{100 * x:+.1f}%" if x is not None else "-"  # noqa: E731
+            lines.append(f"| {m['model']} | {r['budget_bytes'] // MiB} MiB | {e['batch']} | {fmt(o['hf'])} | "
+                         f"{fmt(o['memfit'])} | {len(e['memfit_checkpointed'])} of {len(m['layers'])} units |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", default=str(HERE.parent / "results"))
+    ap.add_argument("--date", default=datetime.date.today().isoformat())
+    ap.add_argument("--budgets", default="16MiB,24MiB,40MiB")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    from memfit import _lib
+    import transformers
+
+    budgets = [_lib.parse_size(b, "--budgets") for b in args.budgets.split(",")]
+    runner = compare.Runner(trial_cap_s=120)
+    res = {"date": args.date, "machine": compare.machine_info(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "models": []}
+    for name in MODELS:
+        res["models"].append(run_model(runner, name, budgets, args.rounds))
+    out = Path(args.out_dir)
+    (out / f"hf-{args.date}.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_markdown(out / f"hf-{args.date}.md", res)
+    print(f"wrote {out / f'hf-{args.date}.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
