@@ -1,6 +1,8 @@
 // test_oom.cpp — running out of memory: the OOM ladder on a capacity-limited
-// virtual backend, injected map failures, the OOM and memory reports, capacity
-// changes, and the host backend under a small budget (real, writable memory).
+// virtual backend (segments, and page-mapped pools releasing their cache
+// before they fail), injected map failures, the OOM and memory reports,
+// capacity changes, the host backend under a small budget (real, writable
+// memory), and threads running into the capacity together.
 #include <gtest/gtest.h>
 #include <memfit/memfit.h>
 
@@ -13,6 +15,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -175,6 +178,259 @@ TEST(Oom, PaddedSegmentFallsBackToTheRequestNearTheCapacity) {
   expect_consistent(a.get());
 }
 
+// ----------------------------------------- the ladder of page-mapped pools
+
+// Whether every granule the backend holds is one memfit counts as reserved.
+void expect_backend_agrees(mf_allocator *a) {
+  uint64_t physical = 0, mapped = 0;
+  ASSERT_EQ(mf_backend_sim_usage(mf_allocator_backend(a), 0, &physical, &mapped), MF_OK);
+  mf_stats s = stats(a);
+  EXPECT_EQ((int64_t)physical, s.reserved_bytes.current);
+  EXPECT_EQ((int64_t)mapped, s.reserved_bytes.current);
+}
+
+TEST(Oom, PageMappedLadderReleasesTheCacheBeforeFailing) {
+  // 2 MiB granules, capacity 9 of them. Moving granules takes those of free
+  // blocks, but not of the free blocks the chosen site's run takes in: here
+  // the cheapest site is the one-granule hole between two free blocks (b and
+  // d), the only free granules left are theirs, and the capacity is reached,
+  // so the request failed although it fits once the cache is released (a
+  // fresh allocator with the same live blocks serves it).
+  Allocator a = create("backend:virtual,vmm:on,capacity:18MiB");
+  ASSERT_TRUE(a);
+  ASSERT_EQ(mf_allocator_granule(a.get()), 2 * MiB);
+  void *pa = must_malloc(a.get(), 4 * MiB);  // granules [0,2) of one segment, live
+  void *pb = must_malloc(a.get(), 2 * MiB);  // [2,3): freed below, the run's left neighbour
+  void *pc = must_malloc(a.get(), 2 * MiB);  // [3,4): freed, its granule moves away: the hole
+  void *pd = must_malloc(a.get(), 4 * MiB);  // [4,6): freed below, the run's right neighbour
+  void *pe = must_malloc(a.get(), 4 * MiB);  // [6,8), live
+  ASSERT_TRUE(pa && pb && pc && pd && pe);
+  must_free(a.get(), pc);
+  void *pf = must_malloc(a.get(), 3 * MiB);  // c's granule + a new one at [8,10): 1 MiB free tail
+  ASSERT_NE(pf, nullptr);
+  must_free(a.get(), pb);
+  must_free(a.get(), pd);
+  mf_stats before = stats(a.get());
+  ASSERT_EQ(before.reserved_bytes.current, (int64_t)(18 * MiB));  // the capacity: nothing new
+  ASSERT_EQ(before.allocated_bytes.current, (int64_t)(11 * MiB));
+  ASSERT_EQ(before.ooms, 0);
+  expect_consistent(a.get());
+
+  // 4.5 MiB: no cached block is that large (b 2, d 4, the tail 1 MiB), and
+  // 11 + 4.5 <= 18.
+  void *pg = mf_malloc(a.get(), 0, 4 * MiB + 512 * KiB, 0);
+  ASSERT_NE(pg, nullptr) << mf_last_error();
+  mf_stats s = stats(a.get());
+  EXPECT_EQ(s.ooms, 0);
+  EXPECT_EQ(s.ladder_releases, before.ladder_releases + 1);
+  EXPECT_GT(s.granule_unmaps, before.granule_unmaps);
+  EXPECT_LE(s.reserved_bytes.current, (int64_t)(18 * MiB));
+  EXPECT_EQ(s.allocated_bytes.current, (int64_t)(15 * MiB + 512 * KiB));
+  EXPECT_EQ(oom_report(a.get()), "");
+  expect_consistent(a.get());
+  expect_backend_agrees(a.get());
+
+  // What does not fit still fails cleanly, as an error with the whole report.
+  expect_oom(a.get(), 8 * MiB);  // 15.5 + 8 > 18
+  std::string headline = mf_last_error();
+  EXPECT_EQ(headline.rfind("memfit: out of memory on device 0: tried to allocate 8.00 MiB", 0), 0u) << headline;
+  EXPECT_NE(headline.find("capacity 18.00 MiB"), std::string::npos) << headline;
+  std::string r = oom_report(a.get());
+  EXPECT_EQ(r.rfind(headline, 0), 0u) << r;
+  EXPECT_NE(line_starting(r, "capacity").find(human(18 * MiB)), std::string::npos) << r;
+  EXPECT_NE(line_starting(r, "allocated").find(human(15 * MiB + 512 * KiB)), std::string::npos) << r;
+  s = stats(a.get());
+  EXPECT_LE(s.reserved_bytes.current, (int64_t)(18 * MiB));
+  EXPECT_EQ(s.allocated_bytes.current, (int64_t)(15 * MiB + 512 * KiB));
+  expect_consistent(a.get());
+  expect_backend_agrees(a.get());
+  // Larger than the capacity: fails at once, and the cache stays.
+  must_free(a.get(), pf);
+  before = stats(a.get());
+  expect_oom(a.get(), 19 * MiB);
+  s = stats(a.get());
+  EXPECT_EQ(s.reserved_bytes.current, before.reserved_bytes.current);
+  EXPECT_EQ(s.ladder_releases, before.ladder_releases);
+  for (void *p : {pa, pe, pg}) must_free(a.get(), p);
+  // Everything free: the whole capacity serves one block again.
+  void *all = must_malloc(a.get(), 18 * MiB);
+  EXPECT_NE(all, nullptr);
+  must_free(a.get(), all);
+  expect_consistent(a.get());
+  expect_backend_agrees(a.get());
+}
+
+TEST(Oom, PageMappedLadderRetriesABackendOomAfterReleasingTheCache) {
+  // The backend itself refuses the new granule (a device full of other
+  // processes' memory, here an injected failure) while memfit holds cached
+  // granules: they go back and the request is tried once more.
+  Allocator a = create("backend:virtual,vmm:on");
+  ASSERT_TRUE(a);
+  void *x = must_malloc(a.get(), 4 * MiB);  // [0,2)
+  void *y = must_malloc(a.get(), 2 * MiB);  // [2,3), live
+  must_free(a.get(), x);                    // 2 cached granules
+  ASSERT_EQ(mf_backend_sim_fail_maps(mf_allocator_backend(a.get()), 1), MF_OK);
+  mf_stats before = stats(a.get());
+  void *p = mf_malloc(a.get(), 0, 6 * MiB, 0);  // x's 2 granules + 1 new: refused, then 3 new
+  ASSERT_NE(p, nullptr) << mf_last_error();
+  mf_stats s = stats(a.get());
+  EXPECT_EQ(s.ooms, 0);
+  EXPECT_EQ(s.ladder_releases, before.ladder_releases + 1);
+  EXPECT_EQ(s.reserved_bytes.current, (int64_t)(8 * MiB));
+  expect_consistent(a.get());
+  expect_backend_agrees(a.get());
+  // Every creation refused: after the ladder, an OOM that leaves no trace.
+  ASSERT_EQ(mf_backend_sim_fail_maps(mf_allocator_backend(a.get()), 1000), MF_OK);
+  expect_oom(a.get(), 12 * MiB);
+  s = stats(a.get());
+  EXPECT_EQ(s.reserved_bytes.current, (int64_t)(8 * MiB));
+  expect_consistent(a.get());
+  expect_backend_agrees(a.get());
+  ASSERT_EQ(mf_backend_sim_fail_maps(mf_allocator_backend(a.get()), -1), MF_OK);
+  must_free(a.get(), p);
+  must_free(a.get(), y);
+  expect_consistent(a.get());
+}
+
+TEST(Oom, SegmentsFreedAfterAnOomGoBackSoASmallerAttemptFitsAsAFreshOne) {
+  // memfit's CPU policy with segments: each segment sized to its request,
+  // every remainder split. An attempt runs out of memory, frees its blocks,
+  // and a smaller one follows in the same allocator (a batch-size finder).
+  // Cached, the failed attempt's 20 and 30 MiB segments would be carved by
+  // the 12 and 18 MiB blocks, and their remainders (8, 12 MiB) fit neither
+  // 15 nor 14 MiB: 50 + 15 > 64, an OOM, where a fresh allocator maps
+  // 12 + 18 + 15 + 14 = 59 MiB. Note [Draining after an OOM] releases them.
+  const char *conf = "backend:virtual,vmm:off,capacity:64MiB,segment_round:64KiB,large_segment:0,large_split:0";
+  const size_t smaller[] = {12 * MiB, 18 * MiB, 15 * MiB, 14 * MiB};
+  auto attempt = [&](mf_allocator *a, std::vector<void *> &live) {
+    for (size_t size : smaller) {
+      void *p = mf_malloc(a, 0, size, 0);
+      EXPECT_NE(p, nullptr) << size / MiB << " MiB: " << mf_last_error();
+      if (p) live.push_back(p);
+    }
+  };
+  {
+    Allocator fresh = create(conf);
+    ASSERT_TRUE(fresh);
+    std::vector<void *> live;
+    attempt(fresh.get(), live);
+    EXPECT_EQ(stats(fresh.get()).reserved_bytes.current, (int64_t)(59 * MiB));
+    for (void *p : live) must_free(fresh.get(), p);
+  }
+  Allocator a = create(conf);
+  ASSERT_TRUE(a);
+  void *x = must_malloc(a.get(), 20 * MiB);
+  void *y = must_malloc(a.get(), 30 * MiB);
+  expect_oom(a.get(), 25 * MiB);  // 50 + 25 > 64
+  mf_stats before = stats(a.get());
+  must_free(a.get(), x);
+  must_free(a.get(), y);
+  mf_stats s = stats(a.get());
+  EXPECT_EQ(s.reserved_bytes.current, 0) << "segments freed after an OOM go back";
+  EXPECT_EQ(s.segment_unmaps, before.segment_unmaps + 2);
+  expect_consistent(a.get());
+  std::vector<void *> live;
+  attempt(a.get(), live);
+  s = stats(a.get());
+  EXPECT_EQ(s.ooms, 1);
+  EXPECT_EQ(s.reserved_bytes.current, (int64_t)(59 * MiB));
+  // The misses that mapped memory ended the draining: freed blocks are cached again.
+  must_free(a.get(), live.back());
+  live.pop_back();
+  EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(59 * MiB));
+  live.push_back(must_malloc(a.get(), 14 * MiB));
+  EXPECT_EQ(stats(a.get()).cache_hits, s.cache_hits + 1);
+  for (void *p : live) must_free(a.get(), p);
+  EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(59 * MiB));
+  expect_consistent(a.get());
+}
+
+TEST(Oom, AfterAnOomWhatFitsAFreshAllocatorFits) {
+  // A trial-based batch-size finder: a "step" at a batch allocates blocks of
+  // sizes that grow with the batch; one that runs out of memory frees what it
+  // made, and the finder tries a smaller batch in the same allocator. The
+  // largest batch that fits must be the one that fits a fresh allocator.
+  for (const char *conf : {"backend:virtual,vmm:on,capacity:64MiB", "backend:virtual,vmm:off,capacity:64MiB",
+                           "backend:host,vmm:on,capacity:64MiB"}) {
+    SCOPED_TRACE(conf);
+    auto step = [](mf_allocator *a, int batch) {
+      std::vector<void *> live;
+      bool ok = true;
+      // Layers whose activations scale with the batch, and per-step temporaries.
+      for (int layer = 0; layer < 6 && ok; layer++) {
+        void *act = mf_malloc(a, 0, (size_t)batch * (48 + 16 * layer) * KiB + 3 * KiB, 0);
+        void *tmp = act ? mf_malloc(a, 0, (size_t)batch * 40 * KiB + 7 * KiB, 0) : nullptr;
+        if (tmp) mf_free(a, tmp);
+        ok = act && tmp;
+        if (act) live.push_back(act);
+      }
+      for (void *p : live) mf_free(a, p);
+      return ok;
+    };
+    auto largest = [&](mf_allocator *a, int from) {
+      for (int batch = from; batch > 0; batch = batch * 9 / 10)  // Accelerate's 0.9 steps
+        if (step(a, batch)) return batch;
+      return 0;
+    };
+    Allocator reused = create(conf);
+    ASSERT_TRUE(reused);
+    void *params = must_malloc(reused.get(), 5 * MiB + 123 * KiB);  // lives through every trial
+    int found = largest(reused.get(), 400);
+    EXPECT_GT(stats(reused.get()).ooms, 0);
+    expect_consistent(reused.get());
+    ASSERT_GT(found, 0);
+    // The same batch and the next larger one in the 0.9 sequence, each in a fresh allocator.
+    int larger = found;
+    for (int batch = 400; batch > found; batch = batch * 9 / 10) larger = batch;
+    for (int batch : {found, larger}) {
+      Allocator fresh = create(conf);
+      ASSERT_TRUE(fresh);
+      void *fp = must_malloc(fresh.get(), 5 * MiB + 123 * KiB);
+      EXPECT_EQ(step(fresh.get(), batch), batch == found) << "batch " << batch << " (found " << found << ")";
+      must_free(fresh.get(), fp);
+    }
+    must_free(reused.get(), params);
+  }
+}
+
+TEST(Oom, ThreadsRunningIntoTheCapacityKeepTheAllocatorConsistent) {
+  for (const char *conf : {"backend:virtual,vmm:on,capacity:48MiB", "backend:virtual,vmm:off,capacity:48MiB"}) {
+    SCOPED_TRACE(conf);
+    Allocator a = create(conf);
+    ASSERT_TRUE(a);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; t++)
+      threads.emplace_back([&a, t] {
+        uint32_t x = 2463534242u + (uint32_t)t;
+        std::vector<void *> live;
+        for (int i = 0; i < 1500; i++) {
+          x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+          if (x % 3 != 0 || live.empty()) {
+            void *p = mf_malloc(a.get(), 0, 1 + x % (6 * MiB), 0);
+            if (p) live.push_back(p);
+            else if (mf_last_status() != MF_ERR_OOM) ADD_FAILURE() << mf_last_error();
+            else {  // like a finder after an OOM: drop everything, go on
+              for (void *q : live) mf_free(a.get(), q);
+              live.clear();
+            }
+          } else {
+            mf_free(a.get(), live[x % live.size()]);
+            live.erase(live.begin() + (long)(x % live.size()));
+          }
+        }
+        for (void *q : live) mf_free(a.get(), q);
+      });
+    for (std::thread &t : threads) t.join();
+    mf_stats s = stats(a.get());
+    EXPECT_GT(s.ooms, 0);
+    EXPECT_EQ(s.allocated_bytes.current, 0);
+    EXPECT_LE(s.reserved_bytes.peak, (int64_t)(48 * MiB));
+    expect_consistent(a.get());
+    ASSERT_EQ(mf_empty_cache(a.get()), MF_OK);
+    EXPECT_EQ(stats(a.get()).reserved_bytes.current, 0);
+  }
+}
+
 // ------------------------------------------------------------------ reports
 
 class OomReport : public testing::Test {
@@ -323,15 +579,25 @@ TEST(Oom, InjectedMapFailures) {
   expect_oom(a.get(), 4 * KiB, kS1);
   EXPECT_NE(oom_report(a.get()), "");
   expect_consistent(a.get());
-  // Requests served from the cache need no map.
+  // After an OOM a segment that becomes wholly free goes back at once (Note
+  // [Draining after an OOM]): p's does, so its size needs a map again.
   must_free(a.get(), p);
-  EXPECT_EQ(mf_malloc(a.get(), 0, 8 * MiB, kS2), p);
-  // Back to normal.
+  EXPECT_EQ(stats(a.get()).reserved_bytes.current, 0);
+  expect_consistent(a.get());
+  expect_oom(a.get(), 8 * MiB, kS2);
+  // Back to normal: a miss maps memory, which ends the draining, and requests
+  // served from the cache need no map.
   ASSERT_EQ(mf_backend_sim_fail_maps(b, -1), MF_OK);
   void *q = must_malloc(a.get(), 4 * MiB, kS1);
   EXPECT_NE(q, nullptr);
+  void *r = must_malloc(a.get(), 8 * MiB, kS2);
+  must_free(a.get(), r);
+  EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(12 * MiB));
+  ASSERT_EQ(mf_backend_sim_fail_maps(b, 1000), MF_OK);
+  EXPECT_EQ(mf_malloc(a.get(), 0, 8 * MiB, kS2), r);
+  ASSERT_EQ(mf_backend_sim_fail_maps(b, -1), MF_OK);
   mf_stats s = stats(a.get());
-  EXPECT_EQ(s.ooms, 2);
+  EXPECT_EQ(s.ooms, 3);
   EXPECT_EQ(s.active_blocks.current, 2);
   expect_consistent(a.get());
 }
@@ -428,11 +694,15 @@ TEST(Oom, HostBackendUnderASmallCapacity) {
   // Writes to one block leave the others alone.
   EXPECT_EQ(p[0], 0x5A);
   EXPECT_EQ(s[64 * KiB - 1], 0x3C);
+  // After the OOM q's segment goes back as soon as it is free (Note [Draining
+  // after an OOM]); the next 8 MiB maps again, which ends the draining.
   must_free(a.get(), q);
+  EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(6 * MiB));
   char *r = static_cast<char *>(must_malloc(a.get(), 8 * MiB));
-  ASSERT_EQ(r, q);
+  ASSERT_NE(r, nullptr);
   memset(r, 0x11, 8 * MiB);
   must_free(a.get(), r);
+  EXPECT_EQ(stats(a.get()).reserved_bytes.current, (int64_t)(14 * MiB));  // cached again
   must_free(a.get(), p);
   // The cached 4 + 8 MiB go back to make room for 12 MiB.
   char *big = static_cast<char *>(must_malloc(a.get(), 12 * MiB));

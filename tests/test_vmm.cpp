@@ -427,21 +427,34 @@ TEST(Vmm, TheSteadyStateMakesNoBackendCall) {
 
 // ----------------------------------------------------------- OOM, failures
 
-TEST(Vmm, AnOomReturnsNullWithAReportAndKeepsTheCache) {
+TEST(Vmm, AnOomReturnsNullWithAReportAndReleasesTheCache) {
   Allocator a = create("backend:virtual,vmm:on,large_split:0,capacity:16MiB");
   void *p = must_malloc(a.get(), 6 * MiB);
   void *q = must_malloc(a.get(), 6 * MiB);
   must_free(a.get(), q);
   mf_stats before = stats(a.get());
-  EXPECT_EQ(mf_malloc(a.get(), 0, 12 * MiB, 0), nullptr);
+  EXPECT_EQ(mf_malloc(a.get(), 0, 12 * MiB, 0), nullptr);  // 6 + 12 > 16
   EXPECT_EQ(mf_last_status(), MF_ERR_OOM);
   char report[4096];
   ASSERT_EQ(mf_oom_report(a.get(), report, sizeof report, nullptr), MF_OK);
   EXPECT_NE(std::string(report).find("out of memory"), std::string::npos) << report;
   mf_stats s = stats(a.get());
   EXPECT_EQ(s.ooms, before.ooms + 1);
-  EXPECT_EQ(s.reserved_bytes.current, before.reserved_bytes.current) << "an OOM leaves the cache as it was";
-  EXPECT_EQ(s.granule_unmaps, before.granule_unmaps);
+  // The ladder released the cached 6 MiB before it gave up, as empty_cache would.
+  EXPECT_EQ(s.reserved_bytes.current, (int64_t)(6 * MiB)) << "an OOM releases the cache";
+  EXPECT_EQ(s.granule_unmaps, before.granule_unmaps + 3);
+  EXPECT_EQ(s.ladder_releases, before.ladder_releases + 1);
+  expect_consistent(a.get());
+  // A request larger than the capacity fails at once and keeps what is cached.
+  void *r = must_malloc(a.get(), 2 * MiB);
+  must_free(a.get(), r);
+  before = stats(a.get());
+  EXPECT_EQ(mf_malloc(a.get(), 0, 17 * MiB, 0), nullptr);
+  EXPECT_EQ(mf_last_status(), MF_ERR_OOM);
+  s = stats(a.get());
+  EXPECT_EQ(s.ooms, before.ooms + 1);
+  EXPECT_EQ(s.reserved_bytes.current, before.reserved_bytes.current);
+  EXPECT_EQ(s.ladder_releases, before.ladder_releases);
   expect_consistent(a.get());
   void *t = must_malloc(a.get(), 10 * MiB);  // what does fit still does
   expect_consistent(a.get());

@@ -22,8 +22,24 @@
  *   segments] for how memfit avoids the growth that slowly varying shapes
  *   cause in PyTorch's allocator.
  * - OOM ladder: the pool; then release cached segments that fit and retry;
- *   then wait for pending events, release every cached segment and retry; then
- *   fail: NULL, an OOM count, and a report (report.c). Nothing aborts.
+ *   then wait for pending events, release every cached segment (what
+ *   empty_cache releases) and retry; then fail: NULL, an OOM count, and a
+ *   report (report.c). Nothing aborts. A request larger than the capacity
+ *   fails at once and keeps the cache: no release could make room for it.
+ *   Page-mapped pools climb the same ladder (vmm.c, climb_ladder).
+ *
+ * Note [Draining after an OOM]
+ * An OOM usually ends an attempt (a training step at too large a batch): its
+ * blocks are freed as the exception unwinds, and the caller tries again with
+ * less, in the same process (Accelerate's find_executable_batch_size,
+ * Lightning's batch-size finder; on CPU neither calls an empty_cache). Cached,
+ * those blocks' segments keep the failed attempt's sizes, and a smaller
+ * attempt carving its blocks out of them can run out of memory where a fresh
+ * process, mapping segments sized to its own requests, fits. So after an OOM
+ * a segment that becomes wholly free is released at once (empty_cache's
+ * work, segment by segment), until a miss maps new memory again: from then on
+ * the new attempt caches as a fresh process would. Page-mapped pools need no
+ * draining: they move free granules to where a request needs them.
  *
  * Note [Merging free segments]
  * Training with a slowly growing batch or sequence length asks, step after
@@ -260,6 +276,8 @@ void _mf_release_block(mf_device *d, mf_block *b) {
   }
   _mf_index_insert(pool, b);
   _mf_segment_update_free(b->segment);
+  /* Note [Draining after an OOM] */
+  if (MF_UNLIKELY(d->draining) && b->segment->wholly_free) unmap_segment(d, b->segment);
 }
 
 /* Best fit under the oversize rules. */
@@ -330,6 +348,10 @@ static uint64_t release_mergeable(mf_device *d, mf_pool *pool) {
  * On failure *status says whether it was an OOM or a backend/host failure. */
 static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *status) {
   mf_allocator *a = d->allocator;
+  if (d->capacity && size > d->capacity) { /* nothing released could make room: keep the cache */
+    *status = _mf_error(MF_ERR_OOM, "larger than the capacity");
+    return NULL;
+  }
   size_t minimum = pool->small ? MF_SMALL_SEGMENT : round_up(size, a->segment_round);
   size_t wanted = minimum;
   if (!pool->small && size <= a->max_split_size) {
@@ -354,6 +376,7 @@ static mf_block *grow_pool(mf_device *d, mf_pool *pool, size_t size, mf_status *
     if (release_segments(d, 0, UINT64_MAX) > 0) d->stats.ladder_releases++;
     st = try_map(d, pool, wanted, minimum, &s);
   }
+  if (st == MF_OK) d->draining = false; /* Note [Draining after an OOM] */
   *status = st;
   return st == MF_OK ? s->first : NULL;
 }
@@ -632,7 +655,10 @@ MF_API void *mf_malloc_tagged(mf_allocator *a, int device, size_t size, uintptr_
     mf_status st;
     b = a->granule ? _mf_vmm_grow(d, pool, rounded, &st) : grow_pool(d, pool, rounded, &st);
     if (!b) {
-      if (st == MF_ERR_OOM) record_oom(d, rounded, size, stream); /* else the backend's message stands */
+      if (st == MF_ERR_OOM) {
+        record_oom(d, rounded, size, stream);
+        if (!a->granule) d->draining = true; /* Note [Draining after an OOM] */
+      } /* else the backend's message stands */
       goto out;
     }
     d->stats.cache_misses++;

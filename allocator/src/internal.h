@@ -174,6 +174,7 @@ struct mf_device {
   uint64_t *spare_handles;  /* vmm: granules held but unmapped, only inside one operation */
   size_t spare_len, spare_cap;
   bool synced;              /* vmm: the device was synchronized in this operation */
+  bool draining;            /* segments: an OOM happened and no miss has mapped memory since */
   uint32_t priority_state;  /* xorshift state for treap priorities */
   mf_stats stats;
   mf_tag_stats *tag_stats;  /* [layer * MF_CAT_COUNT + category] */

@@ -596,11 +596,63 @@ mf_block *_mf_vmm_fragment(const mf_pool *large, size_t size) {
 
 /* ----------------------------------------------------------------- growth */
 
+/* Unmap and release every whole free granule of the device (and the spare
+ * ones an operation holds), and the address ranges left empty; returns the
+ * granules released. Best effort: a backend failure keeps the rest cached. */
+static int64_t release_cached(mf_device *d) {
+  int64_t before = d->stats.granule_releases;
+  release_spare(d);
+  for (int i = 0; i < d->stream_count; i++) {
+    mf_pool *pools[2] = {&d->streams[i]->large, &d->streams[i]->small};
+    for (int k = 0; k < 2; k++) {
+      harvest_list h = {.granule = d->allocator->granule};
+      harvest_pool(pools[k], &h);
+      if (!h.out_of_memory) harvest_take(d, &h, SIZE_MAX);
+      free(h.items);
+      release_spare(d);
+      release_empty_ranges(d, pools[k]);
+    }
+  }
+  return d->stats.granule_releases - before;
+}
+
+/* The OOM ladder of page-mapped pools, one rung per failed attempt: first
+ * wait for deferred frees (record_stream events) and look again; then release
+ * every cached granule, as empty_cache does, and look again; then fail.
+ * Moving granules already takes those of free blocks, but not of the free
+ * blocks the chosen site's run takes in (its neighbours), so a request can
+ * fail next to a layout that fits once the cache is released: a batch that
+ * fits a fresh process must fit after an OOM too (the way PyTorch's caching
+ * allocator frees its cached blocks and retries). Returns whether to look
+ * again. */
+static bool climb_ladder(mf_device *d, int *rung) {
+  if (*rung == 0) {
+    *rung = 1;
+    if (d->pending_count) {
+      _mf_process_pending(d, true);
+      d->stats.ladder_releases++;
+      return true;
+    }
+  }
+  if (*rung == 1) {
+    *rung = 2;
+    if (release_cached(d) > 0) {
+      d->stats.ladder_releases++;
+      return true;
+    }
+  }
+  return false;
+}
+
 mf_block *_mf_vmm_grow(mf_device *d, mf_pool *pool, size_t size, mf_status *status) {
   mf_block *run = NULL;
   mf_status st = MF_OK;
   d->synced = false;
-  for (int attempt = 0;; attempt++) {
+  if (d->capacity && size > d->capacity) { /* nothing released could make room: keep the cache */
+    *status = _mf_error(MF_ERR_OOM, "larger than the capacity");
+    return NULL;
+  }
+  for (int rung = 0;;) {
     site s = find_site(d, pool, size);
     size_t need = s.n > d->spare_len ? s.n - d->spare_len : 0;
     harvest_list h = {.granule = d->allocator->granule, .keep = {s.keep[0], s.keep[1]}};
@@ -613,22 +665,14 @@ mf_block *_mf_vmm_grow(mf_device *d, mf_pool *pool, size_t size, mf_status *stat
     bool fits = h.found >= need || need - h.found <= room(d);
     if (!fits) {
       free(h.items);
-      if (attempt == 0 && d->pending_count) { /* ladder: wait for deferred frees, look again */
-        _mf_process_pending(d, true);
-        d->stats.ladder_releases++;
-        continue;
-      }
+      if (climb_ladder(d, &rung)) continue;
       st = _mf_error(MF_ERR_OOM, "capacity reached");
       break;
     }
     st = harvest_take(d, &h, need);
     free(h.items);
     if (st == MF_OK && d->spare_len < s.n) st = create_granules(d, s.n - d->spare_len);
-    if (st == MF_ERR_OOM && attempt == 0 && d->pending_count) { /* the device itself is full */
-      _mf_process_pending(d, true);
-      d->stats.ladder_releases++;
-      continue;
-    }
+    if (st == MF_ERR_OOM && climb_ladder(d, &rung)) continue; /* the capacity, or the device itself, is full */
     if (st != MF_OK) break;
     if (!s.range && (st = range_new(d, pool, s.n * d->allocator->granule, &s.range)) == MF_OK) s.at = s.range->base;
     if (st == MF_OK) st = map_run(d, pool, s.range, s.at, s.n, &run);
@@ -645,17 +689,7 @@ mf_block *_mf_vmm_grow(mf_device *d, mf_pool *pool, size_t size, mf_status *stat
 
 void _mf_vmm_release_cached(mf_device *d) {
   d->synced = false;
-  for (int i = 0; i < d->stream_count; i++) {
-    mf_pool *pools[2] = {&d->streams[i]->large, &d->streams[i]->small};
-    for (int k = 0; k < 2; k++) {
-      harvest_list h = {.granule = d->allocator->granule};
-      harvest_pool(pools[k], &h);
-      if (!h.out_of_memory) harvest_take(d, &h, SIZE_MAX); /* best effort: a failure keeps the rest cached */
-      free(h.items);
-      release_spare(d);
-      release_empty_ranges(d, pools[k]);
-    }
-  }
+  release_cached(d);
 }
 
 void _mf_vmm_destroy_device(mf_device *d) {

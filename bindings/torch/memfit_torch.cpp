@@ -94,6 +94,21 @@ std::string oom_report(mf_allocator *a, int device, const std::string &headline)
   return eol == std::string::npos ? headline : headline + state.substr(eol);
 }
 
+// "32.00 MiB", as memfit's reports write sizes.
+std::string format_size(uint64_t bytes) {
+  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    u++;
+  }
+  char buf[32];
+  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  else std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
 // For torch.profiler(profile_memory=True), as c10's default CPU allocator does.
 void report_to_profiler(mf_allocator *a, int device, void *ptr, int64_t delta) {
   mf_stats st;
@@ -153,8 +168,21 @@ constexpr std::array<c10::DeleterFnPtr, kSlots> kDeleters = make_deleters(std::m
       }
     } catch (...) {
     }
-    TORCH_CHECK_WITH(OutOfMemoryError, false, "memfit: CPU out of memory (CPU tensors are served by memfit, device ",
-                     device, " of a ", mf_allocator_backend(a)->ops->name, " allocator).\n",
+    // The first line is what trial-based batch-size finders look for in a
+    // RuntimeError with one argument: " out of memory." (Accelerate's
+    // should_reduce_batch_size, as in PyTorch's "CUDA out of memory.") and
+    // "DefaultCPUAllocator: can't allocate memory" (PyTorch's own CPU OOM:
+    // Accelerate, and Lightning's is_oom_error for CPU); memfit's report follows,
+    // its headline the first line that says "tried to allocate" (memfit's CLI
+    // prints that one).
+    uint64_t capacity = mf_capacity(a, device);
+    TORCH_CHECK_WITH(OutOfMemoryError, false, "memfit: CPU out of memory. Tried to allocate ", format_size(n), " (", n,
+                     " bytes), which did not fit ",
+                     capacity ? "memfit's capacity of " + format_size(capacity) : std::string("the host"),
+                     " (CPU tensors are served by memfit: device ", device, " of a ",
+                     mf_allocator_backend(a)->ops->name,
+                     " allocator; in the words of PyTorch's own CPU allocator, DefaultCPUAllocator: can't allocate "
+                     "memory).\n",
                      oom_report(a, device, err));
   }
   TORCH_CHECK(false, "memfit: CPU allocation of ", n, " bytes on device ", device, " failed (",
