@@ -2,9 +2,10 @@
 # Installs, with pip, what memfit's Python side needs, and only what is missing:
 # PyTorch (pinned, and only when no torch is importable: an installed torch is
 # never replaced), pytest, jsonschema, matplotlib, numpy; then, for the tests of
-# the trial-based batch-size finders (tests/python/test_trial_finders.py),
-# Accelerate and Lightning, pinned, with the torch in place held by a pip
-# constraint so that neither can replace it. Those two are optional: if pip
+# the trial-based batch-size finders (tests/python/test_trial_finders.py) and of
+# real models (tests/python/test_real_models.py, models built from config),
+# Accelerate, Lightning and transformers, pinned, with the torch in place held
+# by a pip constraint so that none can replace it. Those are optional: if pip
 # cannot install them (offline, or no build beside this torch) the script says
 # so and the tests that need them skip.
 set -euo pipefail
@@ -12,6 +13,7 @@ PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${MEMFIT_TORCH_VERSION:-2.13.0}
 ACCELERATE_VERSION=${MEMFIT_ACCELERATE_VERSION:-1.15.0}
 LIGHTNING_VERSION=${MEMFIT_LIGHTNING_VERSION:-2.6.6}
+TRANSFORMERS_VERSION=${MEMFIT_TRANSFORMERS_VERSION:-5.24.0}
 
 missing=()
 "$PYTHON" -c "import torch" >/dev/null 2>&1 || missing+=("torch==$TORCH_VERSION")
@@ -24,7 +26,8 @@ if [ ${#missing[@]} -ne 0 ]; then
 fi
 
 optional=()
-for pair in "accelerate:accelerate==$ACCELERATE_VERSION" "lightning:lightning==$LIGHTNING_VERSION"; do
+for pair in "accelerate:accelerate==$ACCELERATE_VERSION" "lightning:lightning==$LIGHTNING_VERSION" \
+            "transformers:transformers==$TRANSFORMERS_VERSION"; do
   module=${pair%%:*}
   # Looked up, not imported: importing lightning takes seconds.
   "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$module') is None)" ||

@@ -133,6 +133,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=_size, default=160 << 20, help="the memory budget (default 160MiB)")
     d.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     d.add_argument("--out-dir", default="demo-output")
+    d.add_argument("--precisions", type=_precisions, default=["fp32", "bf16"],
+                   help="precisions profiled, each of which the plan may use (default fp32,bf16)")
 
     e = sub.add_parser("env", help="what memfit does in this process and why (does not import torch)")
     e.add_argument("--json", action="store_true", help="print one JSON object")

@@ -1,6 +1,7 @@
-"""The README's main command: profile the built-in GPT, show where its memory
-goes, plan the largest batch for a budget, apply the plan and train real steps
-at that batch under memfit with the budget as capacity, and compare."""
+"""The README's main command: profile the built-in GPT in fp32 and bf16, show
+where its memory goes, plan the largest batch for a budget (each layer
+checkpointed or not, in fp32 or bf16), apply the plan and train real steps at
+that batch under memfit with the budget as capacity, and compare."""
 
 from __future__ import annotations
 
@@ -23,14 +24,18 @@ def run_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"== 1. profile {DEMO_JOB} on {args.device}: a few real steps at batch 2 and 4, every allocation traced ==")
-    prof = profile(DEMO_JOB, device=args.device, batch_sizes=(2, 4), precisions=("fp32",), steps=2)
+    precisions = list(getattr(args, "precisions", None) or ["fp32", "bf16"])
+    print(f"== 1. profile {DEMO_JOB} on {args.device}: real steps at batch 2 and 4 in {' and '.join(precisions)}, "
+          "every allocation traced ==")
+    prof = profile(DEMO_JOB, device=args.device, batch_sizes=(2, 4), precisions=precisions, steps=1,
+                   warmup_steps=1, progress=lambda message: print(f"memfit: {message}", file=sys.stderr, flush=True))
     prof.save(out / "profile.json")
     print(report(prof))
     png = plot(prof, out / "timeline.png")
     print(f"\nprofile: {out / 'profile.json'}   timeline: {png}")
 
-    print(f"\n== 2. plan the largest batch for a budget of {human(args.budget)} (change it with --budget) ==")
+    print(f"\n== 2. plan the largest batch for a budget of {human(args.budget)} (change it with --budget): "
+          f"per layer, checkpoint or not, and its precision ({', '.join(precisions)}) ==")
     the_plan = plan(prof, budget=args.budget)
     the_plan.save(out / "plan.json")
     print(the_plan.table())
@@ -38,7 +43,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\n== 3. apply the plan and train at batch {the_plan.batch_size} under memfit, capacity = the budget ==")
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "memfit", "verify", "--job", DEMO_JOB, "--plan", str(out / "plan.json"),
-           "--budget", str(args.budget), "--device", args.device, "--json", "--steps", "2"]
+           "--budget", str(args.budget), "--device", args.device, "--json", "--steps", "1", "-q"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode not in (0, 1) or not done.stdout.strip():
         sys.stderr.write(done.stderr)
