@@ -135,3 +135,6 @@ def test_a_module_run_twice_per_step_is_not_a_layer(tmp_path: Path) -> None:
     not_planned = {u["name"]: u["reason"] for u in profile["units_not_planned"]}
     assert not_planned.get("encoder.dropout") == "its forward runs 2 times per step", not_planned
     assert "encoder.dropout" not in [layer["name"] for layer in profile["settings"][0]["layers"]]
+    shown = run_memfit("report", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert "encoder.dropout (Dropout): its forward runs 2 times per step" in shown.stdout

@@ -69,6 +69,10 @@ def report(profile: Union[Profile, str, Path], batch_size: Optional[int] = None,
             f"{human(layer['backward_temporary_peak_bytes']):>11}{layer['forward_seconds'] * 1e3:8.2f}"
             f"{layer['backward_seconds'] * 1e3:8.2f}"
         )
+    not_planned = d.get("units_not_planned") or []
+    if not_planned:
+        lines += ["", "units that are not layers (their work counts in the layers' windows it runs in):"]
+        lines += [f"  {u['name']} ({u['type']}): {u['reason']}" for u in not_planned]
     return "\n".join(lines)
 
 
