@@ -725,3 +725,22 @@ TEST(PlannerCheckpointed, BadCheckpointedRunsNameTheirPath) {
                  "checkpoint_checks[0].checkpointed_layers[0]: \"nowhere\" is not a layer of the profile");
   }
 }
+
+TEST(PlannerCheckpointed, ACheckpointedLayerCostsAtLeastItsForwardAgain) {
+  Synth synth = measured_synth(11, 1);
+  for (auto &l : synth.precisions[0].layers) {  // checkpointed runs measured faster than the plain ones: noise
+    l.ctf = {l.tf.a / 4, l.tf.s / 4};
+    l.ctb = {l.tb.a / 4, l.tb.s / 4};
+  }
+  Profile profile = parse(synth_profile(synth).str());
+  int64_t b = synth.batches[0];
+  std::vector<mfp_decision> none(synth.names.size(), mfp_decision{false, synth.precisions[0].precision});
+  std::vector<mfp_decision> all(synth.names.size(), mfp_decision{true, synth.precisions[0].precision});
+  mfp_simulation plain, ckpt;
+  ASSERT_EQ(mfp_simulate(profile.get(), b, none.data(), none.size(), &plain), MFP_OK);
+  ASSERT_EQ(mfp_simulate(profile.get(), b, all.data(), all.size(), &ckpt), MFP_OK);
+  double forward = 0;
+  for (const auto &l : synth.precisions[0].layers) forward += l.tf.at(b);
+  EXPECT_NEAR(ckpt.recompute_seconds, forward, 1e-12);
+  EXPECT_NEAR(ckpt.step_seconds - plain.step_seconds, forward, 1e-12);
+}

@@ -56,8 +56,9 @@ static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
 /* A checkpointed layer's terms (PLAN.md, "What a checkpointed layer keeps").
  * Measured: the profile's every-layer-checkpointed runs, fitted like the other
  * terms; the backward window holds the recomputation, so crpk is that window's
- * transient and crd 0; the time is at least the uncheckpointed one
- * (recomputing never saves time: a faster measurement is noise). Derived
+ * transient and crd 0; the time is at least the uncheckpointed one plus
+ * its forward again (the recomputation repeats it: a faster measurement is
+ * noise, and would make checkpointing look free). Derived
  * (older profiles): the layer keeps only its output, and its recomputation
  * restores what it kept on top of that output. */
 static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, int64_t batch, _mfp_layer_terms *t,
@@ -71,7 +72,8 @@ static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, int64_t
     t->cbd = bytes_at(&f[MFP_T_CBD], batch, false, in_range);
     double measured = seconds_at(&f[MFP_T_CTF], batch);
     measured += seconds_at(&f[MFP_T_CTB], batch);
-    t->ct = measured > plain ? measured : plain;
+    double floor = plain + t->tf; /* the recomputation repeats the layer's forward */
+    t->ct = measured > floor ? measured : floor;
     t->crt = t->ct - plain;
   } else {
     t->cfpk = t->fpk;
