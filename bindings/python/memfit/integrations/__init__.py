@@ -48,6 +48,26 @@ OBJECTIVES = ("max-batch", "throughput", "global-batch")
 PLANNABLE_PRECISIONS = ("fp32", "bf16")  # fp16 layers need a GradScaler the frameworks use only with fp16 AMP
 
 
+def measured_against_plan(plan: Any, budget_bytes: int) -> Optional[Dict[str, Any]]:
+    """The run's peaks so far (memfit's stats) beside the plan's prediction;
+    None without an installed memfit or a plan."""
+    from ..install import current
+
+    alloc = current()
+    if alloc is None or plan is None:
+        return None
+    stats = alloc.stats()
+    d = plan.data
+    return {
+        "batch_size": plan.batch_size,
+        "budget_bytes": budget_bytes,
+        "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
+        "peak_reserved_bytes": stats["reserved_bytes"]["peak"],
+        "predicted_peak_bytes": d.get("predicted_peak_bytes", 0) + d.get("checkpoint_correction_bytes", 0),
+        "predicted_reserved_bytes": d.get("predicted_reserved_bytes"),
+    }
+
+
 def require(module: str, package: str, where: str) -> Any:
     """Import `module` or raise a MemfitError that says which package to install."""
     try:

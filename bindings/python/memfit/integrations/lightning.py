@@ -23,8 +23,8 @@ import importlib
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from .._lib import MemfitError
-from . import (check_budget, check_options, cuda_devices_of, enforce_budget, fit, kept_rng, model_device, require,
-               same_optimizer, stash, unstash)
+from . import (check_budget, check_options, cuda_devices_of, enforce_budget, fit, kept_rng, measured_against_plan,
+               model_device, require, same_optimizer, stash, unstash)
 
 WHERE = "memfit.integrations.lightning"
 PREFIX = "module."  # the LightningModule's path inside the step module memfit profiles
@@ -279,21 +279,7 @@ def _make_callback_class() -> type:
                 alloc.reset_peaks()
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-            from ..install import current
-
-            alloc = current()
-            if alloc is None or self.plan is None:
-                return
-            stats = alloc.stats()
-            d = self.plan.data
-            self.measured = {
-                "batch_size": self.plan.batch_size,
-                "budget_bytes": self.budget_bytes,
-                "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
-                "peak_reserved_bytes": stats["reserved_bytes"]["peak"],
-                "predicted_peak_bytes": d.get("predicted_peak_bytes", 0) + d.get("checkpoint_correction_bytes", 0),
-                "predicted_reserved_bytes": d.get("predicted_reserved_bytes"),
-            }
+            self.measured = measured_against_plan(self.plan, self.budget_bytes)
 
     MemfitBatchSizeFinder.__module__ = __name__
     return MemfitBatchSizeFinder

@@ -21,7 +21,8 @@ import sys
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from .._lib import MemfitError
-from . import check_budget, check_options, enforce_budget, fit, model_device, require, same_optimizer
+from . import (check_budget, check_options, enforce_budget, fit, measured_against_plan, model_device, require,
+               same_optimizer)
 
 WHERE = "memfit.integrations.transformers"
 
@@ -232,21 +233,7 @@ def _make_callback_class() -> type:
                 alloc.reset_peaks()
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            from ..install import current
-
-            alloc = current()
-            if alloc is None or self.plan is None:
-                return
-            stats = alloc.stats()
-            d = self.plan.data
-            self.measured = {
-                "batch_size": self.plan.batch_size,
-                "budget_bytes": self.budget_bytes,
-                "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
-                "peak_reserved_bytes": stats["reserved_bytes"]["peak"],
-                "predicted_peak_bytes": d.get("predicted_peak_bytes", 0) + d.get("checkpoint_correction_bytes", 0),
-                "predicted_reserved_bytes": d.get("predicted_reserved_bytes"),
-            }
+            self.measured = measured_against_plan(self.plan, self.budget_bytes)
 
     MemfitCallback.__module__ = __name__
     return MemfitCallback
