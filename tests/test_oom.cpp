@@ -180,15 +180,6 @@ TEST(Oom, PaddedSegmentFallsBackToTheRequestNearTheCapacity) {
 
 // ----------------------------------------- the ladder of page-mapped pools
 
-// Whether every granule the backend holds is one memfit counts as reserved.
-void expect_backend_agrees(mf_allocator *a) {
-  uint64_t physical = 0, mapped = 0;
-  ASSERT_EQ(mf_backend_sim_usage(mf_allocator_backend(a), 0, &physical, &mapped), MF_OK);
-  mf_stats s = stats(a);
-  EXPECT_EQ((int64_t)physical, s.reserved_bytes.current);
-  EXPECT_EQ((int64_t)mapped, s.reserved_bytes.current);
-}
-
 TEST(Oom, PageMappedLadderReleasesTheCacheBeforeFailing) {
   // 2 MiB granules, capacity 9 of them. Moving granules takes those of free
   // blocks, but not of the free blocks the chosen site's run takes in: here

@@ -38,6 +38,16 @@ inline mf_stats stats(mf_allocator *a, int device = 0) {
   return s;
 }
 
+// Reserved bytes are what the simulated backend holds on device 0, all of it
+// mapped (the page-mapped pools' bookkeeping against the backend's own).
+inline void expect_backend_agrees(mf_allocator *a) {
+  uint64_t physical = 0, mapped = 0;
+  ASSERT_EQ(mf_backend_sim_usage(mf_allocator_backend(a), 0, &physical, &mapped), MF_OK);
+  mf_stats s = stats(a);
+  EXPECT_EQ((int64_t)physical, s.reserved_bytes.current);
+  EXPECT_EQ((int64_t)mapped, s.reserved_bytes.current);
+}
+
 }  // namespace memfit_test
 
 #endif  // MEMFIT_TEST_UTIL_H

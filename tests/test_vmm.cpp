@@ -39,15 +39,6 @@ void must_free(mf_allocator *a, void *p) { EXPECT_EQ(mf_free(a, p), MF_OK) << mf
 
 void expect_consistent(mf_allocator *a) { EXPECT_EQ(mf_check(a), MF_OK) << mf_last_error(); }
 
-// Reserved bytes are what the backend holds, all of it mapped.
-void expect_backend_agrees(mf_allocator *a) {
-  uint64_t physical = 0, mapped = 0;
-  ASSERT_EQ(mf_backend_sim_usage(mf_allocator_backend(a), 0, &physical, &mapped), MF_OK);
-  mf_stats s = stats(a);
-  EXPECT_EQ((int64_t)physical, s.reserved_bytes.current);
-  EXPECT_EQ((int64_t)mapped, s.reserved_bytes.current);
-}
-
 // ------------------------------------------------------- a recording backend
 
 // Forwards to a virtual backend and records the calls in order; can fail maps.
