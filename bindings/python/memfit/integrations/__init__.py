@@ -68,6 +68,21 @@ def measured_against_plan(plan: Any, budget_bytes: int) -> Optional[Dict[str, An
     }
 
 
+def lazy_class(namespace: Dict[str, Any], name: str, make: Callable[[], type]) -> Callable[[str], Any]:
+    """A module __getattr__ that makes the class `name` (which derives from its
+    framework's callback class) on first use and keeps it in the module as
+    `name` and `_callback_class`: importing the module needs no framework."""
+    def __getattr__(attr: str) -> Any:
+        if attr != name:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attr!r}")
+        if namespace.get("_callback_class") is None:
+            namespace["_callback_class"] = make()
+        namespace[name] = namespace["_callback_class"]
+        return namespace[name]
+
+    return __getattr__
+
+
 def require(module: str, package: str, where: str) -> Any:
     """Import `module` or raise a MemfitError that says which package to install."""
     try:

@@ -23,8 +23,8 @@ import importlib
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from .._lib import MemfitError
-from . import (check_budget, check_options, cuda_devices_of, enforce_budget, fit, kept_rng, measured_against_plan,
-               model_device, require, same_optimizer, stash, unstash)
+from . import (check_budget, check_options, cuda_devices_of, enforce_budget, fit, kept_rng, lazy_class,
+               measured_against_plan, model_device, require, same_optimizer, stash, unstash)
 
 WHERE = "memfit.integrations.lightning"
 PREFIX = "module."  # the LightningModule's path inside the step module memfit profiles
@@ -285,16 +285,8 @@ def _make_callback_class() -> type:
     return MemfitBatchSizeFinder
 
 
-def __getattr__(name: str) -> Any:
-    # The class derives from lightning's Callback: made on first use, so that
-    # importing this module does not need (or import) lightning.
-    global _callback_class
-    if name == "MemfitBatchSizeFinder":
-        if _callback_class is None:
-            _callback_class = _make_callback_class()
-        globals()["MemfitBatchSizeFinder"] = _callback_class
-        return _callback_class
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The class derives from its framework's callback class: made on first use.
+__getattr__ = lazy_class(globals(), "MemfitBatchSizeFinder", _make_callback_class)
 
 
 __all__ = ["MemfitBatchSizeFinder"]

@@ -21,8 +21,8 @@ import sys
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from .._lib import MemfitError
-from . import (check_budget, check_options, enforce_budget, fit, measured_against_plan, model_device, require,
-               same_optimizer)
+from . import (check_budget, check_options, enforce_budget, fit, lazy_class, measured_against_plan, model_device,
+               require, same_optimizer)
 
 WHERE = "memfit.integrations.transformers"
 
@@ -239,16 +239,8 @@ def _make_callback_class() -> type:
     return MemfitCallback
 
 
-def __getattr__(name: str) -> Any:
-    # The class derives from transformers.TrainerCallback: made on first use, so
-    # that importing this module does not need (or import) transformers.
-    global _callback_class
-    if name == "MemfitCallback":
-        if _callback_class is None:
-            _callback_class = _make_callback_class()
-        globals()["MemfitCallback"] = _callback_class
-        return _callback_class
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The class derives from its framework's callback class: made on first use.
+__getattr__ = lazy_class(globals(), "MemfitCallback", _make_callback_class)
 
 
 __all__ = ["MemfitCallback", "fit_trainer"]
