@@ -8,13 +8,15 @@ using namespace planner_test;
 
 namespace {
 
-Synth small_synth(uint64_t seed = 7, int precisions = 2, int batch_sizes = 2, size_t layers = 5) {
+Synth small_synth(uint64_t seed = 7, int precisions = 2, int batch_sizes = 2, size_t layers = 5,
+                  bool measured_checkpoint = false) {
   std::mt19937_64 rng(seed);
   SynthOptions so;
   so.layers = layers;
   so.precisions = precisions;
   so.batch_sizes = batch_sizes;
   so.negative_bd_slopes = true;
+  so.measured_checkpoint = measured_checkpoint;
   return make_synth(rng, so);
 }
 
@@ -582,15 +584,9 @@ TEST(PlannerModel, ActivationsThatShrinkWithTheBatchDoNotPlanPastZero) {
 
 namespace {
 
+// A synthetic profile whose settings carry their every-layer-checkpointed runs.
 Synth measured_synth(uint64_t seed, int precisions = 2, int batch_sizes = 2, size_t layers = 6) {
-  std::mt19937_64 rng(seed);
-  SynthOptions so;
-  so.layers = layers;
-  so.precisions = precisions;
-  so.batch_sizes = batch_sizes;
-  so.negative_bd_slopes = true;
-  so.measured_checkpoint = true;
-  return make_synth(rng, so);
+  return small_synth(seed, precisions, batch_sizes, layers, true);
 }
 
 }  // namespace
