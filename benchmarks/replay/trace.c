@@ -295,17 +295,31 @@ static trace_status parse_line(parser *p, const char *s, size_t len) {
 }
 
 /* Slots still live after the last event: the replayer frees them, untimed,
- * after each pass. */
+ * after each pass, newest first, as a program unwinding its allocations would.
+ * (The id table's order is a hash order: 10^6 live ids freed in it took 6x as
+ * long as freed in order, each free landing in a different part of the heap.) */
 static trace_status collect_live(parser *p) {
   trace *t = p->t;
   size_t live = (size_t)t->slots - p->free_count;
   if (!live) return TRACE_OK;
   t->live_at_end = malloc(live * sizeof *t->live_at_end);
-  if (!t->live_at_end) return fail(p, TRACE_NO_MEMORY, "out of host memory");
+  unsigned char *is_live = calloc((size_t)t->slots, 1);
+  if (!t->live_at_end || !is_live) {
+    free(is_live);
+    return fail(p, TRACE_NO_MEMORY, "out of host memory");
+  }
   for (size_t i = 0; i < p->ids.capacity; i++) {
     const idmap_entry *e = &p->ids.buckets[i];
-    if (e->hash && e->slot != IDMAP_NOT_LIVE) t->live_at_end[t->live_at_end_count++] = e->slot;
+    if (e->hash && e->slot != IDMAP_NOT_LIVE) is_live[e->slot] = 1;
   }
+  for (size_t i = t->count; i-- > 0 && t->live_at_end_count < live;) {
+    const trace_op *op = &t->ops[i];
+    if (op->kind == TRACE_ALLOC && is_live[op->slot]) {
+      is_live[op->slot] = 0; /* a slot's last alloc is the live one */
+      t->live_at_end[t->live_at_end_count++] = op->slot;
+    }
+  }
+  free(is_live);
   return TRACE_OK;
 }
 

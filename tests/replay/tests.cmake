@@ -203,3 +203,13 @@ replay_test(native.absent --json --lacks native_peak_reserved_bytes --lacks rese
 replay_test(usage.compare --exit 2 --stderr "unknown comparison 'jemalloc' \\(expected native\\)"
             --stderr "^usage: memfit-replay"
             -- ${REPLAY} ${REPLAY_TEST_DIR}/small.mftrace --compare jemalloc)
+
+# --- the ids live at the end are freed newest first (a C test of the parser)
+add_executable(replay_live_order ${REPLAY_TEST_DIR}/test_live_order.c
+               ${PROJECT_SOURCE_DIR}/benchmarks/replay/trace.c ${PROJECT_SOURCE_DIR}/benchmarks/replay/idmap.c)
+target_include_directories(replay_live_order PRIVATE ${PROJECT_SOURCE_DIR}/benchmarks/replay)
+target_compile_definitions(replay_live_order PRIVATE _GNU_SOURCE)
+target_link_libraries(replay_live_order PRIVATE memfit)
+add_test(NAME replay.live_ids_freed_newest_first
+         COMMAND replay_live_order ${CMAKE_CURRENT_BINARY_DIR}/live_order.mftrace)
+set_tests_properties(replay.live_ids_freed_newest_first PROPERTIES LABELS replay TIMEOUT 60)
