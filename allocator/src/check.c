@@ -25,6 +25,14 @@ static bool check_indexed(const mf_block *b, void *ctx) {
     snprintf(w->why, sizeof w->why, "block 0x%llx in a free index is not a free block of that pool",
              (unsigned long long)b->addr);
     w->ok = false;
+  } else if ((b->left && b->left->parent != b) || (b->right && b->right->parent != b) ||
+             (b->parent && b->parent->left != b && b->parent->right != b) ||
+             (!b->parent && w->pool->root != b)) {
+    snprintf(w->why, sizeof w->why, "free index parent links broken at block 0x%llx", (unsigned long long)b->addr);
+    w->ok = false;
+  } else if ((b->left && b->left->priority > b->priority) || (b->right && b->right->priority > b->priority)) {
+    snprintf(w->why, sizeof w->why, "free index heap order broken at block 0x%llx", (unsigned long long)b->addr);
+    w->ok = false;
   } else if (w->last && (w->last->size > b->size || (w->last->size == b->size && w->last->addr >= b->addr))) {
     snprintf(w->why, sizeof w->why, "free index out of order at block 0x%llx", (unsigned long long)b->addr);
     w->ok = false;

@@ -8,15 +8,21 @@ static inline bool key_less(const mf_block *a, const mf_block *b) {
   return a->size < b->size || (a->size == b->size && a->addr < b->addr);
 }
 
-/* Split the subtree t into keys below key (*lo) and the rest (*hi). */
-static void split(mf_block *t, const mf_block *key, mf_block **lo, mf_block **hi) {
+/* Split the subtree t into keys below key (*lo, hung under lo_parent) and the
+ * rest (*hi, under hi_parent). */
+static void split(mf_block *t, const mf_block *key, mf_block **lo, mf_block **hi, mf_block *lo_parent,
+                  mf_block *hi_parent) {
   while (t) {
     if (key_less(t, key)) {
       *lo = t;
+      t->parent = lo_parent;
+      lo_parent = t;
       lo = &t->right;
       t = t->right;
     } else {
       *hi = t;
+      t->parent = hi_parent;
+      hi_parent = t;
       hi = &t->left;
       t = t->left;
     }
@@ -24,40 +30,53 @@ static void split(mf_block *t, const mf_block *key, mf_block **lo, mf_block **hi
   *lo = *hi = NULL;
 }
 
-/* Join two treaps where every key of lo is below every key of hi. */
-static mf_block *join(mf_block *lo, mf_block *hi) {
+/* Join two treaps where every key of lo is below every key of hi, into one
+ * hung under parent. */
+static mf_block *join(mf_block *lo, mf_block *hi, mf_block *parent) {
   mf_block *root = NULL, **link = &root;
   while (lo && hi) {
     if (lo->priority > hi->priority) {
       *link = lo;
+      lo->parent = parent;
+      parent = lo;
       link = &lo->right;
       lo = lo->right;
     } else {
       *link = hi;
+      hi->parent = parent;
+      parent = hi;
       link = &hi->left;
       hi = hi->left;
     }
   }
   *link = lo ? lo : hi;
+  if (*link) (*link)->parent = parent;
   return root;
 }
 
 void _mf_index_insert(mf_pool *pool, mf_block *block) {
-  mf_block **link = &pool->root;
-  while (*link && (*link)->priority >= block->priority)
+  mf_block **link = &pool->root, *parent = NULL;
+  while (*link && (*link)->priority >= block->priority) {
+    parent = *link;
     link = key_less(block, *link) ? &(*link)->left : &(*link)->right;
-  split(*link, block, &block->left, &block->right);
+  }
+  split(*link, block, &block->left, &block->right, block, block);
   *link = block;
+  block->parent = parent;
   pool->free_blocks++;
   pool->free_bytes += block->size;
 }
 
+/* The parent link finds the block's place without a search from the root: a
+ * free of a block whose neighbours are free removes them from a tree of up to
+ * every cached block, and a search would miss the cache at every level. The
+ * join below walks two spines whose expected length is O(1). */
 void _mf_index_remove(mf_pool *pool, mf_block *block) {
-  mf_block **link = &pool->root;
-  while (*link && *link != block) link = key_less(block, *link) ? &(*link)->left : &(*link)->right;
-  if (!*link) return; /* not indexed: mf_check reports such states */
-  *link = join(block->left, block->right);
-  block->left = block->right = NULL;
+  mf_block *parent = block->parent;
+  mf_block **link = !parent ? &pool->root : parent->left == block ? &parent->left : &parent->right;
+  if (*link != block) return; /* not indexed: mf_check reports such states */
+  *link = join(block->left, block->right, parent);
+  block->left = block->right = block->parent = NULL;
   pool->free_blocks--;
   pool->free_bytes -= block->size;
 }

@@ -94,6 +94,7 @@ typedef struct mf_block {
   mf_segment *segment;
   struct mf_block *prev, *next; /* address neighbours inside the segment */
   struct mf_block *left, *right; /* free index (treap) children, or free-list link */
+  struct mf_block *parent;     /* free index (treap) parent: NULL at the root or when not indexed */
   struct mf_block *map_next;   /* pointer-map chain */
   uintptr_t *used_streams;     /* streams from mf_record_stream (rare: heap array) */
   uint32_t priority;           /* treap heap priority */
