@@ -566,8 +566,8 @@ static void record_oom(mf_device *d, size_t size, size_t requested, uintptr_t st
   snprintf(headline, sizeof headline,
            "memfit: out of memory on device %d: tried to allocate %s (%zu bytes requested) on stream 0x%llx, "
            "capacity %s",
-           d->index, _mf_format_size(size, wanted, sizeof wanted), requested, (unsigned long long)stream,
-           _mf_format_size(d->capacity, cap, sizeof cap));
+           d->index, mf_format_bytes(size, wanted, sizeof wanted), requested, (unsigned long long)stream,
+           mf_format_bytes(d->capacity, cap, sizeof cap));
   mf_sbuf report = {0};
   _mf_report_build(d, &report, headline);
   pthread_mutex_lock(&a->report_lock);

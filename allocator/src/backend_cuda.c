@@ -268,13 +268,13 @@ static mf_status cuda_map(mf_backend *b, int device, size_t size, uintptr_t *add
      * in this process (cuBLAS workspaces, NCCL) share the device. */
     size_t free_b = 0, total_b = 0;
     char want[32], fb[32], tb[32];
-    _mf_format_size(size, want, sizeof want);
+    mf_format_bytes(size, want, sizeof want);
     if (cb->api.MemGetInfo && cb->api.MemGetInfo(&free_b, &total_b) == MF_CU_SUCCESS)
       st = _mf_error(MF_ERR_OOM,
                      "cuda backend: cuMemAlloc of %s on device %d: out of memory (driver reports "
                      "%s free of %s)",
-                     want, device, _mf_format_size(free_b, fb, sizeof fb),
-                     _mf_format_size(total_b, tb, sizeof tb));
+                     want, device, mf_format_bytes(free_b, fb, sizeof fb),
+                     mf_format_bytes(total_b, tb, sizeof tb));
     else
       st = _mf_error(MF_ERR_OOM, "cuda backend: cuMemAlloc of %s on device %d: out of memory",
                      want, device);
@@ -516,7 +516,7 @@ static mf_status cuda_create(mf_backend *b, int device, size_t granule, size_t n
     if (r == MF_CU_ERROR_OUT_OF_MEMORY) {
       char want[32];
       st = _mf_error(MF_ERR_OOM, "cuda backend: cuMemCreate of %zu granules (%s) on device %d: out of memory", n,
-                     _mf_format_size((uint64_t)n * granule, want, sizeof want), device);
+                     mf_format_bytes((uint64_t)n * granule, want, sizeof want), device);
       break;
     }
     if (r != MF_CU_SUCCESS) {

@@ -58,8 +58,6 @@ typedef enum mf_option_id {
 uint64_t _mf_opt_u64(const mf_options *o, mf_option_id id);
 bool _mf_opt_bool(const mf_options *o, mf_option_id id);
 const char *_mf_opt_str(const mf_options *o, mf_option_id id);
-/* Format a size for people: "1.50 GiB". buf needs 32 bytes. */
-const char *_mf_format_size(uint64_t bytes, char *buf, size_t len);
 
 /* ------------------------------------------------------------------ tags.c */
 /* A snapshot of layer names for reports, read under the intern lock. */

@@ -17,13 +17,14 @@ typedef struct {
   opt_type type;
   const char *default_value;
   const char *help;
+  bool selects_backend; /* the backend and its simulated devices: fixed (cuda) under PyTorch's plugin */
 } opt_row;
 
 /* Indexed by mf_option_id: keep in the order of the enum in internal.h. */
 static const opt_row option_table[MF_OPT_COUNT] = {
     [MF_OPT_BACKEND] = {"backend", OPT_STRING, "cuda",
-                        "where segments come from: cuda, host (jemalloc, capped) or virtual (addresses only)"},
-    [MF_OPT_DEVICES] = {"devices", OPT_INT, "1", "number of devices of a simulated (host/virtual) backend"},
+                        "where segments come from: cuda, host (jemalloc, capped) or virtual (addresses only)", true},
+    [MF_OPT_DEVICES] = {"devices", OPT_INT, "1", "number of devices of a simulated (host/virtual) backend", true},
     [MF_OPT_CAPACITY] = {"capacity", OPT_SIZE, "0",
                          "memory budget per device; reserved memory never exceeds it (0: the device's total)"},
     [MF_OPT_MAX_SPLIT_SIZE] = {"max_split_size", OPT_SIZE, "0",
@@ -312,6 +313,7 @@ MF_API mf_status mf_options_get(const mf_options *o, const char *key, char *buf,
 MF_API int mf_options_count(void) { return MF_OPT_COUNT; }
 MF_API const char *mf_options_key(int i) { return i >= 0 && i < MF_OPT_COUNT ? option_table[i].name : NULL; }
 MF_API const char *mf_options_help(int i) { return i >= 0 && i < MF_OPT_COUNT ? option_table[i].help : NULL; }
+MF_API int mf_options_selects_backend(int i) { return i >= 0 && i < MF_OPT_COUNT && option_table[i].selects_backend; }
 
 uint64_t _mf_opt_u64(const mf_options *o, mf_option_id id) { return o->values[id].number; }
 bool _mf_opt_bool(const mf_options *o, mf_option_id id) { return o->values[id].number != 0; }
@@ -319,12 +321,16 @@ const char *_mf_opt_str(const mf_options *o, mf_option_id id) {
   return o->values[id].text ? o->values[id].text : "";
 }
 
-const char *_mf_format_size(uint64_t bytes, char *buf, size_t len) {
+MF_API const char *mf_format_bytes(double bytes, char *buf, size_t len) {
   static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = (double)bytes;
+  if (!buf || !len) return buf;
+  double v = bytes;
   int u = 0;
-  while (v >= 1024.0 && u < 5) { v /= 1024.0; u++; }
-  if (u == 0) snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+  while (fabs(v) >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    u++;
+  }
+  if (u == 0) snprintf(buf, len, "%.0f B", v);
   else snprintf(buf, len, "%.2f %s", v, units[u]);
   return buf;
 }

@@ -18,21 +18,21 @@ void _mf_report_build(mf_device *d, mf_sbuf *out, const char *headline) {
   const mf_stats *st = &d->stats;
   int64_t reserved = st->reserved_bytes.current, allocated = st->allocated_bytes.current;
   _mf_sbuf_printf(out, "%s\n", headline);
-  _mf_sbuf_printf(out, "  capacity           %s\n", d->capacity ? _mf_format_size(d->capacity, a, sizeof a) : "unlimited");
+  _mf_sbuf_printf(out, "  capacity           %s\n", d->capacity ? mf_format_bytes(d->capacity, a, sizeof a) : "unlimited");
   _mf_sbuf_printf(out, "  reserved           %s in %lld segments (peak %s)\n",
-                  _mf_format_size((uint64_t)reserved, a, sizeof a), (long long)st->segments.current,
-                  _mf_format_size((uint64_t)st->reserved_bytes.peak, b, sizeof b));
+                  mf_format_bytes((uint64_t)reserved, a, sizeof a), (long long)st->segments.current,
+                  mf_format_bytes((uint64_t)st->reserved_bytes.peak, b, sizeof b));
   _mf_sbuf_printf(out, "  allocated          %s in %lld blocks (requested %s)\n",
-                  _mf_format_size((uint64_t)allocated, a, sizeof a), (long long)st->active_blocks.current,
-                  _mf_format_size((uint64_t)st->requested_bytes.current, b, sizeof b));
+                  mf_format_bytes((uint64_t)allocated, a, sizeof a), (long long)st->active_blocks.current,
+                  mf_format_bytes((uint64_t)st->requested_bytes.current, b, sizeof b));
   _mf_sbuf_printf(out, "  reserved but free  %s (cached; fragmentation)\n",
-                  _mf_format_size((uint64_t)(reserved - allocated), a, sizeof a));
+                  mf_format_bytes((uint64_t)(reserved - allocated), a, sizeof a));
   _mf_sbuf_printf(out, "allocated by category:\n");
   for (int cat = 0; cat < MF_CAT_COUNT; cat++) {
     const mf_tag_stats *t = &d->category_stats[cat];
     _mf_sbuf_printf(out, "  %-16s %12s  (peak %s)\n", mf_category_name((mf_category)cat),
-                    _mf_format_size((uint64_t)t->bytes.current, a, sizeof a),
-                    _mf_format_size((uint64_t)t->bytes.peak, b, sizeof b));
+                    mf_format_bytes((uint64_t)t->bytes.current, a, sizeof a),
+                    mf_format_bytes((uint64_t)t->bytes.peak, b, sizeof b));
   }
   /* The layers holding the most: a partial selection, O(layers x 5). */
   layer_total top[MF_REPORT_TOP_LAYERS];
@@ -54,13 +54,13 @@ void _mf_report_build(mf_device *d, mf_sbuf *out, const char *headline) {
     _mf_sbuf_printf(out, "layers holding the most:\n");
     for (int i = 0; i < n; i++) {
       _mf_sbuf_printf(out, "  %d. %-28s %12s  (", i + 1, _mf_layer_name_or(top[i].layer, "?"),
-                      _mf_format_size((uint64_t)top[i].bytes, a, sizeof a));
+                      mf_format_bytes((uint64_t)top[i].bytes, a, sizeof a));
       bool first = true;
       for (int cat = 0; cat < MF_CAT_COUNT; cat++) {
         int64_t bytes = _mf_stats_tag(d, top[i].layer, cat)->bytes.current;
         if (bytes <= 0) continue;
         _mf_sbuf_printf(out, "%s%s %s", first ? "" : ", ", mf_category_name((mf_category)cat),
-                        _mf_format_size((uint64_t)bytes, c, sizeof c));
+                        mf_format_bytes((uint64_t)bytes, c, sizeof c));
         first = false;
       }
       _mf_sbuf_printf(out, ")\n");

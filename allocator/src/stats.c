@@ -139,6 +139,18 @@ static void json_tag_stats(mf_sbuf *s, const mf_tag_stats *t) {
   json_counter(s, "blocks", &t->blocks, "}");
 }
 
+#define MF_X_NAME(name) #name,
+static const char *const counter_names[] = {MF_STATS_COUNTERS(MF_X_NAME)};
+static const char *const event_names[] = {MF_STATS_EVENTS(MF_X_NAME)};
+#undef MF_X_NAME
+#define NAMES(a) ((int)(sizeof a / sizeof a[0]))
+
+MF_API int mf_stats_counter_count(void) { return NAMES(counter_names); }
+MF_API const char *mf_stats_counter_name(int i) { return i >= 0 && i < NAMES(counter_names) ? counter_names[i] : NULL; }
+MF_API int mf_stats_event_count(void) { return NAMES(event_names); }
+MF_API const char *mf_stats_event_name(int i) { return i >= 0 && i < NAMES(event_names) ? event_names[i] : NULL; }
+#undef NAMES
+
 MF_API mf_status mf_stats_json(mf_allocator *a, int device, char *buf, size_t len, size_t *needed) {
   mf_device *d = locked_device(a, device, "mf_stats_json");
   if (!d) return MF_ERR_INVALID;

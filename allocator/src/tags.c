@@ -14,6 +14,8 @@ static const char *const phase_names[MF_PHASE_COUNT] = {"none", "forward", "back
 MF_API const char *mf_category_name(mf_category c) {
   return (unsigned)c < MF_CAT_COUNT ? category_names[c] : "unknown";
 }
+MF_API int mf_category_count(void) { return MF_CAT_COUNT; }
+MF_API int mf_phase_count(void) { return MF_PHASE_COUNT; }
 MF_API const char *mf_phase_name(mf_phase p) { return (unsigned)p < MF_PHASE_COUNT ? phase_names[p] : "unknown"; }
 
 MF_API int mf_category_from_name(const char *name) {

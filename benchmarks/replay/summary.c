@@ -70,18 +70,8 @@ static figures compute(const replay_summary *s) {
   return f;
 }
 
-static const char *human(uint64_t bytes, char *buf, size_t len) {
-  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = (double)bytes;
-  int u = 0;
-  while (v >= 1024.0 && u < 4) {
-    v /= 1024.0;
-    u++;
-  }
-  if (u == 0) snprintf(buf, len, "%llu B", (unsigned long long)bytes);
-  else snprintf(buf, len, "%.2f %s", v, units[u]);
-  return buf;
-}
+/* Sizes for people: memfit's one byte formatter. */
+static const char *human(uint64_t bytes, char *buf, size_t len) { return mf_format_bytes((double)bytes, buf, len); }
 
 static void row_bytes(FILE *out, const char *label, int64_t bytes) {
   char h[32];

@@ -73,19 +73,6 @@ MFP_API const char *mfp_phase_name(mfp_phase p) {
   return "unknown";
 }
 
-const char *_mfp_format_bytes(int64_t bytes, char *buf, size_t len) {
-  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = (double)bytes;
-  int u = 0;
-  while ((v >= 1024.0 || v <= -1024.0) && u < 4) {
-    v /= 1024.0;
-    u++;
-  }
-  if (u == 0) snprintf(buf, len, "%" PRId64 " B", bytes);
-  else snprintf(buf, len, "%.2f %s", v, units[u]);
-  return buf;
-}
-
 double _mfp_now_seconds(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -40,7 +40,6 @@ mfp_status _mfp_error(mfp_status status, const char *fmt, ...)
     ;
 void _mfp_clear_error(void);
 /* "1.50 GiB" into buf. */
-const char *_mfp_format_bytes(int64_t bytes, char *buf, size_t len);
 double _mfp_now_seconds(void);
 
 /* --------------------------------------------------------------- profile.c */

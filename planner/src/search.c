@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "memfit/memfit.h"
 
 /* The throughput objective evaluates every batch up to this one; above, the
  * grid of THROUGHPUT_DENSE then steps of THROUGHPUT_RATIO (PLAN.md, "Search"). */
@@ -261,9 +262,9 @@ static mfp_status nothing_fits(search *sr) {
   bool in_range = m.in_range;
   _mfp_model_free(&m);
   char need[32], usable[32], fixed_text[32];
-  _mfp_format_bytes(best, need, sizeof need);
-  _mfp_format_bytes(sr->usable, usable, sizeof usable);
-  _mfp_format_bytes(fixed, fixed_text, sizeof fixed_text);
+  mf_format_bytes((double)best, need, sizeof need);
+  mf_format_bytes((double)sr->usable, usable, sizeof usable);
+  mf_format_bytes((double)fixed, fixed_text, sizeof fixed_text);
   if (!in_range)
     return _mfp_error(MFP_ERR_NO_FIT, "nothing fits: at batch 1 a term of the model is beyond 16 TiB");
   return _mfp_error(MFP_ERR_NO_FIT,

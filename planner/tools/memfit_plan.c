@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "memfit/memfit.h"
 #include "memfit/plan.h"
 
 enum exit_status {
@@ -92,18 +93,8 @@ static int parse_precisions(const char *text, mfp_options *o) {
   return EXIT_OK;
 }
 
-static const char *human(int64_t bytes, char *buf, size_t len) {
-  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = (double)bytes;
-  int u = 0;
-  while (fabs(v) >= 1024.0 && u < 4) {
-    v /= 1024.0;
-    u++;
-  }
-  if (u == 0) snprintf(buf, len, "%" PRId64 " B", bytes);
-  else snprintf(buf, len, "%.2f %s", v, units[u]);
-  return buf;
-}
+/* Sizes for people: memfit's one byte formatter. */
+static const char *human(int64_t bytes, char *buf, size_t len) { return mf_format_bytes((double)bytes, buf, len); }
 
 /* The table: what was chosen, why it fits, what it costs, and each layer. */
 static void print_table(const char *profile_path, const mfp_plan_result *plan, const mfp_options *o) {

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from conftest import PYDIR, describe, finish_python, python_env, start_python
-from memfit._conf import ENV_VARS, MEMFIT_KEYS, split_conf, take_memfit_conf
+from memfit._conf import ENV_VARS, asks_for_memfit, drop_backend_memfit, memfit_keys, split_conf, take_memfit_conf
 
 PTH = PYDIR / "memfit-autoload.pth"
 NO_CUDA = "is built without CUDA; PyTorch's allocator is unchanged"
@@ -37,7 +37,8 @@ def test_split_conf():
     assert split_conf("backend:native,capacity:1GiB") == (False, [], ["backend:native", "capacity:1GiB"])
     assert split_conf("") == (False, [], [])
     assert split_conf("backend:memfit,,") == (True, [], [])
-    assert set(MEMFIT_KEYS).isdisjoint({"backend", "devices"})
+    assert split_conf("backend:memfit,capacity:1GiB,x:1", keys=["x"]) == (True, ["x:1"], ["capacity:1GiB"])
+    assert asks_for_memfit(" Backend : MemFit ,x:1") and not asks_for_memfit("backend:native,memfit:1")
 
 
 def test_take_memfit_conf_from_the_cuda_variable():
@@ -77,10 +78,17 @@ def test_take_memfit_conf_with_only_the_backend():
 
 
 @pytest.mark.needs_lib
-def test_memfit_keys_are_the_option_table_minus_backend_and_devices():
+def test_memfit_keys_are_the_option_table_minus_those_that_select_the_backend():
     from memfit._lib import option_keys
 
-    assert sorted(MEMFIT_KEYS) == sorted(set(option_keys()) - {"backend", "devices"})
+    assert sorted(memfit_keys()) == sorted(set(option_keys()) - {"backend", "devices"})
+
+
+def test_without_the_library_only_backend_memfit_is_taken_out():
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "backend:memfit,capacity:2GiB,expandable_segments:True",
+           "PYTORCH_ALLOC_CONF": " backend : memfit "}
+    drop_backend_memfit(env)
+    assert env == {"PYTORCH_CUDA_ALLOC_CONF": "capacity:2GiB,expandable_segments:True"}
 
 
 # ---------------------------------------------------------- child processes
@@ -120,6 +128,8 @@ CASES = {
     "torch-first": ({"PYTORCH_CUDA_ALLOC_CONF": "backend:memfit,capacity:2GiB,expandable_segments:True"},
                     "torch-first"),
     "no-memfit": ({"PYTORCH_CUDA_ALLOC_CONF": "capacity:2GiB,expandable_segments:True"}, "plain"),
+    "no-library": ({"PYTORCH_CUDA_ALLOC_CONF": "backend:memfit,capacity:2GiB,expandable_segments:True",
+                    "MEMFIT_BUILD_DIR": "/nonexistent/memfit-build"}, "plain"),
 }
 
 
@@ -180,6 +190,17 @@ def test_torch_imported_before_the_hook(children):
     assert out["after"]["MEMFIT_CONF"] == "capacity:2GiB"
     assert NO_CUDA in result.stderr, describe(result)
     assert not out["installed"]
+
+
+def test_without_the_library_memfit_stays_off_and_says_why(children):
+    # memfit's keys are read from libmemfit.so: without it only backend:memfit is taken out.
+    result, out = _get(children, "no-library")
+    for stage in ("before_torch", "after"):
+        assert out[stage]["PYTORCH_CUDA_ALLOC_CONF"] == "capacity:2GiB,expandable_segments:True", out
+        assert out[stage]["MEMFIT_CONF"] is None, out
+    assert out["state"]["status"] == "failed" and "libmemfit.so not found" in out["state"]["reason"]
+    assert "libmemfit.so not found" in result.stderr and "memfit stays off" in result.stderr, describe(result)
+    assert not out["installed"] and not out["libmemfit_loaded"]
 
 
 def test_without_backend_memfit_nothing_changes(children):

@@ -91,6 +91,10 @@ typedef struct mf_tag {
 
 MF_API const char *mf_category_name(mf_category c);
 MF_API const char *mf_phase_name(mf_phase p);
+/* MF_CAT_COUNT and MF_PHASE_COUNT, for bindings that read the names from here
+ * instead of copying them: the names are those of ids 0 .. count-1. */
+MF_API int mf_category_count(void);
+MF_API int mf_phase_count(void);
 /* Parse a category / phase name ("activation", "forward"); -1 if unknown. */
 MF_API int mf_category_from_name(const char *name);
 MF_API int mf_phase_from_name(const char *name);
@@ -143,8 +147,16 @@ MF_API mf_status mf_options_get(const mf_options *o, const char *key, char *buf,
 MF_API int mf_options_count(void);
 MF_API const char *mf_options_key(int i);
 MF_API const char *mf_options_help(int i);
+/* Whether key i selects the backend (backend, devices): the CUDA plugin's
+ * backend is cuda, so these are not keys to take from PyTorch's variables. */
+MF_API int mf_options_selects_backend(int i);
 /* Parse a size such as "1.5GiB" or "512" (integers exactly, up to 2^64-1). */
 MF_API mf_status mf_parse_size(const char *text, uint64_t *out);
+/* The one byte formatter (allocator, planner, replayer and Python print sizes
+ * with it): "512 B" below 1 KiB, else two decimals of the largest binary unit
+ * up to PiB ("1.50 MiB"); negative amounts (differences) keep their sign.
+ * Writes into buf (NUL-terminated, cut to len) and returns buf. */
+MF_API const char *mf_format_bytes(double bytes, char *buf, size_t len);
 
 /* ---------------------------------------------------------------- backend */
 
@@ -353,6 +365,13 @@ typedef struct mf_tag_stats {
 } mf_tag_stats;
 
 MF_API mf_status mf_get_stats(mf_allocator *a, int device, mf_stats *out);
+/* The fields of mf_stats in order, for bindings that lay the struct out from
+ * here: the mf_counter fields (MF_STATS_COUNTERS), then the int64_t event
+ * fields (MF_STATS_EVENTS). Names of indexes past the end are NULL. */
+MF_API int mf_stats_counter_count(void);
+MF_API const char *mf_stats_counter_name(int i);
+MF_API int mf_stats_event_count(void);
+MF_API const char *mf_stats_event_name(int i);
 /* Stats of one (category, layer) pair; zero if the pair never allocated. */
 MF_API mf_status mf_get_tag_stats(mf_allocator *a, int device, mf_category category,
                                   uint32_t layer, mf_tag_stats *out);

@@ -108,12 +108,19 @@ def run() -> None:
     if _ran or not asked():
         return
     _ran = True
-    from ._conf import ENV_VARS, split_conf, take_memfit_conf
+    from ._conf import ENV_VARS, asks_for_memfit, drop_backend_memfit, take_memfit_conf
+    from ._lib import MemfitError
 
-    asked_by = next((name for name in ENV_VARS if split_conf(os.environ.get(name, ""))[0]), None)
+    asked_by = next((name for name in ENV_VARS if asks_for_memfit(os.environ.get(name, ""))), None)
     if asked_by is None and not os.environ.get(INTENT_VAR):
         return  # "memfit" appeared in a variable, but not as its backend
-    conf = take_memfit_conf()
+    try:
+        conf = take_memfit_conf()  # memfit's keys come from libmemfit.so's option table
+    except MemfitError as e:  # no library: its keys cannot be told from PyTorch's
+        drop_backend_memfit()
+        STATE.update(asked_by=asked_by, status="failed", reason=str(e))
+        _warn(f"{e}; memfit stays off, and the rest of {asked_by} is left to PyTorch")
+        return
     if conf:
         problem = _bad_options(conf)
         if problem:  # now, not at the first CUDA allocation

@@ -4,22 +4,10 @@ and the one exception type that carries the C library's message."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from pathlib import Path
-from typing import Optional
-
-CATEGORIES = (
-    "parameter",
-    "gradient",
-    "optimizer_state",
-    "activation",
-    "temporary",
-    "input",
-    "other",
-)
-PHASES = ("none", "forward", "backward", "optimizer", "recompute")
-CAT = {name: i for i, name in enumerate(CATEGORIES)}
-PHASE = {name: i for i, name in enumerate(PHASES)}
+from typing import Any, Optional, Tuple
 
 # mf_status values (allocator/include/memfit/memfit.h)
 MF_OK, MF_ERR_INVALID, MF_ERR_OOM = 0, 1, 2
@@ -80,34 +68,6 @@ class _Counter(ctypes.Structure):
     _fields_ = [("current", ctypes.c_int64), ("peak", ctypes.c_int64), ("total", ctypes.c_int64)]
 
 
-_COUNTERS = ("requested_bytes", "allocated_bytes", "reserved_bytes", "active_blocks", "segments")
-_EVENTS = (
-    "allocs",
-    "frees",
-    "cache_hits",
-    "cache_misses",
-    "ooms",
-    "segment_maps",
-    "segment_unmaps",
-    "ladder_releases",
-    "deferred_frees",
-    "granule_maps",
-    "granule_unmaps",
-    "granule_creates",
-    "granule_releases",
-    "syncs",
-)
-STATS_VERSION = 2
-
-
-class Stats(ctypes.Structure):
-    _fields_ = (
-        [("struct_size", ctypes.c_uint32), ("version", ctypes.c_uint32)]
-        + [(name, _Counter) for name in _COUNTERS]
-        + [(name, ctypes.c_int64) for name in _EVENTS]
-    )
-
-
 class TagStats(ctypes.Structure):
     _fields_ = [("bytes", _Counter), ("requested", _Counter), ("blocks", _Counter)]
 
@@ -143,6 +103,15 @@ _PROTOTYPES = {
     "mf_last_error": (ctypes.c_char_p, []),
     "mf_last_status": (_S, []),
     "mf_version": (ctypes.c_char_p, []),
+    "mf_category_count": (ctypes.c_int, []),
+    "mf_category_name": (ctypes.c_char_p, [ctypes.c_int]),
+    "mf_phase_count": (ctypes.c_int, []),
+    "mf_phase_name": (ctypes.c_char_p, [ctypes.c_int]),
+    "mf_stats_counter_count": (ctypes.c_int, []),
+    "mf_stats_counter_name": (ctypes.c_char_p, [ctypes.c_int]),
+    "mf_stats_event_count": (ctypes.c_int, []),
+    "mf_stats_event_name": (ctypes.c_char_p, [ctypes.c_int]),
+    "mf_format_bytes": (ctypes.c_char_p, [ctypes.c_double, ctypes.c_char_p, _SZ]),
     "mf_layer_intern": (ctypes.c_uint32, [ctypes.c_char_p]),
     "mf_layer_name": (ctypes.c_char_p, [ctypes.c_uint32]),
     "mf_layer_count": (ctypes.c_uint32, []),
@@ -156,6 +125,7 @@ _PROTOTYPES = {
     "mf_options_count": (ctypes.c_int, []),
     "mf_options_key": (ctypes.c_char_p, [ctypes.c_int]),
     "mf_options_help": (ctypes.c_char_p, [ctypes.c_int]),
+    "mf_options_selects_backend": (ctypes.c_int, [ctypes.c_int]),
     "mf_options_new": (_P, []),
     "mf_options_parse": (_S, [_P, ctypes.c_char_p]),
     "mf_options_free": (None, [_P]),
@@ -172,7 +142,7 @@ _PROTOTYPES = {
     "mf_capacity": (ctypes.c_uint64, [_P, ctypes.c_int]),
     "mf_allocator_granule": (ctypes.c_size_t, [_P]),
     "mf_check": (_S, [_P]),
-    "mf_get_stats": (_S, [_P, ctypes.c_int, ctypes.POINTER(Stats)]),
+    "mf_get_stats": (_S, [_P, ctypes.c_int, _P]),  # an mf_stats laid out by stats_struct()
     "mf_get_tag_stats": (_S, [_P, ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(TagStats)]),
     "mf_get_category_stats": (_S, [_P, ctypes.c_int, ctypes.c_int, ctypes.POINTER(TagStats)]),
     "mf_reset_peaks": (_S, [_P, ctypes.c_int]),
@@ -198,16 +168,32 @@ _PROTOTYPES = {
 _lib: Optional[ctypes.CDLL] = None
 
 
+def load_library(env: str, filename: str, subdir: str, prototypes: dict, missing: str,
+                 mode: int = ctypes.RTLD_GLOBAL) -> ctypes.CDLL:
+    """Every memfit library is loaded here, one way: found by find_library (the
+    variable env, the package's _libs, the checkout's build), loaded (global by
+    default: what links against it resolves to this instance) and given its C
+    prototypes as {name: (restype, argtypes)}. `missing` says how to get it."""
+    path = find_library(env, filename, subdir)
+    if path is None:
+        where = ", ".join(str(p) for p in _candidates(env, filename, subdir))
+        raise MemfitError(f"memfit: {filename} not found (looked in {where}). {missing}")
+    try:
+        handle = ctypes.CDLL(str(path), mode=mode)
+    except OSError as e:
+        raise MemfitError(f"memfit: cannot load {path}: {e}") from e
+    for name, (restype, argtypes) in prototypes.items():
+        fn = getattr(handle, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return handle
+
+
 def library_path() -> Path:
     path = find_library("MEMFIT_LIBRARY", "libmemfit.so", "allocator")
     if path is None:
-        where = ", ".join(str(p) for p in _candidates("MEMFIT_LIBRARY", "libmemfit.so", "allocator"))
-        raise MemfitError(
-            f"memfit: libmemfit.so not found (looked in {where}). Build it with "
-            "'bash scripts/test.sh' or 'cmake -S . -B build && cmake --build build' from the "
-            "checkout, install the package with pip, or set MEMFIT_LIBRARY to its path."
-        )
-    return path
+        lib()  # raises the full message
+    return path  # type: ignore[return-value]
 
 
 def lib() -> ctypes.CDLL:
@@ -215,16 +201,9 @@ def lib() -> ctypes.CDLL:
     and PyTorch's own dlopen of the plugin share the same instance)."""
     global _lib
     if _lib is None:
-        path = library_path()
-        try:
-            handle = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-        except OSError as e:
-            raise MemfitError(f"memfit: cannot load {path}: {e}") from e
-        for name, (restype, argtypes) in _PROTOTYPES.items():
-            fn = getattr(handle, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
-        _lib = handle
+        _lib = load_library("MEMFIT_LIBRARY", "libmemfit.so", "allocator", _PROTOTYPES,
+                            "Build it with 'bash scripts/test.sh' or 'cmake -S . -B build && cmake --build build' "
+                            "from the checkout, install the package with pip, or set MEMFIT_LIBRARY to its path.")
     return _lib
 
 
@@ -288,3 +267,79 @@ def load_json_file(path: "str | os.PathLike[str]", fmt: str, version: int, what:
 def option_keys() -> list[str]:
     n = lib().mf_options_count()
     return [lib().mf_options_key(i).decode() for i in range(n)]
+
+
+def _names(count, name) -> Tuple[str, ...]:
+    return tuple(name(i).decode() for i in range(count()))
+
+
+# ----------------------------------------------- names and layouts from C
+# The category, phase and stats field names, and the mf_stats layout, are read
+# from libmemfit.so (its enums and MF_STATS_COUNTERS / MF_STATS_EVENTS), never
+# copied here: functions, so that importing memfit loads no library.
+
+
+@functools.lru_cache(maxsize=None)
+def categories() -> Tuple[str, ...]:
+    """The category names, indexed by mf_category."""
+    return _names(lib().mf_category_count, lib().mf_category_name)
+
+
+@functools.lru_cache(maxsize=None)
+def phases() -> Tuple[str, ...]:
+    """The phase names, indexed by mf_phase."""
+    return _names(lib().mf_phase_count, lib().mf_phase_name)
+
+
+def _id(names: Tuple[str, ...], name: str, what: str) -> int:
+    try:
+        return names.index(name)
+    except ValueError:
+        raise MemfitError(f"memfit: unknown {what} {name!r} (expected one of {', '.join(names)})") from None
+
+
+def category_id(name: str) -> int:
+    return _id(categories(), name, "category")
+
+
+def phase_id(name: str) -> int:
+    return _id(phases(), name, "phase")
+
+
+@functools.lru_cache(maxsize=None)
+def stats_fields() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(the mf_counter fields of mf_stats, its int64 event fields), in order."""
+    return (_names(lib().mf_stats_counter_count, lib().mf_stats_counter_name),
+            _names(lib().mf_stats_event_count, lib().mf_stats_event_name))
+
+
+@functools.lru_cache(maxsize=None)
+def stats_struct() -> type:
+    """ctypes' mf_stats, laid out from the library's own field lists."""
+    counters, events = stats_fields()
+    fields = ([("struct_size", ctypes.c_uint32), ("version", ctypes.c_uint32)]
+              + [(name, _Counter) for name in counters] + [(name, ctypes.c_int64) for name in events])
+    return type("Stats", (ctypes.Structure,), {"_fields_": fields})
+
+
+def format_bytes(n: float) -> str:
+    """Bytes for people ("1.50 MiB"), by the C library's one formatter."""
+    buf = ctypes.create_string_buffer(48)
+    return lib().mf_format_bytes(float(n), buf, len(buf)).decode()
+
+
+_LAZY = {
+    "CATEGORIES": categories,
+    "PHASES": phases,
+    "CAT": lambda: {name: i for i, name in enumerate(categories())},
+    "PHASE": lambda: {name: i for i, name in enumerate(phases())},
+    "Stats": stats_struct,
+}
+
+
+def __getattr__(name: str) -> Any:
+    """CATEGORIES, PHASES, CAT, PHASE and Stats for code that reads them as
+    constants: computed from the library on first use."""
+    if name in _LAZY:
+        return _LAZY[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

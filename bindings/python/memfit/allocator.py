@@ -8,7 +8,7 @@ import ctypes
 from typing import Dict, Iterator, List, Optional
 
 from . import _lib
-from ._lib import CAT, CATEGORIES, PHASE, MemfitError, check, lib
+from ._lib import MemfitError, categories, category_id, check, lib, phase_id
 
 
 def layer_id(name: str) -> int:
@@ -37,7 +37,7 @@ def tag(layer: str = "", phase: str = "none", category: str = "other") -> Iterat
 
 
 def push_tag(layer: int, phase: str, category: str) -> None:
-    check(lib().mf_tag_push(layer, PHASE[phase], CAT[category]), "tag push")
+    check(lib().mf_tag_push(layer, phase_id(phase), category_id(category)), "tag push")
 
 
 def pop_tag() -> None:
@@ -92,18 +92,18 @@ class Allocator:
     # ------------------------------------------------------------- stats
     def stats(self, device: Optional[int] = None) -> Dict[str, object]:
         """Global counters as {name: {current, peak, total}} and events as ints."""
-        raw = _lib.Stats()
+        stats_type = _lib.stats_struct()  # laid out from the library's own field lists
+        raw = stats_type()
         check(lib().mf_get_stats(self.handle, self._dev(device), ctypes.byref(raw)), "reading stats")
-        if raw.struct_size != ctypes.sizeof(_lib.Stats) or raw.version != _lib.STATS_VERSION:
-            raise MemfitError(
-                f"memfit: libmemfit.so's stats layout (size {raw.struct_size}, version {raw.version}) "
-                f"does not match these bindings (size {ctypes.sizeof(_lib.Stats)}, version {_lib.STATS_VERSION})"
-            )
+        if raw.struct_size != ctypes.sizeof(stats_type):
+            raise MemfitError(f"memfit: libmemfit.so's mf_stats is {raw.struct_size} bytes, but its field lists "
+                              f"give {ctypes.sizeof(stats_type)}: mf_counter's layout changed")
+        counters, events = _lib.stats_fields()
         out: Dict[str, object] = {}
-        for name in _lib._COUNTERS:
+        for name in counters:
             c = getattr(raw, name)
             out[name] = {"current": c.current, "peak": c.peak, "total": c.total}
-        for name in _lib._EVENTS:
+        for name in events:
             out[name] = getattr(raw, name)
         return out
 
@@ -113,18 +113,18 @@ class Allocator:
     def category_stats(self, category: str, device: Optional[int] = None) -> Dict[str, Dict[str, int]]:
         raw = _lib.TagStats()
         check(
-            lib().mf_get_category_stats(self.handle, self._dev(device), CAT[category], ctypes.byref(raw)),
+            lib().mf_get_category_stats(self.handle, self._dev(device), category_id(category), ctypes.byref(raw)),
             f"reading stats of category {category}",
         )
         return _tag_stats_dict(raw)
 
     def categories(self, device: Optional[int] = None) -> Dict[str, Dict[str, Dict[str, int]]]:
-        return {c: self.category_stats(c, device) for c in CATEGORIES}
+        return {c: self.category_stats(c, device) for c in categories()}
 
     def tag_stats(self, category: str, layer: str, device: Optional[int] = None) -> Dict[str, Dict[str, int]]:
         raw = _lib.TagStats()
         check(
-            lib().mf_get_tag_stats(self.handle, self._dev(device), CAT[category], layer_id(layer), ctypes.byref(raw)),
+            lib().mf_get_tag_stats(self.handle, self._dev(device), category_id(category), layer_id(layer), ctypes.byref(raw)),
             f"reading stats of ({category}, {layer})",
         )
         return _tag_stats_dict(raw)
@@ -170,22 +170,23 @@ class Allocator:
                                ctypes.byref(size)) != _lib.MF_OK:
             return None
         return {
-            "category": CATEGORIES[t.category],
+            "category": categories()[t.category],
             "layer": layer_name(t.layer) if t.layer else "",
-            "phase": _lib.PHASES[t.phase],
+            "phase": _lib.phases()[t.phase],
             "requested": requested.value,
             "size": size.value,
         }
 
     def retag(self, ptr: int, category: str, layer: str = "", phase: str = "none") -> bool:
         """Re-tag a live block; False if ptr is not one of this allocator's blocks."""
-        t = _lib.Tag(layer_id(layer), CAT[category], PHASE[phase])
+        t = _lib.Tag(layer_id(layer), category_id(category), phase_id(phase))
         return lib().mf_retag(self.handle, ctypes.c_void_p(ptr), t) == _lib.MF_OK
 
     def retag_live(self, phase: str, from_category: str, to_category: str) -> int:
         n = ctypes.c_size_t()
         check(
-            lib().mf_retag_live(self.handle, -1, PHASE[phase], CAT[from_category], CAT[to_category], ctypes.byref(n)),
+            lib().mf_retag_live(self.handle, -1, phase_id(phase), category_id(from_category), category_id(to_category),
+                               ctypes.byref(n)),
             "re-tagging live blocks",
         )
         return n.value

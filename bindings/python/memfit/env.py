@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import _lib
-from ._conf import ENV_VARS, split_conf
+from ._conf import ENV_VARS, asks_for_memfit
 
 # memfit's own switch, inherited by child processes: memfit is PyTorch's CUDA allocator here
 INSTALL_VAR = "MEMFIT_INSTALL"
@@ -29,7 +29,7 @@ def asked_in_environment(environ: Optional[Dict[str, str]] = None) -> List[str]:
     """The variables that ask for memfit now: MEMFIT_INSTALL=cuda, or backend:memfit in PyTorch's."""
     env = os.environ if environ is None else environ
     names = [INSTALL_VAR] if env.get(INSTALL_VAR, "").strip() == "cuda" else []
-    names += [name for name in ENV_VARS if env.get(name) and split_conf(env[name])[0]]
+    names += [name for name in ENV_VARS if env.get(name) and asks_for_memfit(env[name])]
     return names
 
 

@@ -85,6 +85,14 @@ def adapter_path() -> Optional[str]:
     return str(path) if path else None
 
 
+_ADAPTER_PROTOTYPES = {
+    "memfit_torch_built_for": (ctypes.c_char_p, []),
+    "memfit_torch_last_error": (ctypes.c_char_p, []),
+    "memfit_torch_cpu_install": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+    "memfit_torch_cpu_uninstall": (ctypes.c_int, []),
+}
+
+
 def _load_adapter() -> ctypes.CDLL:
     global _adapter
     if _adapter is not None:
@@ -92,20 +100,11 @@ def _load_adapter() -> ctypes.CDLL:
     import torch
 
     _lib.lib()  # libmemfit.so first, RTLD_GLOBAL: the adapter links against it
+    adapter = _lib.load_library(
+        "MEMFIT_TORCH_LIBRARY", "libmemfit_torch.so", "bindings/torch", _ADAPTER_PROTOTYPES,
+        "The CPU allocator needs it; it is built when CMake finds PyTorch (python3 -c 'import torch' must work "
+        "at configure time): rebuild, or set MEMFIT_TORCH_LIBRARY to its path.")
     path = adapter_path()
-    if path is None:
-        raise MemfitError(
-            "memfit: the CPU allocator needs libmemfit_torch.so, which is built when CMake finds "
-            "PyTorch (python3 -c 'import torch' must work at configure time); rebuild, or set "
-            "MEMFIT_TORCH_LIBRARY to its path"
-        )
-    try:
-        adapter = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    except OSError as e:
-        raise MemfitError(f"memfit: cannot load {path}: {e}") from e
-    adapter.memfit_torch_built_for.restype = ctypes.c_char_p
-    adapter.memfit_torch_last_error.restype = ctypes.c_char_p
-    adapter.memfit_torch_cpu_install.argtypes = [ctypes.c_void_p, ctypes.c_int]
     built_for = adapter.memfit_torch_built_for().decode()
     running = torch.__version__
     if built_for != running:
@@ -170,8 +169,9 @@ class PluginAllocator(Allocator):
         """Zeros until the first CUDA allocation (reading them creates nothing)."""
         if self.created:
             return super().stats(device)
-        out: Dict[str, object] = {name: {"current": 0, "peak": 0, "total": 0} for name in _lib._COUNTERS}
-        out.update({name: 0 for name in _lib._EVENTS})
+        counters, events = _lib.stats_fields()
+        out: Dict[str, object] = {name: {"current": 0, "peak": 0, "total": 0} for name in counters}
+        out.update({name: 0 for name in events})
         return out
 
 

@@ -23,25 +23,23 @@ MFP_ERR_NO_FIT = 3  # planner/include/memfit/plan.h
 _planner: Optional[ctypes.CDLL] = None
 
 
+_PLANNER_PROTOTYPES = {
+    "mfp_plan_json": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "mfp_free": (None, [ctypes.c_void_p]),
+    "mfp_last_error": (ctypes.c_char_p, []),
+    "mfp_status_name": (ctypes.c_char_p, [ctypes.c_int]),
+    "mfp_profile_parse": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "mfp_profile_free": (None, [ctypes.c_void_p]),
+}
+
+
 def _load_planner() -> ctypes.CDLL:
     global _planner
     if _planner is None:
-        path = _lib.find_library("MEMFIT_PLAN_LIBRARY", "libmemfit_plan.so", "planner")
-        if path is None:
-            raise MemfitError("memfit: libmemfit_plan.so not found; build the checkout (cmake --build build) "
-                              "or set MEMFIT_PLAN_LIBRARY to its path")
         _lib.lib()  # libmemfit.so first: the planner links it (memfit's one size parser)
-        lib = ctypes.CDLL(str(path))
-        lib.mfp_plan_json.restype = ctypes.c_int
-        lib.mfp_plan_json.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
-        lib.mfp_free.argtypes = [ctypes.c_void_p]
-        lib.mfp_last_error.restype = ctypes.c_char_p
-        lib.mfp_status_name.restype = ctypes.c_char_p
-        lib.mfp_status_name.argtypes = [ctypes.c_int]
-        lib.mfp_profile_parse.restype = ctypes.c_int
-        lib.mfp_profile_parse.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
-        lib.mfp_profile_free.argtypes = [ctypes.c_void_p]
-        _planner = lib
+        _planner = _lib.load_library("MEMFIT_PLAN_LIBRARY", "libmemfit_plan.so", "planner", _PLANNER_PROTOTYPES,
+                                     "Build the checkout (cmake --build build) or set MEMFIT_PLAN_LIBRARY to its path.",
+                                     mode=ctypes.DEFAULT_MODE)
     return _planner
 
 

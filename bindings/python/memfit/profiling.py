@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _lib
-from ._lib import CATEGORIES, MemfitError
+from ._lib import MemfitError, categories
 from .allocator import Allocator, tag
 from .blocks import describe, find_units
 from .install import current, install
@@ -506,8 +506,8 @@ def _final_tags(events: Sequence[_lib.TraceEvent]) -> Dict[int, int]:
 def _analyse(events, start_stats, start_categories, records: List[_StepRecord]) -> Dict[str, Any]:
     """Replay the trace: live bytes, window points and per-category timelines."""
     final = _final_tags(events)
-    cat_alloc = [start_categories[c]["bytes"]["current"] for c in CATEGORIES]
-    cat_req = [start_categories[c]["requested"]["current"] for c in CATEGORIES]
+    cat_alloc = [start_categories[c]["bytes"]["current"] for c in categories()]
+    cat_req = [start_categories[c]["requested"]["current"] for c in categories()]
     allocated = start_stats["allocated_bytes"]["current"]
     live: Dict[int, Tuple[int, int, int, int]] = {}  # addr -> (alloc index, size, requested, final category)
     marks: List[Dict[str, Any]] = []  # in order: id, event index, t_ns, allocated (replayed), categories
@@ -610,7 +610,7 @@ def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str,
     for t, _allocated, ca, cr in ctx["samples"]:
         if t < t0 or t > t1:
             continue
-        for i in range(len(CATEGORIES)):
+        for i in range(len(categories())):
             if ca[i] > cat_peak_alloc[i]:
                 cat_peak_alloc[i] = ca[i]
             if cr[i] > cat_peak_req[i]:
@@ -623,20 +623,20 @@ def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str,
         keep.append(len(timeline_t) - 1)
     timeline = {
         "t_seconds": [(timeline_t[i] - t0) / 1e9 for i in keep],
-        "allocated_bytes": {c: [timeline_cat[i][j] for i in keep] for j, c in enumerate(CATEGORIES)},
+        "allocated_bytes": {c: [timeline_cat[i][j] for i in keep] for j, c in enumerate(categories())},
         "marks": [
             {"t_seconds": (m["t"] - t0) / 1e9, "id": m["id"], "allocated_bytes": m["allocated"],
              "memfit_allocated_bytes": m["c_allocated"],
-             "category_bytes": dict(zip(CATEGORIES, m["cat_alloc"]))}
+             "category_bytes": dict(zip(categories(), m["cat_alloc"]))}
             for m in marks
         ],
     }
     seconds = lambda a, b: (b["t"] - a["t"]) / 1e9  # noqa: E731
     return {
         "fixed": start["allocated"],
-        "input_bytes": start["cat_req"][CATEGORIES.index("input")],
-        "totals": dict(zip(CATEGORIES, cat_peak_req)),
-        "totals_allocated": dict(zip(CATEGORIES, cat_peak_alloc)),
+        "input_bytes": start["cat_req"][categories().index("input")],
+        "totals": dict(zip(categories(), cat_peak_req)),
+        "totals_allocated": dict(zip(categories(), cat_peak_alloc)),
         "forward": forward,
         "backward": backward,
         "loss": _window(events, by_id[FORWARD_END], by_id[LOSS_END]),
@@ -657,7 +657,7 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
     ctx = analysis["ctx"]
     events = ctx["events"]
     alloc_of, free_index = ctx["alloc_of"], ctx["free_index"]
-    act, tmp, grad = (CATEGORIES.index(c) for c in ("activation", "temporary", "gradient"))
+    act, tmp, grad = (categories().index(c) for c in ("activation", "temporary", "gradient"))
     forward_end = step["loss_end_index"]  # the forward pass ends after the loss is computed
     # Units whose forward never ran (a pooler the head does not use) are not
     # layers of the profile: the plan cannot decide on them, and their

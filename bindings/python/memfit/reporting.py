@@ -6,16 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ._lib import CATEGORIES, MemfitError
+from ._lib import MemfitError, format_bytes
 from .profiling import Profile
 
 
 def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    """Bytes for people, by the C library's one formatter (as memfit-plan and the OOM report print them)."""
+    return format_bytes(n)
 
 
 def pick_setting(profile: Profile, batch_size: Optional[int] = None, precision: Optional[str] = None) -> Dict[str, Any]:
@@ -47,8 +44,7 @@ def report(profile: Union[Profile, str, Path], batch_size: Optional[int] = None,
         "peak by category (requested bytes):",
     ]
     total = sum(s["totals"].values()) or 1
-    for c in CATEGORIES:
-        v = s["totals"][c]
+    for c, v in s["totals"].items():  # the profile's categories, in the allocator's order
         lines.append(f"  {c:<16} {human(v):>12}  {100 * v / total:5.1f}%")
     lines += ["", f"layers (top {top} by parameters + gradients + optimizer state + activations), execution order:"]
     header = f"  {'layer':<22}{'type':<14}{'params':>11}{'grads':>11}{'opt state':>11}{'activ.':>11}" \
@@ -95,9 +91,10 @@ def plot(profile: Union[Profile, str, Path], path: Union[str, Path], batch_size:
     names = [layer["name"] for layer in s["layers"]]
     t_ms = [t * 1e3 for t in timeline["t_seconds"]]
     mib = 1024 * 1024
-    series = [[v / mib for v in timeline["allocated_bytes"][c]] for c in CATEGORIES]
+    by_category = timeline["allocated_bytes"]  # the profile's categories, in the allocator's order
+    series = [[v / mib for v in by_category[c]] for c in by_category]
     fig, ax = plt.subplots(figsize=(12, 5.5), dpi=110)
-    ax.stackplot(t_ms, series, labels=CATEGORIES, step="post", alpha=0.9)
+    ax.stackplot(t_ms, series, labels=list(by_category), step="post", alpha=0.9)
     top = max(sum(col) for col in zip(*series)) if series and series[0] else 1
     for m in timeline["marks"]:
         label = m.get("label")

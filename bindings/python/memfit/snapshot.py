@@ -15,7 +15,7 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _lib
-from ._lib import CATEGORIES, PHASES, MemfitError, check, lib
+from ._lib import MemfitError, categories, check, lib, phases
 from .allocator import Allocator, layer_name
 
 # memfit's block state -> PyTorch's (torch/csrc/cuda/memory_snapshot.cpp and MemoryViz.js)
@@ -111,8 +111,9 @@ class _TraceBuilder:
         name = self._names.get(layer)
         if name is None:
             name = self._names[layer] = layer_name(layer) if layer else ""
-        cat = CATEGORIES[category] if category < len(CATEGORIES) else "other"
-        return cat, self._cache.get(name, cat, PHASES[phase] if phase < len(PHASES) else "none")
+        cats, phase_names = categories(), phases()
+        cat = cats[category] if category < len(cats) else "other"
+        return cat, self._cache.get(name, cat, phase_names[phase] if phase < len(phase_names) else "none")
 
     def add(self, e: _lib.TraceEvent) -> None:
         device, kind = e.device, e.kind

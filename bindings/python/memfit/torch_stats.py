@@ -109,10 +109,6 @@ def max_split_size(alloc: Allocator) -> int:
     if not _created(alloc):
         return _conf_size("max_split_size") or -1
     handle = lib()
-    handle.mf_allocator_options.restype = ctypes.c_void_p
-    handle.mf_allocator_options.argtypes = [ctypes.c_void_p]
-    handle.mf_options_get.restype = ctypes.c_int
-    handle.mf_options_get.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
     buf = ctypes.create_string_buffer(32)
     options = handle.mf_allocator_options(alloc.handle)
     check(handle.mf_options_get(options, b"max_split_size", buf, len(buf)), "reading max_split_size")

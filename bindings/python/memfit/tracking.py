@@ -124,7 +124,7 @@ class Tracker:
             # callback may run on yet another thread than this hook.
             if not self._backward_tagged:
                 torch.autograd.Variable._execution_engine.queue_callback(self._backward_end)
-            backward = _lib.Tag(layer, _lib.CAT["temporary"], _lib.PHASE["backward"])
+            backward = _lib.Tag(layer, _lib.category_id("temporary"), _lib.phase_id("backward"))
             _lib.check(_lib.lib().mf_tag_set_shared(backward), "backward tag")
             self._backward_tagged = True
 
