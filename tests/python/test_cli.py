@@ -76,7 +76,7 @@ def _cases(d):
         "verify-negative-steps": (["verify", "--job", f"{job}:make", "--plan", str(d / "plan_neg.json"),
                                    "--budget", "1GiB", "--steps", "-1"], ["--steps", ">= 1"]),
         "verify-budget-below-the-plans": (["verify", "--job", f"{job}:make", "--plan", str(d / "plan_64m.json"),
-                                           "--budget", "32MiB"], ["below the plan's 64.0 MiB"]),
+                                           "--budget", "32MiB"], ["below the plan's 64.00 MiB"]),
         "plan-without-job-or-profile": (["plan", "--budget", "1GiB"], ["give --job", "or --profile"]),
         # 8 KiB: two host pages, less than the model's parameters, gradients and AdamW state
         "capacity-too-small": (profile("capacity-too-small", "--job", f"{job}:make", "--capacity", "8KiB", "--quiet"),
