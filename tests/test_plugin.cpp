@@ -65,6 +65,44 @@ TEST(PluginDeathTest, CreationFailureIsReportedAndRetried) {
       ::testing::ExitedWithCode(0), "");
 }
 
+// Options given in code come after MEMFIT_CONF's, are checked when given, and
+// can no longer change once the allocator exists (a fresh process, as above).
+TEST(PluginDeathTest, ConfigureInCodeBeforeTheFirstAllocation) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        auto fail = [](const char *why) {
+          std::fprintf(stderr, "child check failed: %s (%s)\n", why, memfit_plugin_last_error());
+          std::_Exit(1);
+        };
+        setenv("MEMFIT_CONF", "backend:virtual,capacity:32MiB", 1);
+        if (memfit_plugin_configure("capacity:48MiB,max_split_size:4MiB") != 0) fail("good options refused");
+        if (memfit_plugin_configure("capacty:1GiB") == 0) fail("a misspelt key was accepted");
+        if (!std::strstr(memfit_plugin_last_error(), "capacty")) fail("the error does not name the bad key");
+        if (memfit_plugin_validate() != 0) fail("validate failed after a refused configure");
+        char before[32];
+        if (memfit_plugin_option("capacity", before, sizeof before) != 0 || std::strcmp(before, "50331648") != 0)
+          fail("memfit_plugin_option does not see configure's capacity before creation");
+        if (memfit_plugin_option("capacty", before, sizeof before) == 0) fail("an unknown key was read");
+        if (memfit_plugin_allocator_if_created() != nullptr) fail("configure or option created the allocator");
+        void *p = memfit_malloc(16, 0, nullptr);
+        mf_allocator *a = memfit_plugin_allocator_if_created();
+        if (!p || !a) fail("the first allocation created no allocator");
+        // The earlier good options hold: after MEMFIT_CONF's, not replaced by the refused ones.
+        if (mf_capacity(a, 0) != 48 * kMiB) fail("configure's capacity did not win over MEMFIT_CONF's");
+        char text[32];
+        if (mf_options_get(mf_allocator_options(a), "max_split_size", text, sizeof text) != MF_OK ||
+            std::strcmp(text, "4194304") != 0)
+          fail("configure's max_split_size was lost");
+        if (memfit_plugin_configure("capacity:1GiB") == 0) fail("configure after creation was accepted");
+        if (!std::strstr(memfit_plugin_last_error(), "exists already")) fail("the late configure's error is unclear");
+        if (mf_capacity(a, 0) != 48 * kMiB) fail("a late configure changed the capacity");
+        memfit_free(p, 16, 0, nullptr);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
 class PluginTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {

@@ -44,8 +44,13 @@ std::string format(const char *fmt, ...) {
   return out;
 }
 
-// The configuration: cuda unless MEMFIT_CONF says otherwise (later keys win
-// in mf_options_parse, so "backend:virtual" there replaces the default).
+// Options given in code (memfit_plugin_configure), read after MEMFIT_CONF's.
+std::mutex g_conf_lock;
+std::string g_configured;
+
+// The configuration: cuda, then MEMFIT_CONF, then memfit_plugin_configure's
+// (later keys win in mf_options_parse, so "backend:virtual" in either
+// replaces the default).
 std::string plugin_conf() {
   std::string conf = "backend:cuda";
   const char *env = std::getenv("MEMFIT_CONF");
@@ -53,8 +58,15 @@ std::string plugin_conf() {
     conf += ',';
     conf += env;
   }
+  std::lock_guard<std::mutex> lock(g_conf_lock);
+  if (!g_configured.empty()) {
+    conf += ',';
+    conf += g_configured;
+  }
   return conf;
 }
+// Where plugin_conf() comes from, for messages.
+const char *const kConfSources = "backend:cuda, MEMFIT_CONF, memfit_plugin_configure";
 
 // The allocator, or nullptr with *why set. A failed creation is not
 // remembered: the next call tries again (the user may fix MEMFIT_CONF, or the
@@ -70,8 +82,8 @@ mf_allocator *get_allocator(std::string *why) {
   mf_status st = mf_allocator_create(conf.c_str(), &a);
   if (st != MF_OK) {
     if (why)
-      *why = format("memfit: cannot create the allocator (%s) from \"%s\" (MEMFIT_CONF): %s",
-                    mf_status_name(st), conf.c_str(), mf_last_error());
+      *why = format("memfit: cannot create the allocator (%s) from \"%s\" (%s): %s",
+                    mf_status_name(st), conf.c_str(), kConfSources, mf_last_error());
     return nullptr;
   }
   g_allocator.store(a, std::memory_order_release);
@@ -267,7 +279,7 @@ MF_API int memfit_plugin_validate(void) {
     if (st == MF_OK) mf_options_get(o, "backend", backend, sizeof backend);
     mf_options_free(o);
     if (st != MF_OK) {
-      set_plugin_error(format("memfit: bad options \"%s\" (MEMFIT_CONF): %s", conf.c_str(), err.c_str()).c_str());
+      set_plugin_error(format("memfit: bad options \"%s\" (%s): %s", conf.c_str(), kConfSources, err.c_str()).c_str());
       return 1;
     }
     if (std::string(backend) == "cuda" && mf_backend_cuda_probe() != MF_OK) {
@@ -276,6 +288,65 @@ MF_API int memfit_plugin_validate(void) {
     }
     return 0;
   } catch (...) {
+    return 1;
+  }
+}
+
+MF_API int memfit_plugin_configure(const char *conf) {
+  try {
+    std::lock_guard<std::mutex> create(g_create_lock); // no creation may read the options meanwhile
+    if (g_allocator.load(std::memory_order_acquire)) {
+      set_plugin_error("memfit: the plugin's allocator exists already (the first CUDA allocation created it): "
+                       "configure it before");
+      return 1;
+    }
+    std::string text = conf ? conf : "";
+    mf_options *o = mf_options_new();
+    if (!o) {
+      set_plugin_error("memfit: out of host memory");
+      return 1;
+    }
+    mf_status st = mf_options_parse(o, text.c_str());
+    std::string err = st == MF_OK ? std::string() : std::string(mf_last_error());
+    mf_options_free(o);
+    if (st != MF_OK) {
+      set_plugin_error(format("memfit: bad options \"%s\" (memfit_plugin_configure): %s", text.c_str(), err.c_str()).c_str());
+      return 1;
+    }
+    std::lock_guard<std::mutex> lock(g_conf_lock);
+    g_configured = text;
+    return 0;
+  } catch (...) {
+    set_plugin_error("memfit: out of host memory");
+    return 1;
+  }
+}
+
+MF_API int memfit_plugin_option(const char *key, char *buf, size_t len) {
+  try {
+    mf_allocator *a = g_allocator.load(std::memory_order_acquire);
+    if (a) {
+      if (mf_options_get(mf_allocator_options(a), key, buf, len) == MF_OK) return 0;
+      set_plugin_error(format("memfit: %s", mf_last_error()).c_str());
+      return 1;
+    }
+    std::string conf = plugin_conf();
+    mf_options *o = mf_options_new();
+    if (!o) {
+      set_plugin_error("memfit: out of host memory");
+      return 1;
+    }
+    mf_status st = mf_options_parse(o, conf.c_str());
+    if (st == MF_OK) st = mf_options_get(o, key, buf, len);
+    std::string err = st == MF_OK ? std::string() : std::string(mf_last_error());
+    mf_options_free(o);
+    if (st != MF_OK) {
+      set_plugin_error(format("memfit: options \"%s\" (%s): %s", conf.c_str(), kConfSources, err.c_str()).c_str());
+      return 1;
+    }
+    return 0;
+  } catch (...) {
+    set_plugin_error("memfit: out of host memory");
     return 1;
   }
 }

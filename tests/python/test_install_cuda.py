@@ -49,6 +49,8 @@ _CHILD = textwrap.dedent("""
     a = memfit.current()
     if a is not None:
         out["stats_before"] = a.stats()["allocated_bytes"]["current"]
+        from memfit import torch_stats
+        out["capacity_before"] = torch_stats.capacity(a, 0)  # what mem_get_info reports before creation
         out["created_after_stats"] = bool(L.lib().memfit_plugin_allocator_if_created())
         # PyTorch's first CUDA allocation: memfit_malloc through the plugin.
         import ctypes
@@ -77,9 +79,11 @@ def test_install_swaps_after_validating_and_creates_the_allocator_at_the_first_a
     assert "is_available" not in out["calls"], out  # it would initialize CUDA
     assert out["calls"].index("swap") > out["calls"].index("reset_fn"), out
     assert ["pluggable", "memfit_malloc", "memfit_free"] in out["calls"]
-    assert out["intent"] == "cuda" and out["conf"] == "backend:virtual,capacity:64MiB"
+    # The caller's options reach the plugin by memfit_plugin_configure: the environment is left alone.
+    assert out["intent"] == "cuda" and out["conf"] == "backend:virtual"
     assert not out["created"], "install created the allocator (and so would have initialized CUDA)"
     assert out["stats_before"] == 0 and not out["created_after_stats"], "reading stats created the allocator"
+    assert out["capacity_before"] == 64 << 20, "before creation, the capacity given to install was not seen"
     assert out["created_after_malloc"] and out["allocated"] == 1 << 20
     assert out["capacity"] == 64 << 20 and out["routed"]
 
@@ -96,7 +100,14 @@ def test_no_driver_fails_before_the_swap():
     out, result = _run({"capacity": "1GiB"})
     assert not out["installed"] and "libcuda.so.1" in out["error"], out
     assert "swap" not in out["calls"], out
-    assert out["conf"] is None, "a failed install left its options in MEMFIT_CONF"
+    assert out["conf"] is None, "install put its options in MEMFIT_CONF"
+
+
+def test_bad_options_in_code_fail_before_the_swap():
+    out, result = _run({"capacity": "10XB"}, MEMFIT_CONF="backend:virtual")
+    assert not out["installed"] and "10XB" in out["error"] and "unchanged" in out["error"], out
+    assert "memfit_plugin_configure" in out["error"], out
+    assert "swap" not in out["calls"] and out["conf"] == "backend:virtual", out
 
 
 def test_is_out_of_memory_knows_both_types_of_the_plugins_oom():

@@ -160,6 +160,8 @@ _PROTOTYPES = {
     "memfit_plugin_allocator": (_P, []),
     "memfit_plugin_allocator_if_created": (_P, []),
     "memfit_plugin_validate": (ctypes.c_int, []),
+    "memfit_plugin_configure": (ctypes.c_int, [ctypes.c_char_p]),
+    "memfit_plugin_option": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, _SZ]),
     "memfit_plugin_last_error": (ctypes.c_char_p, []),
     "memfit_plugin_set_oom_thrower": (None, [_P]),
     "mf_backend_cuda_probe": (_S, []),

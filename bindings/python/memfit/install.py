@@ -211,17 +211,16 @@ def _install_cuda(conf: str) -> Allocator:
             "PYTORCH_CUDA_ALLOC_CONF=backend:memfit before starting Python."
         )
     lib = _lib.lib()
-    previous = os.environ.get("MEMFIT_CONF")
-    if conf:  # the plugin reads MEMFIT_CONF when it creates its allocator, at the first allocation
-        os.environ["MEMFIT_CONF"] = f"{previous},{conf}" if previous else conf
+    # The plugin creates its allocator at the first allocation, from MEMFIT_CONF
+    # and then these options, given to it here (the environment is left alone).
+    if lib.memfit_plugin_configure(conf.encode()) != 0:
+        raise MemfitError(f"memfit.install(device='cuda'): {plugin_error()}; PyTorch's allocator is unchanged")
     # Validate before the swap: once PyTorch has memfit's entry points, a failure
     # to create the allocator would make every CUDA allocation of the process throw.
     if lib.memfit_plugin_validate() != 0:
-        if previous is None:
-            os.environ.pop("MEMFIT_CONF", None)
-        else:
-            os.environ["MEMFIT_CONF"] = previous
-        raise MemfitError(f"memfit.install(device='cuda'): {plugin_error()}; PyTorch's allocator is unchanged")
+        error = plugin_error()
+        lib.memfit_plugin_configure(None)  # as it was: no options of this failed call stay
+        raise MemfitError(f"memfit.install(device='cuda'): {error}; PyTorch's allocator is unchanged")
     path = str(_lib.library_path())
     pluggable = torch.cuda.memory.CUDAPluggableAllocator(path, "memfit_malloc", "memfit_free")
     hooks = pluggable._allocator

@@ -14,11 +14,10 @@ from __future__ import annotations
 import collections
 import ctypes
 import importlib
-import os
 import sys
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ._lib import check, lib, parse_size
+from ._lib import MemfitError, check, lib
 from .allocator import Allocator
 
 # (namespace, name) -> PyTorch's own function, saved at the first route
@@ -88,26 +87,25 @@ def _created(alloc: Allocator) -> bool:
     return bool(getattr(alloc, "created", True))
 
 
-def _conf_size(key: str) -> int:
-    """A size option as the plugin will read it from MEMFIT_CONF (later keys win; 0 when absent)."""
-    value = ""
-    for item in os.environ.get("MEMFIT_CONF", "").split(","):
-        name, _, text = item.partition(":")
-        if name.strip() == key:
-            value = text.strip()
-    return parse_size(value, f"MEMFIT_CONF {key}") if value else 0
+def _plugin_size(key: str) -> int:
+    """A size option of the plugin's allocator in bytes, as it is or will be
+    created (MEMFIT_CONF, then install's options); creates nothing."""
+    buf = ctypes.create_string_buffer(32)
+    if lib().memfit_plugin_option(key.encode(), buf, len(buf)) != 0:
+        raise MemfitError(lib().memfit_plugin_last_error().decode(errors="replace"))
+    return int(buf.value.decode())
 
 
 def capacity(alloc: Allocator, index: int) -> int:
     """memfit's capacity of a device in bytes (0: none); before the plugin's allocator
-    exists, the capacity it will take from MEMFIT_CONF."""
-    return alloc.capacity(index) if _created(alloc) else _conf_size("capacity")
+    exists, the capacity it will be created with (MEMFIT_CONF, then install's options)."""
+    return alloc.capacity(index) if _created(alloc) else _plugin_size("capacity")
 
 
 def max_split_size(alloc: Allocator) -> int:
     """The allocator's max_split_size in bytes, -1 when unlimited (as PyTorch reports SIZE_MAX)."""
     if not _created(alloc):
-        return _conf_size("max_split_size") or -1
+        return _plugin_size("max_split_size") or -1
     handle = lib()
     buf = ctypes.create_string_buffer(32)
     options = handle.mf_allocator_options(alloc.handle)
