@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs, with pip, what memfit's Python side needs, and only what is missing:
 # PyTorch (pinned, and only when no torch is importable: an installed torch is
-# never replaced), pytest, jsonschema, matplotlib, numpy; then, for the tests of
+# never replaced), pytest, jsonschema, matplotlib, numpy, and scikit-build-core
+# (pinned: the build backend of pyproject.toml, for `pip install
+# --no-build-isolation .` offline); then, for the tests of
 # the trial-based batch-size finders (tests/python/test_trial_finders.py) and of
 # real models (tests/python/test_real_models.py, models built from config),
 # Accelerate, Lightning and transformers, pinned, with the torch in place held
@@ -14,12 +16,14 @@ TORCH_VERSION=${MEMFIT_TORCH_VERSION:-2.13.0}
 ACCELERATE_VERSION=${MEMFIT_ACCELERATE_VERSION:-1.15.0}
 LIGHTNING_VERSION=${MEMFIT_LIGHTNING_VERSION:-2.6.6}
 TRANSFORMERS_VERSION=${MEMFIT_TRANSFORMERS_VERSION:-5.24.0}
+SCIKIT_BUILD_CORE_VERSION=${MEMFIT_SCIKIT_BUILD_CORE_VERSION:-1.1.2}
 
 missing=()
 "$PYTHON" -c "import torch" >/dev/null 2>&1 || missing+=("torch==$TORCH_VERSION")
 for module in pytest jsonschema matplotlib numpy; do
   "$PYTHON" -c "import $module" >/dev/null 2>&1 || missing+=("$module")
 done
+"$PYTHON" -c "import scikit_build_core" >/dev/null 2>&1 || missing+=("scikit-build-core==$SCIKIT_BUILD_CORE_VERSION")
 if [ ${#missing[@]} -ne 0 ]; then
   echo "memfit: installing missing Python packages: ${missing[*]}"
   "$PYTHON" -m pip install --quiet "${missing[@]}"

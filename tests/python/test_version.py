@@ -1,5 +1,5 @@
 # test_version.py — one version: CMake's project(VERSION) is what libmemfit.so,
-# libmemfit_plan.so, the Python package and its wheel metadata report.
+# libmemfit_plan.so, the Python package and its wheel metadata (pyproject.toml) report.
 from __future__ import annotations
 
 import ctypes
@@ -22,5 +22,16 @@ def test_every_part_reports_cmakes_version():
     planner.mfp_version.restype = ctypes.c_char_p
     assert planner.mfp_version().decode() == cmake
     assert memfit.__version__ == cmake
-    text = (REPO / "bindings" / "python" / "pyproject.toml").read_text()
+    text = (REPO / "pyproject.toml").read_text()
     assert not re.search(r"^version\s*=", text, re.M), "pyproject.toml holds a second copy of the version"
+
+
+def test_the_wheels_version_is_read_from_cmake():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    cmake_text = (REPO / "CMakeLists.txt").read_text()
+    cmake = re.search(r"project\(memfit VERSION ([0-9.]+)", cmake_text).group(1)
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" in config["project"]["dynamic"]
+    provider = config["tool"]["scikit-build"]["metadata"]["version"]
+    assert provider["provider"] == "scikit_build_core.metadata.regex" and provider["input"] == "CMakeLists.txt"
+    assert re.search(provider["regex"], cmake_text, re.M).group("value") == cmake
