@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds memfit and runs every test: the GoogleTest suite, the memfit-replay and
 # memfit-plan command-line tests through ctest, once in a normal build and once
-# under AddressSanitizer + UndefinedBehaviorSanitizer (MEMFIT_SKIP_ASAN=1 skips
-# the second), then the Python package's pytest suite against the normal build
-# with a real PyTorch on CPU.
+# under AddressSanitizer + UndefinedBehaviorSanitizer with the allocator's debug
+# asserts (MEMFIT_DEBUG=1; MEMFIT_SKIP_ASAN=1 skips the second), then the Python
+# package's pytest suite against the normal build with a real PyTorch on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -25,7 +25,7 @@ echo "== memfit tests (RelWithDebInfo) =="
 run_suite build || status=1
 if [ "${MEMFIT_SKIP_ASAN:-0}" != "1" ]; then
   echo "== memfit tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
-  ASAN_OPTIONS=detect_leaks=1 run_suite build-asan -DMEMFIT_SANITIZE=ON || status=1
+  ASAN_OPTIONS=detect_leaks=1 run_suite build-asan -DMEMFIT_SANITIZE=ON -DMEMFIT_DEBUG=1 || status=1
 fi
 echo "== memfit Python tests (pytest, PyTorch on CPU) =="
 MEMFIT_BUILD_DIR="$PWD/build" PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \

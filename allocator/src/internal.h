@@ -250,11 +250,30 @@ mf_block *_mf_map_find(const mf_block_map *m, uintptr_t addr);
 mf_block *_mf_map_remove(mf_block_map *m, uintptr_t addr);
 void _mf_map_free(mf_block_map *m);
 
+/* ------------------------------------------------------------ debug checks */
+/* Graded as mimalloc's MI_DEBUG. MEMFIT_DEBUG=0 (the default): none.
+ * 1: cheap asserts on the counters (a current value never below zero).
+ * 2: also mf_check after every operation by default (the check option).
+ * A failed assert is a bug in memfit, not a condition a caller can handle: it
+ * prints what and where, and aborts. Only debug builds have them (the test
+ * suite's sanitizer build is level 1): a release build never aborts. */
+#ifndef MEMFIT_DEBUG
+#define MEMFIT_DEBUG 0
+#endif
+#if MEMFIT_DEBUG >= 1
+void _mf_debug_fail(const char *what, const char *file, int line, long long value) __attribute__((noreturn));
+#define MF_DEBUG_ASSERT(cond, what, value) \
+  (MF_LIKELY(cond) ? (void)0 : _mf_debug_fail(what, __FILE__, __LINE__, (long long)(value)))
+#else
+#define MF_DEBUG_ASSERT(cond, what, value) ((void)0)
+#endif
+
 /* ----------------------------------------------------------------- stats.c */
 static inline void _mf_counter_add(mf_counter *c, int64_t delta) {
   c->current += delta;
   if (delta > 0) c->total += delta;
   if (c->current > c->peak) c->peak = c->current;
+  MF_DEBUG_ASSERT(c->current >= 0, "a stats counter fell below zero", c->current);
 }
 /* The hot-path halves of _mf_counter_add: growth moves peak and total, a
  * decrease only the current value. */
@@ -264,7 +283,10 @@ static inline void _mf_counter_inc(mf_counter *c, int64_t delta) {
   c->total += delta;
   c->peak = current > c->peak ? current : c->peak;
 }
-static inline void _mf_counter_dec(mf_counter *c, int64_t delta) { c->current -= delta; }
+static inline void _mf_counter_dec(mf_counter *c, int64_t delta) {
+  c->current -= delta;
+  MF_DEBUG_ASSERT(c->current >= 0, "a stats counter fell below zero", c->current);
+}
 /* Account a block entering (+1) or leaving (-1) the live set under its tag. */
 void _mf_stats_account(mf_device *d, const mf_block *b, int sign);
 /* Make the tag table hold layer; false if host memory ran out. */

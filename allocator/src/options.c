@@ -48,7 +48,8 @@ static const opt_row option_table[MF_OPT_COUNT] = {
                             "the granule of page-mapped pools (0: the backend's: cuda's mapping granularity, "
                             "host 64KiB, virtual 2MiB); a multiple of the backend's"},
     [MF_OPT_EVENT_LOG] = {"event_log", OPT_STRING, "", "write every alloc/free/segment event to this file"},
-    [MF_OPT_CHECK] = {"check", OPT_BOOL, "false", "run mf_check after every operation (slow; for debugging)"},
+    [MF_OPT_CHECK] = {"check", OPT_BOOL, MEMFIT_DEBUG >= 2 ? "true" : "false",
+                      "run mf_check after every operation (slow; for debugging; on by default in MEMFIT_DEBUG=2 builds)"},
 };
 
 typedef struct {
