@@ -655,3 +655,31 @@ TEST(TagsStats, StatsJsonBufferConvention) {
 }
 
 }  // namespace
+
+// The layer table can start again (for tests, and a process profiling model
+// after model), but never under an allocator or a tag that holds an id.
+TEST(LayerTable, ResetOnlyWhenNothingHoldsAnId) {
+  if (mf_layer_reset() != MF_OK)  // e.g. the whole binary in one process: another test's allocator lives
+    GTEST_SKIP() << "an allocator of another test is alive in this process: " << mf_last_error();
+  uint32_t a = mf_layer_intern("reset.a"), b = mf_layer_intern("reset.b");
+  ASSERT_EQ(a, 1u);
+  ASSERT_EQ(b, 2u);
+  mf_allocator *alloc = nullptr;
+  ASSERT_EQ(mf_allocator_create("backend:virtual", &alloc), MF_OK) << mf_last_error();
+  EXPECT_EQ(mf_layer_reset(), MF_ERR_INVALID);
+  EXPECT_NE(std::string(mf_last_error()).find("1 allocator still exists"), std::string::npos) << mf_last_error();
+  EXPECT_STREQ(mf_layer_name(b), "reset.b");  // refused: nothing changed
+  mf_allocator_destroy(alloc);
+  ASSERT_EQ(mf_tag_push(b, MF_PHASE_FORWARD, MF_CAT_ACTIVATION), MF_OK);
+  EXPECT_EQ(mf_layer_reset(), MF_ERR_INVALID);
+  EXPECT_NE(std::string(mf_last_error()).find("a tag holds a layer id"), std::string::npos) << mf_last_error();
+  ASSERT_EQ(mf_tag_pop(), MF_OK);
+  ASSERT_EQ(mf_tag_set_shared(mf_tag{a, MF_CAT_PARAMETER, MF_PHASE_NONE}), MF_OK);
+  EXPECT_EQ(mf_layer_reset(), MF_ERR_INVALID);
+  mf_tag_clear_shared();
+  ASSERT_EQ(mf_layer_reset(), MF_OK) << mf_last_error();
+  EXPECT_EQ(mf_layer_count(), 1u);
+  EXPECT_EQ(mf_layer_name(a), nullptr);
+  EXPECT_EQ(mf_layer_intern("reset.b"), 1u);  // ids start again
+  EXPECT_STREQ(mf_layer_name(1), "reset.b");
+}

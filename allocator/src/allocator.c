@@ -62,9 +62,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdatomic.h>
+
 #include "internal.h"
 
 static _Thread_local int device_hint; /* where this thread's last pointer lived */
+static _Atomic int live_allocators;      /* created and not yet destroyed: mf_layer_reset needs none */
 
 static inline size_t round_up(size_t size, size_t to) { return (size + to - 1) / to * to; }
 
@@ -464,6 +467,7 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
   a->options = o;
   a->device_count = count;
   a->devices = devices;
+  atomic_fetch_add_explicit(&live_allocators, 1, memory_order_relaxed); /* mf_allocator_destroy takes it back */
   uint64_t max_split = _mf_opt_u64(o, MF_OPT_MAX_SPLIT_SIZE);
   a->max_split_size = max_split ? (size_t)max_split : SIZE_MAX;
   a->large_segment = (size_t)_mf_opt_u64(o, MF_OPT_LARGE_SEGMENT);
@@ -550,7 +554,10 @@ MF_API void mf_allocator_destroy(mf_allocator *a) {
   pthread_mutex_destroy(&a->log_lock);
   free(a->devices);
   free(a);
+  atomic_fetch_sub_explicit(&live_allocators, 1, memory_order_relaxed);
 }
+
+int _mf_live_allocators(void) { return atomic_load_explicit(&live_allocators, memory_order_relaxed); }
 
 MF_API int mf_allocator_device_count(const mf_allocator *a) { return a ? a->device_count : 0; }
 MF_API const mf_options *mf_allocator_options(const mf_allocator *a) { return a ? a->options : NULL; }

@@ -59,6 +59,9 @@ uint64_t _mf_opt_u64(const mf_options *o, mf_option_id id);
 bool _mf_opt_bool(const mf_options *o, mf_option_id id);
 const char *_mf_opt_str(const mf_options *o, mf_option_id id);
 
+/* Allocators created and not yet destroyed (allocator.c). */
+int _mf_live_allocators(void);
+
 /* ------------------------------------------------------------------ tags.c */
 /* A snapshot of layer names for reports, read under the intern lock. */
 const char *_mf_layer_name_or(uint32_t layer, const char *fallback);

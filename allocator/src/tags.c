@@ -30,8 +30,9 @@ MF_API int mf_phase_from_name(const char *name) {
 }
 
 /* ---- interned layer names: an array of names indexed by id, and an open-
- * addressing hash of ids keyed by name. Names are never freed, so a pointer
- * from mf_layer_name stays valid for the life of the process. */
+ * addressing hash of ids keyed by name. Names are freed only by mf_layer_reset,
+ * which no allocator may outlive, so until then a pointer from mf_layer_name
+ * stays valid. */
 
 #define MF_LAYER_NAME_MAX 4096
 
@@ -189,3 +190,26 @@ MF_API mf_tag mf_tag_current(void) {
 }
 
 MF_API int mf_tag_depth(void) { return tag_depth; }
+
+/* After the tag stack and the shared tag: a reset checks that neither holds an id. */
+MF_API mf_status mf_layer_reset(void) {
+  pthread_mutex_lock(&layer_lock);
+  mf_status st = MF_OK;
+  int live = _mf_live_allocators();
+  if (live > 0) {
+    st = _mf_error(MF_ERR_INVALID, "mf_layer_reset: %d allocator%s still exist%s (their stats hold layer ids): destroy "
+                   "them first", live, live == 1 ? "" : "s", live == 1 ? "s" : "");
+  } else if (tag_depth > 0 || atomic_load_explicit(&shared_tag, memory_order_acquire)) {
+    st = _mf_error(MF_ERR_INVALID, "mf_layer_reset: a tag holds a layer id (pop this thread's tags and clear the "
+                   "shared one first)");
+  } else {
+    for (uint32_t id = 1; id < layer_count; id++) free(layer_names[id]);
+    free(layer_names);
+    free(layer_slots);
+    layer_names = NULL;
+    layer_slots = NULL;
+    layer_count = layer_cap = layer_slot_count = 0;
+  }
+  pthread_mutex_unlock(&layer_lock);
+  return st;
+}

@@ -105,6 +105,12 @@ MF_API uint32_t mf_layer_intern(const char *name);
 /* The name of a layer id, or NULL if unknown. Id 0 is "". */
 MF_API const char *mf_layer_name(uint32_t layer);
 MF_API uint32_t mf_layer_count(void);
+/* Forget every layer name, so that ids start again from 1 (for tests, and for
+ * a process that profiles model after model). MF_ERR_INVALID, changing
+ * nothing, while any allocator exists (their stats are indexed by layer id) or
+ * while the calling thread's tag stack or the shared tag holds an id; other
+ * threads' stacks must be empty too. Pointers from mf_layer_name die with it. */
+MF_API mf_status mf_layer_reset(void);
 
 /* The calling thread's tag context: new blocks take the tag on top of its
  * stack; when the stack is empty, the shared tag (below) if one is set, else
