@@ -1,4 +1,4 @@
-"""The command line: `python3 -m memfit profile|report|plan|verify|demo|env ...`.
+"""The command line: `python3 -m memfit profile|report|plan|verify|noise-scale|chinchilla|demo|env ...`.
 Bad input exits 2 with one line naming what was wrong; nothing fits exits 3."""
 
 from __future__ import annotations
@@ -41,6 +41,22 @@ def _count(least: int):
         if n < least:
             raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {least}")
         return n
+
+    return parse
+
+
+def _number(what: str, least: float = 0.0, strict: bool = False):
+    """An argparse type: a finite number >= least (> least when strict)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value > least if strict else value >= least) or value == float("inf"):  # false for nan
+            bound = f"> {least:g}" if strict else f">= {least:g}"
+            raise argparse.ArgumentTypeError(f"{what} {text!r}: expected a finite number {bound}")
+        return value
 
     return parse
 
@@ -111,6 +127,15 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--headroom", type=_headroom,
                     help="fraction of the budget kept free on top of the reserve model, or auto (default: "
                          "1%% with page-mapped pools, 25%% with segments, + the model's self-check error)")
+    pl.add_argument("--noise-scale", metavar="B|FILE.json",
+                    help="the gradient noise scale B_simple (a number, or the JSON of noise-scale --json): the "
+                         "plan states the critical batch beside its own and caps the learning-rate suggestion at it")
+    pl.add_argument("--train-samples", type=_count(1), metavar="N",
+                    help="the run's training samples: the plan states its time (and cost, with --price)")
+    pl.add_argument("--tokens-per-sample", type=_count(1), metavar="T", help="tokens per sample (with --train-samples)")
+    pl.add_argument("--price", type=_number("--price"), metavar="USD", help="USD per GPU-hour (with --train-samples)")
+    pl.add_argument("--gpus", type=_count(1), metavar="K",
+                    help="data-parallel GPUs, each running the plan (with --train-samples; default 1)")
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
@@ -135,6 +160,30 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out-dir", default="demo-output")
     d.add_argument("--precisions", type=_precisions, default=["fp32", "bf16"],
                    help="precisions profiled, each of which the plan may use (default fp32,bf16)")
+
+    ns = sub.add_parser("noise-scale", help="measure the gradient noise scale B_simple (the critical batch) of a job "
+                                            "at its current weights")
+    ns.add_argument("--job", required=True, help="FILE.py:FUNC or package.module:FUNC returning memfit.Job")
+    ns.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ns.add_argument("--batch-sizes", type=_batch_sizes, default=[4, 64], metavar="SMALL,BIG",
+                    help="the two batch sizes whose gradient norms are compared (default 4,64)")
+    ns.add_argument("--draws", type=_count(2), default=32, help="gradients drawn at each batch size (default 32)")
+    ns.add_argument("--seed", type=int, default=0, help="torch's seed before the draws (default 0)")
+    ns.add_argument("--out", help="also write the JSON here")
+    ns.add_argument("--json", action="store_true", help="print one JSON object")
+    ns.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    ch = sub.add_parser("chinchilla", help="compute-optimal parameters and tokens for a training budget "
+                                           "(Hoffmann et al. 2022, the Besiroglu et al. 2024 fit)")
+    ch.add_argument("--flops", type=_number("--flops", strict=True), help="the training compute C in FLOPs")
+    ch.add_argument("--usd", type=_number("--usd", strict=True), help="the budget in USD (with --price, "
+                                                                        "--gpu-tflops, --mfu)")
+    ch.add_argument("--price", type=_number("--price", strict=True), help="USD per GPU-hour")
+    ch.add_argument("--gpu-tflops", type=_number("--gpu-tflops", strict=True), help="a GPU's peak TFLOP/s")
+    ch.add_argument("--mfu", type=_number("--mfu", strict=True), help="model FLOPs utilization, in (0, 1]")
+    ch.add_argument("--fit", choices=("besiroglu2024", "hoffmann2022"), default="besiroglu2024",
+                    help="the L(N, D) fit (default besiroglu2024, the replication's)")
+    ch.add_argument("--json", action="store_true", help="print one JSON object")
 
     e = sub.add_parser("env", help="what memfit does in this process and why (does not import torch)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -188,6 +237,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _plan(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "noise-scale":
+            return _noise_scale(args)
+        if args.command == "chinchilla":
+            return _chinchilla(args)
         if args.command == "demo":
             from .demo import run_demo
 
@@ -286,9 +339,17 @@ def _plan(args: argparse.Namespace) -> int:
     from .planning import plan
     from .profiling import Profile, profile
 
+    from .compute import add_cost, add_noise_scale, load_noise_scale
+
     objective, global_batch = _objective(args.objective)
     if not args.profile and not args.job:
         raise MemfitError("memfit plan: give --job (to profile it) or --profile (a profile already measured)")
+    noise = load_noise_scale(args.noise_scale) if args.noise_scale is not None else None
+    if args.train_samples is None:
+        for flag, value in (("--price", args.price), ("--gpus", args.gpus),
+                            ("--tokens-per-sample", args.tokens_per_sample)):
+            if value is not None:
+                raise MemfitError(f"memfit plan: {flag} needs --train-samples (the run's samples)")
     _writable(args.out, "--out")
     _writable(args.profile_out, "--profile-out")
     if args.profile:
@@ -305,6 +366,11 @@ def _plan(args: argparse.Namespace) -> int:
     result = plan(prof, budget=args.budget, objective=objective, global_batch=global_batch,
                   precisions=args.plan_precisions or (args.precisions if args.profile else None),
                   max_batch=args.max_batch, headroom=args.headroom)
+    if noise is not None:
+        add_noise_scale(result.data, noise)
+    if args.train_samples is not None:
+        add_cost(result.data, args.train_samples, price=args.price, gpus=args.gpus or 1,
+                 tokens_per_sample=args.tokens_per_sample)
     if args.out:
         result.save(args.out)
     if args.json:
@@ -313,6 +379,50 @@ def _plan(args: argparse.Namespace) -> int:
         print(result.table())
         if args.out:
             print(f"plan written to {args.out}")
+    return 0
+
+
+def _noise_scale(args: argparse.Namespace) -> int:
+    from .noise_scale import measure, table
+
+    _writable(args.out, "--out")
+    if len(args.batch_sizes) != 2 or args.batch_sizes[0] >= args.batch_sizes[1]:
+        raise MemfitError(f"memfit noise-scale: --batch-sizes {','.join(map(str, args.batch_sizes))}: "
+                          "expected two sizes SMALL,BIG with SMALL < BIG")
+    result = measure(args.job, device=args.device, batch_sizes=args.batch_sizes, draws=args.draws, seed=args.seed,
+                     progress=_progress(args))
+    result["job"] = args.job
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1) if args.json else table(result))
+    return 0
+
+
+def _chinchilla(args: argparse.Namespace) -> int:
+    from .chinchilla import flops_from_budget, optimal, table
+
+    money = {"--usd": args.usd, "--price": args.price, "--gpu-tflops": args.gpu_tflops, "--mfu": args.mfu}
+    budget = None
+    if args.flops is not None:
+        given = [k for k, v in money.items() if v is not None]
+        if given:
+            raise MemfitError(f"memfit chinchilla: give --flops or --usd with --price, --gpu-tflops and --mfu, "
+                              f"not both (--flops and {given[0]})")
+        flops = args.flops
+    else:
+        missing = [k for k, v in money.items() if v is None]
+        if len(missing) == len(money):
+            raise MemfitError("memfit chinchilla: give --flops C, or --usd X --price P --gpu-tflops T --mfu U")
+        if missing:
+            raise MemfitError(f"memfit chinchilla: --usd needs --price, --gpu-tflops and --mfu (missing {missing[0]})")
+        flops = flops_from_budget(args.usd, args.price, args.gpu_tflops, args.mfu)
+        budget = {"usd": args.usd, "price": args.price, "gpu_hours": args.usd / args.price,
+                  "gpu_tflops": args.gpu_tflops, "mfu": args.mfu}
+    result = optimal(flops, fit=args.fit)
+    if budget:
+        result["budget"] = budget
+    print(json.dumps(result, indent=1) if args.json else table(result, budget))
     return 0
 
 

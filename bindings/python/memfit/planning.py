@@ -125,9 +125,17 @@ class Plan:
             f"no checkpointing fits batch {d['baselines']['no_checkpoint']['batch_size']}, "
             f"all checkpointed fits batch {d['baselines']['all_checkpoint']['batch_size']}",
         ]
-        if d.get("lr_scale"):
+        capped = (d.get("noise_scale") or {}).get("lr_scale_capped")
+        if capped and d.get("lr_scale") and capped["value"] < d["lr_scale"]["value"]:
+            lines.append(f"  suggestion: scale the learning rate by {capped['value']:.3g} "
+                         f"(linear rule relative to the profiled batch, capped at the critical batch: "
+                         f"uncapped {d['lr_scale']['value']:.3g})")
+        elif d.get("lr_scale"):
             lines.append(f"  suggestion: scale the learning rate by {d['lr_scale']['value']:.3g} "
                          f"({d['lr_scale']['rule']} rule, relative to the profiled batch)")
+        from .compute import table_lines
+
+        lines.extend(table_lines(d))
         lines.append(f"  {'layer':<24}{'checkpoint':<12}{'precision':<10}")
         for layer in self.layers:
             lines.append(f"  {layer['name'][:23]:<24}{'yes' if layer['checkpoint'] else '-':<12}{layer['precision']:<10}")

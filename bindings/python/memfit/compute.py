@@ -1,0 +1,147 @@
+"""What `memfit plan` adds about spending the compute (planner/COMPUTE.md), in
+Python around the C planner's plan JSON: the critical batch from a measured
+gradient noise scale (`plan --noise-scale`, under the plan's "noise_scale" key)
+and the cost of a run (`plan --train-samples/--price/--gpus`, under "cost").
+No torch here."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, List, Optional
+
+from ._lib import MemfitError
+
+FAR_ABOVE = 2.0  # a planned batch more than this many times the critical batch is flagged
+
+
+def load_noise_scale(text: str) -> Dict[str, Any]:
+    """`--noise-scale B`: a positive number, or the JSON file `noise-scale --json` wrote."""
+    try:
+        value: Any = float(text)
+        stderr = None
+        source = "given"
+    except ValueError:
+        try:
+            with open(text) as f:
+                data = json.load(f)
+        except OSError as e:
+            raise MemfitError(f"memfit plan: --noise-scale {text!r}: neither a number nor a readable file "
+                              f"({e.strerror})") from None
+        except ValueError as e:
+            raise MemfitError(f"memfit plan: --noise-scale {text!r}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or "b_simple" not in data:
+            raise MemfitError(f"memfit plan: --noise-scale {text!r}: no b_simple (write it with "
+                              "python3 -m memfit noise-scale --json)")
+        value, stderr, source = data["b_simple"], data.get("b_simple_stderr"), text
+        if value is None:
+            raise MemfitError(f"memfit plan: --noise-scale {text!r}: b_simple was not measured "
+                              f"({data.get('note') or 'no value'})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise MemfitError(f"memfit plan: --noise-scale {text!r}: B_simple must be a positive finite number")
+    return {"b_simple": float(value), "b_simple_stderr": stderr, "from": source}
+
+
+def add_noise_scale(plan: Dict[str, Any], noise: Dict[str, Any]) -> Dict[str, Any]:
+    """plan["noise_scale"]: the critical batch (~ B_simple, McCandlish et al. 2018)
+    beside the plan's batch per optimizer step (global_batch), whether that is far
+    (> 2x) above it, and the planner's linear learning-rate scale capped at the
+    critical batch."""
+    critical = noise["b_simple"]
+    batch = int(plan.get("global_batch") or plan["batch_size"])
+    ratio = batch / critical
+    out: Dict[str, Any] = {
+        "b_simple": critical,
+        "b_simple_stderr": noise.get("b_simple_stderr"),
+        "from": noise.get("from"),
+        "critical_batch": critical,
+        "planned_batch": batch,
+        "planned_over_critical": ratio,
+        "far_above_critical": ratio > FAR_ABOVE,
+        "suggested_global_batch": None,
+        "lr_scale_capped": None,
+    }
+    if ratio > FAR_ABOVE:
+        out["suggested_global_batch"] = max(1, int(round(critical)))
+    lr = plan.get("lr_scale")
+    if isinstance(lr, dict) and isinstance(lr.get("value"), (int, float)) and lr["value"] > 0:
+        profiled = batch / lr["value"]  # the planner's value: global_batch / largest profiled batch
+        cap = critical / profiled
+        out["lr_scale_capped"] = {"value": min(lr["value"], cap), "cap": cap,
+                                  "rule": "linear, capped at the critical batch", "suggestion": True}
+    plan["noise_scale"] = out
+    return out
+
+
+def add_cost(plan: Dict[str, Any], train_samples: int, price: Optional[float] = None, gpus: int = 1,
+             tokens_per_sample: Optional[int] = None) -> Dict[str, Any]:
+    """plan["cost"] of training on `train_samples` samples at the plan's predicted
+    throughput on each of `gpus` devices (ideal data-parallel scaling: the devices'
+    throughputs add, no communication counted): seconds = samples / (gpus *
+    throughput), usd = seconds / 3600 * price * gpus."""
+    if isinstance(train_samples, bool) or not isinstance(train_samples, int) or train_samples < 1:
+        raise MemfitError(f"memfit plan: --train-samples must be a positive integer, not {train_samples!r}")
+    if price is not None and (not math.isfinite(price) or price < 0):
+        raise MemfitError(f"memfit plan: --price must be a finite number >= 0 (USD per GPU-hour), not {price!r}")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise MemfitError(f"memfit plan: --gpus must be a positive integer, not {gpus!r}")
+    per_device = plan.get("throughput_samples_per_second")
+    out: Dict[str, Any] = {"samples": train_samples, "gpus": gpus, "price_usd_per_gpu_hour": price,
+                           "samples_per_second_per_gpu": per_device, "samples_per_second": None,
+                           "seconds": None, "hours": None, "gpu_hours": None, "usd": None,
+                           "rule": "seconds = samples / (gpus * throughput); usd = gpu_hours * price"}
+    if tokens_per_sample is not None:
+        if isinstance(tokens_per_sample, bool) or not isinstance(tokens_per_sample, int) or tokens_per_sample < 1:
+            raise MemfitError(f"memfit plan: --tokens-per-sample must be a positive integer, not {tokens_per_sample!r}")
+        out["tokens_per_sample"] = tokens_per_sample
+        out["tokens"] = train_samples * tokens_per_sample
+    if isinstance(per_device, (int, float)) and per_device > 0:
+        out["samples_per_second"] = per_device * gpus
+        out["seconds"] = train_samples / out["samples_per_second"]
+        out["hours"] = out["seconds"] / 3600.0
+        out["gpu_hours"] = out["hours"] * gpus
+        if price is not None:
+            out["usd"] = out["gpu_hours"] * price
+        if tokens_per_sample is not None:
+            out["tokens_per_second"] = out["samples_per_second"] * tokens_per_sample
+    else:
+        out["note"] = "throughput not predicted (the profile's step times give a step of 0 s): no time or cost"
+    plan["cost"] = out
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.3g} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 86400:.3g} days"
+
+
+def table_lines(plan: Dict[str, Any]) -> List[str]:
+    """The lines the plan table prints for its noise_scale and cost keys."""
+    lines: List[str] = []
+    ns = plan.get("noise_scale")
+    if isinstance(ns, dict):
+        se = ns.get("b_simple_stderr")
+        lines.append(f"  critical batch ~ {ns['critical_batch']:.4g}"
+                     + (f" (+- {se:.2g})" if isinstance(se, (int, float)) else "")
+                     + f" (B_simple, from {ns['from']}); the plan's batch per step {ns['planned_batch']} is "
+                     f"{ns['planned_over_critical']:.2g}x it")
+        if ns["far_above_critical"]:
+            lines.append(f"  the planned batch is far above the critical batch: past it, more samples per step buy "
+                         f"little progress per step; plan at the critical batch with --objective "
+                         f"global-batch={ns['suggested_global_batch']}")
+    cost = plan.get("cost")
+    if isinstance(cost, dict):
+        what = f"{cost['samples']} samples" + (f" ({cost['tokens']} tokens)" if "tokens" in cost else "")
+        if cost["seconds"] is None:
+            lines.append(f"  cost of {what}: {cost.get('note')}")
+        else:
+            lines.append(f"  cost of {what}: {_duration(cost['seconds'])} at {cost['samples_per_second']:.4g} samples/s"
+                         + (f" on {cost['gpus']} GPUs (ideal scaling)" if cost["gpus"] > 1 else "")
+                         + (f", {cost['gpu_hours']:.4g} GPU-hours x {cost['price_usd_per_gpu_hour']:g} USD = "
+                            f"{cost['usd']:.2f} USD" if cost["usd"] is not None else ""))
+    return lines
