@@ -305,7 +305,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .profiling import Profile
+    from .documents import Profile  # no torch: report works without it
     from .reporting import plot, report
 
     _writable(args.plot, "--plot")  # a directory would become DIR.png, a missing one a traceback
@@ -336,10 +336,8 @@ def _objective(text: str):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .planning import plan
-    from .profiling import Profile, profile
-
     from .compute import add_cost, add_noise_scale, load_noise_scale
+    from .documents import Profile, plan  # no torch: plan --profile works without it
 
     objective, global_batch = _objective(args.objective)
     if not args.profile and not args.job:
@@ -355,6 +353,8 @@ def _plan(args: argparse.Namespace) -> int:
     if args.profile:
         prof = Profile.load(args.profile)
     else:
+        from .profiling import profile
+
         prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions or ["fp32"],
                        steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
                        blocks=args.blocks, progress=_progress(args))

@@ -1,193 +1,21 @@
-"""memfit.plan over the C planner (libmemfit_plan.so), memfit.apply (checkpoint
-and per-module precision through torch.utils.checkpoint and autocast), and
-verify: run a plan for real under memfit with the budget as capacity."""
+"""memfit.apply (checkpoint and per-module precision through torch.utils.checkpoint
+and autocast) and verify: run a plan for real under memfit with the budget as
+capacity. The plan itself (memfit.plan, memfit.Plan) is in documents.py, without torch."""
 
 from __future__ import annotations
 
-import ctypes
-import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.utils.checkpoint
 
 from . import _lib
-from ._lib import MemfitError, NothingFitsError, is_out_of_memory
-from .profiling import PRECISIONS, Profile, to_device
-
-PLAN_FORMAT, PLAN_VERSION = "memfit-plan", 1
-MFP_ERR_NO_FIT = 3  # planner/include/memfit/plan.h
-
-_planner: Optional[ctypes.CDLL] = None
-
-
-_PLANNER_PROTOTYPES = {
-    "mfp_plan_json": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
-    "mfp_free": (None, [ctypes.c_void_p]),
-    "mfp_last_error": (ctypes.c_char_p, []),
-    "mfp_status_name": (ctypes.c_char_p, [ctypes.c_int]),
-    "mfp_profile_parse": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
-    "mfp_profile_free": (None, [ctypes.c_void_p]),
-}
-
-
-def _load_planner() -> ctypes.CDLL:
-    global _planner
-    if _planner is None:
-        _lib.lib()  # libmemfit.so first: the planner links it (memfit's one size parser)
-        _planner = _lib.load_library("MEMFIT_PLAN_LIBRARY", "libmemfit_plan.so", "planner", _PLANNER_PROTOTYPES,
-                                     "Build the checkout (cmake --build build) or set MEMFIT_PLAN_LIBRARY to its path.",
-                                     mode=ctypes.DEFAULT_MODE)
-    return _planner
-
-
-def _slim(data: Dict[str, Any]) -> Dict[str, Any]:
-    """The profile without its timelines (the planner does not read them)."""
-    settings = data.get("settings")
-    if not isinstance(settings, list):
-        return data
-    return dict(data, settings=[{k: v for k, v in s.items() if k != "timeline"} if isinstance(s, dict) else s
-                                for s in settings])
-
-
-def check_profile(data: Dict[str, Any], what: str = "memfit") -> None:
-    """Raise MemfitError naming the JSON path of what is wrong, by the planner's
-    own parser: whatever reads a profile (report, plan) accepts the same ones."""
-    lib = _load_planner()
-    out = ctypes.c_void_p()
-    if lib.mfp_profile_parse(json.dumps(_slim(data)).encode(), ctypes.byref(out)) != 0:
-        raise MemfitError(f"{what}: {(lib.mfp_last_error() or b'').decode(errors='replace')}")
-    lib.mfp_profile_free(out)
-
-
-class Plan:
-    """A plan (planner/PLAN.md) as a JSON-ready dict."""
-
-    def __init__(self, data: Dict[str, Any]) -> None:
-        self.data = data
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.data["batch_size"])
-
-    @property
-    def layers(self) -> List[Dict[str, Any]]:
-        return self.data["layers"]
-
-    def decisions(self) -> Dict[str, Dict[str, Any]]:
-        return {layer["name"]: layer for layer in self.layers}
-
-    def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(json.dumps(self.data, indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: Union[str, Path]) -> "Plan":
-        data = _lib.load_json_file(path, PLAN_FORMAT, PLAN_VERSION, "plan")
-        batch = data.get("batch_size")
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise MemfitError(f"memfit: {path}: batch_size must be a positive integer, not {batch!r}")
-        if not isinstance(data.get("layers", []), list):
-            raise MemfitError(f"memfit: {path}: layers must be a list")
-        for i, layer in enumerate(data.get("layers", [])):
-            if not isinstance(layer, dict):
-                raise MemfitError(f"memfit: {path}: layers[{i}] must be an object")
-            for key in ("name", "checkpoint", "precision"):
-                if key not in layer:
-                    raise MemfitError(f"memfit: {path}: layers[{i}] has no {key!r}")
-        return cls(data)
-
-    def table(self) -> str:
-        from .reporting import human
-
-        d = self.data
-        lines = [
-            f"memfit plan ({d['objective']}): batch {d['batch_size']}"
-            + (f" x {d['grad_accumulation_steps']} accumulation steps = global batch {d['global_batch']}"
-               if d.get("grad_accumulation_steps", 1) > 1 else ""),
-            f"  predicted peak {human(d['predicted_peak_bytes'] + d.get('checkpoint_correction_bytes', 0))} allocated"
-            + (f" (the model's {human(d['predicted_peak_bytes'])} + the checkpoint check's "
-               f"{human(d['checkpoint_correction_bytes'])})" if d.get("checkpoint_correction_bytes") else "")
-            + ", "
-            f"{human(d['predicted_reserved_bytes'])} reserved, of budget {human(d['budget_bytes'])} "
-            f"(usable {human(d['usable_bytes'])}, headroom {100 * d['headroom']:.2f}%"
-            + ((": 1% + the model's error)" if d["reserve_model"]["granule_bytes"] else
-                ": 25% for segments + the model's error)") if d.get("headroom_rule") == "auto" else ", as given)"),
-            f"  recompute {d['predicted_recompute_seconds'] * 1e3:.2f} ms per step "
-            f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
-            + (f"{d['throughput_samples_per_second']:.1f} samples/s predicted"
-               if d.get("throughput_samples_per_second") is not None  # null: a predicted step of 0 s
-               else "throughput not predicted (the profile's step times give a step of 0 s)"),
-            f"  model self-check error {100 * d['model_error']:.2f}% allocated, "
-            f"{100 * d['model_error_reserved']:.2f}% reserved, "
-            f"{100 * d.get('model_error_checkpoint', 0):.2f}% checkpointed   "
-            f"no checkpointing fits batch {d['baselines']['no_checkpoint']['batch_size']}, "
-            f"all checkpointed fits batch {d['baselines']['all_checkpoint']['batch_size']}",
-        ]
-        capped = (d.get("noise_scale") or {}).get("lr_scale_capped")
-        if capped and d.get("lr_scale") and capped["value"] < d["lr_scale"]["value"]:
-            lines.append(f"  suggestion: scale the learning rate by {capped['value']:.3g} "
-                         f"(linear rule relative to the profiled batch, capped at the critical batch: "
-                         f"uncapped {d['lr_scale']['value']:.3g})")
-        elif d.get("lr_scale"):
-            lines.append(f"  suggestion: scale the learning rate by {d['lr_scale']['value']:.3g} "
-                         f"({d['lr_scale']['rule']} rule, relative to the profiled batch)")
-        from .compute import table_lines
-
-        lines.extend(table_lines(d))
-        lines.append(f"  {'layer':<24}{'checkpoint':<12}{'precision':<10}")
-        for layer in self.layers:
-            lines.append(f"  {layer['name'][:23]:<24}{'yes' if layer['checkpoint'] else '-':<12}{layer['precision']:<10}")
-        return "\n".join(lines)
-
-
-def plan(
-    profile: Union[Profile, str, Path, Dict[str, Any]],
-    budget: Union[str, int],
-    objective: str = "max-batch",
-    global_batch: Optional[int] = None,
-    precisions: Optional[Sequence[str]] = None,
-    max_batch: Optional[int] = None,
-    headroom: Optional[Union[float, str]] = None,
-) -> Plan:
-    """The plan that fits `budget` best for `objective` ("max-batch",
-    "throughput" or "global-batch" with global_batch=N). headroom: the fraction of
-    the budget kept free on top of the reserve model ("auto", the default: 1% + the
-    model's self-check error; planner/PLAN.md)."""
-    if isinstance(profile, (str, Path)):
-        profile = Profile.load(profile)
-    data = profile.data if isinstance(profile, Profile) else profile
-    if not isinstance(data, dict):
-        raise MemfitError(f"memfit.plan: a profile is a JSON object, not {type(data).__name__}")
-    slim = _slim(data)
-    options: Dict[str, Any] = {"budget": _lib.parse_size(budget, "budget") if not isinstance(budget, str) else budget,
-                               "objective": objective}
-    if global_batch is not None:
-        options["global_batch"] = global_batch
-    if precisions is not None:
-        options["precisions"] = list(precisions)
-    if max_batch is not None:
-        options["max_batch"] = max_batch
-    if headroom is not None:
-        # JSON has no NaN: checked here, or the planner would say "not valid JSON".
-        if headroom != "auto" and not (isinstance(headroom, (int, float)) and not isinstance(headroom, bool)
-                                       and 0 <= headroom < 1):
-            raise MemfitError(f"memfit.plan: headroom must be a fraction in [0, 1) or 'auto', not {headroom!r}")
-        options["headroom"] = headroom
-    lib = _load_planner()
-    out = ctypes.c_void_p()
-    status = lib.mfp_plan_json(json.dumps(slim).encode(), json.dumps(options).encode(), ctypes.byref(out))
-    if status != 0:
-        message = (lib.mfp_last_error() or b"").decode(errors="replace")
-        cls = NothingFitsError if status == MFP_ERR_NO_FIT else MemfitError
-        raise cls(f"memfit.plan: {message}")
-    try:
-        text = ctypes.string_at(out.value).decode()
-    finally:
-        lib.mfp_free(out)
-    return Plan(json.loads(text))
-
+from ._lib import MemfitError, is_out_of_memory
+from .documents import (  # noqa: F401  (also importable from memfit.planning, as before)
+    MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan)
+from .profiling import PRECISIONS, to_device
 
 # ------------------------------------------------------------------- apply
 

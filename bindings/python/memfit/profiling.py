@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -20,11 +19,11 @@ from . import _lib
 from ._lib import MemfitError, categories
 from .allocator import Allocator, tag
 from .blocks import describe, find_units
+from .documents import FORMAT, VERSION, Profile  # noqa: F401  (also memfit.profiling.Profile)
 from .install import current, install
 from .job import Job, load_job
 from .tracking import Tracker, move_parameters_into_memfit, on_gradient_of_outputs, storage_ptr, tensors_in
 
-FORMAT, VERSION = "memfit-profile", 1
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Mark ids in the trace. Layer marks add the layer's index.
@@ -41,48 +40,6 @@ def to_device(obj: Any, device: str) -> Any:
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     return obj
-
-
-class Profile:
-    """A profile as a JSON-ready dict, with save / load / validation."""
-
-    def __init__(self, data: Dict[str, Any]) -> None:
-        self.data = data
-
-    @property
-    def settings(self) -> List[Dict[str, Any]]:
-        return self.data["settings"]
-
-    def setting(self, batch_size: int, precision: str = "fp32") -> Dict[str, Any]:
-        for s in self.settings:
-            if s["batch_size"] == batch_size and s["precision"] == precision:
-                return s
-        raise KeyError(f"no setting with batch {batch_size} and precision {precision}")
-
-    def to_json(self, timeline: bool = True) -> str:
-        data = self.data
-        if not timeline:
-            data = dict(data, settings=[{k: v for k, v in s.items() if k != "timeline"} for s in self.settings])
-        return json.dumps(data, indent=1)
-
-    def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: Union[str, Path]) -> "Profile":
-        """Read and check a profile: the planner's parser must accept it (a
-        MemfitError names the JSON path of what is wrong)."""
-        data = _lib.load_json_file(path, FORMAT, VERSION, "profile")
-        from .planning import check_profile
-
-        check_profile(data, f"memfit: {path}")
-        return cls(data)
-
-    def validate(self) -> None:
-        """Check against the JSON schema (needs the jsonschema package)."""
-        from .schema import validate_profile
-
-        validate_profile(self.data)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from ._lib import MemfitError, format_bytes
-from .profiling import Profile
+from .documents import Profile
 
 
 def human(n: float) -> str:
