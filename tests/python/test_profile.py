@@ -255,3 +255,24 @@ def test_bad_arguments_are_rejected(memfit_cpu):
         memfit.profile(job, device="tpu")
     with pytest.raises(MemfitError, match="warmup_steps"):
         memfit.profile(job, warmup_steps=0)
+
+
+def test_the_callers_model_comes_back_as_it_was():
+    # Profiling runs optimizer steps in training mode: the weights, the buffers and
+    # the mode the caller's model had are put back after (nothing lost), and the
+    # copies kept meanwhile are not in the profile's memory.
+    import torch
+
+    job = gpt_job(depth=2, width=64, vocab=128, context=16)
+    torch.nn.init.normal_(job.model.head.weight)  # weights AdamW would move
+    job.model.eval()
+    before = {k: v.clone() for k, v in job.model.state_dict().items()}
+    trained_in = []
+    job.model.register_forward_pre_hook(lambda module, args: trained_in.append(module.training))
+    prof = memfit.profile(job, batch_sizes=(2,), steps=1, warmup_steps=1)
+    after = job.model.state_dict()
+    assert trained_in and all(trained_in), "the profile's steps did not run in training mode"
+    assert not job.model.training, "the model's eval mode was not put back"
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"profiling changed the caller's model: {changed[:5]}"
+    assert prof.settings[0]["fixed_bytes"] > 0

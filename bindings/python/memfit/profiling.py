@@ -56,6 +56,7 @@ class _Profiler:
         self.alloc = alloc
         self.device = device
         model = job.model.to(device)
+        model.train()  # a training step: dropout and batch-norm statistics as in training
         move_parameters_into_memfit(model, alloc)
         self.model = model
         with tag("", "none", "optimizer_state"):
@@ -242,6 +243,7 @@ def profile(
     if blocks is not None:
         job = dataclasses.replace(job, blocks=blocks)
     job.check()
+    kept = _ModelState(job.model)  # the caller's model comes back as it was: weights, buffers, mode
     prof = _Profiler(job, alloc, device)
     optimizer_name = type(prof.optimizer).__name__
     say(f"profiling {job_name} on {device}: {len(prof.blocks)} units: {describe(prof.blocks)}")
@@ -272,6 +274,7 @@ def profile(
         prof.close()
         del prof  # its hooks' closures form cycles: collect them so the model's memory goes now
         gc.collect()
+        kept.restore()
     names = [[layer["name"] for layer in s["layers"]] for s in settings]
     if any(n != names[0] for n in names):
         raise MemfitError("memfit.profile: the layers ran in a different order in different settings; cannot profile")
@@ -296,6 +299,37 @@ def profile(
     for unit in data["units_not_planned"]:
         say(f"not planned: {unit['name']} ({unit['type']}): {unit['reason']}")
     return Profile(data)
+
+
+class _ModelState:
+    """The values of a model's parameters and buffers and its training mode, kept
+    while profiling trains it (optimizer steps change the weights, training
+    steps the batch-norm statistics) and put back after. The copies are bytes
+    held by numpy, outside every torch allocator, so the profile's memory does
+    not see them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.training = model.training
+        self.values = {name: self._bytes(t) for name, t in self._tensors(model)}
+
+    @staticmethod
+    def _tensors(model: torch.nn.Module):
+        yield from model.named_parameters(remove_duplicate=True)
+        yield from ((name, b) for name, b in model.named_buffers(remove_duplicate=True) if b is not None)
+
+    @staticmethod
+    def _bytes(t: torch.Tensor):
+        flat = t.detach().reshape(-1)
+        return flat.view(torch.uint8).cpu().numpy().copy() if flat.numel() else None
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, t in self._tensors(self.model):
+                saved = self.values.get(name)
+                if saved is not None:
+                    t.copy_(torch.from_numpy(saved).view(t.dtype).view(t.shape))
+        self.model.train(self.training)
 
 
 def _units_not_planned(blocks, reused: Dict[int, int], layers: List[Dict[str, Any]]) -> List[Dict[str, str]]:
