@@ -42,6 +42,8 @@ _LAZY = {
     "find_units": ("blocks", "find_units"),
     "verify": ("planning", "verify"),
     "report": ("reporting", "report"),
+    "measure_loader": ("loader", "measure_loader"),
+    "add_loader_check": ("compute", "add_loader_check"),
 }
 
 __all__ = [

@@ -336,7 +336,7 @@ def _objective(text: str):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .compute import add_cost, add_noise_scale, load_noise_scale
+    from .compute import add_cost, add_loader_check, add_noise_scale, load_noise_scale
     from .documents import Profile, plan  # no torch: plan --profile works without it
 
     objective, global_batch = _objective(args.objective)
@@ -371,6 +371,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.train_samples is not None:
         add_cost(result.data, args.train_samples, price=args.price, gpus=args.gpus or 1,
                  tokens_per_sample=args.tokens_per_sample)
+    add_loader_check(result.data, prof.data)  # a profile with "loader" (Job(loader=...)): would the step wait?
     if args.out:
         result.save(args.out)
     if args.json:

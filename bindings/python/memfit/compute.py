@@ -1,8 +1,9 @@
 """What `memfit plan` adds about spending the compute (planner/COMPUTE.md), in
 Python around the C planner's plan JSON: the critical batch from a measured
-gradient noise scale (`plan --noise-scale`, under the plan's "noise_scale" key)
-and the cost of a run (`plan --train-samples/--price/--gpus`, under "cost").
-No torch here."""
+gradient noise scale (`plan --noise-scale`, under the plan's "noise_scale" key),
+the cost of a run (`plan --train-samples/--price/--gpus`, under "cost") and
+whether the data loader keeps up with the planned step (a profile with "loader",
+under "loader"). No torch here."""
 
 from __future__ import annotations
 
@@ -110,6 +111,53 @@ def add_cost(plan: Dict[str, Any], train_samples: int, price: Optional[float] = 
     return out
 
 
+def add_loader_check(plan: Any, profile: Any) -> Optional[Dict[str, Any]]:
+    """plan["loader"]: whether the planned step would wait for data. `plan` and
+    `profile` are memfit.Plan / memfit.Profile or their dicts; nothing is added
+    (None returned) when the profile has no "loader" (Job(loader=...) measured by
+    memfit.profile). With the loader's samples/s L (measured at the profile's
+    largest batch) and the plan's predicted throughput S (batch_size /
+    predicted_step_seconds), the step waits when L < S; then, loading overlapped
+    with the step (DataLoader workers), wait_fraction = 1 - L / S of the wall
+    time is spent waiting and each step waits batch_size / L - step seconds."""
+    plan_data = getattr(plan, "data", plan)
+    prof_data = getattr(profile, "data", profile)
+    if not isinstance(plan_data, dict) or not isinstance(prof_data, dict):
+        raise MemfitError("memfit.add_loader_check: give a plan and a profile (memfit.Plan / memfit.Profile or dicts)")
+    measured = prof_data.get("loader")
+    if measured is None:
+        return None
+    rate = measured.get("samples_per_second") if isinstance(measured, dict) else None
+    if not isinstance(measured, dict) or not (rate is None or (isinstance(rate, (int, float))
+                                                              and not isinstance(rate, bool)
+                                                              and math.isfinite(rate) and rate > 0)):
+        raise MemfitError("memfit: the profile's loader must be an object whose samples_per_second is a positive "
+                          f"number or null, not {measured!r}")
+    batch = int(plan_data["batch_size"])
+    step_rate = plan_data.get("throughput_samples_per_second")
+    step_seconds = plan_data.get("predicted_step_seconds")
+    out: Dict[str, Any] = {"samples_per_second": rate, "measured_batch_size": measured.get("batch_size"),
+                           "num_workers": measured.get("num_workers"), "pin_memory": measured.get("pin_memory"),
+                           "planned_batch": batch, "step_samples_per_second": step_rate, "waits": None,
+                           "wait_fraction": None, "wait_seconds_per_step": None,
+                           "effective_samples_per_second": None,
+                           "rule": "waits when the loader's samples/s < the step's; wait_fraction = 1 - loader / step "
+                                   "(loading overlapped with the step)"}
+    if rate is None:
+        out["note"] = "the loader's rate was not measured (no time passed over its timed batches): not compared"
+    elif not isinstance(step_rate, (int, float)) or isinstance(step_rate, bool) or not step_rate > 0:
+        out["note"] = "throughput not predicted (the profile's step times give a step of 0 s): not compared"
+    else:
+        waits = rate < step_rate
+        out["waits"] = waits
+        out["wait_fraction"] = 1.0 - rate / step_rate if waits else 0.0
+        out["effective_samples_per_second"] = min(rate, step_rate)
+        seconds = step_seconds if isinstance(step_seconds, (int, float)) else batch / step_rate
+        out["wait_seconds_per_step"] = batch / rate - seconds if waits else 0.0
+    plan_data["loader"] = out
+    return out
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.3g} s"
@@ -144,4 +192,20 @@ def table_lines(plan: Dict[str, Any]) -> List[str]:
                          + (f" on {cost['gpus']} GPUs (ideal scaling)" if cost["gpus"] > 1 else "")
                          + (f", {cost['gpu_hours']:.4g} GPU-hours x {cost['price_usd_per_gpu_hour']:g} USD = "
                             f"{cost['usd']:.2f} USD" if cost["usd"] is not None else ""))
+    loader = plan.get("loader")
+    if isinstance(loader, dict):
+        measured_at = loader.get("measured_batch_size")
+        at = f" (measured at batch {measured_at})" if measured_at is not None else ""
+        if loader["waits"] is None:
+            lines.append(f"  data loader: {loader.get('note')}")
+        elif loader["waits"]:
+            lines.append(f"  the step at batch {loader['planned_batch']} would wait for data: the loader delivers "
+                         f"{loader['samples_per_second']:.4g} samples/s{at}, the step takes "
+                         f"{loader['step_samples_per_second']:.4g} samples/s; about {100 * loader['wait_fraction']:.0f}% "
+                         f"of the time waiting ({_duration(loader['wait_seconds_per_step'])} per step)")
+            lines.append("  speed the loader up (more workers, pinned memory, cheaper decoding) before spending "
+                         "memory on a larger batch: the run goes at the loader's rate")
+        else:
+            lines.append(f"  the data loader keeps up: {loader['samples_per_second']:.4g} samples/s{at}, the step "
+                         f"takes {loader['step_samples_per_second']:.4g} samples/s")
     return lines

@@ -20,13 +20,27 @@ class Job:
     batch) returns the scalar loss; optimizer(params) returns a torch optimizer.
     blocks (optional): the modules the planner decides on, as a regular
     expression over module paths or a list of paths (default: the model's
-    repeated blocks, found as memfit.blocks.find_units describes)."""
+    repeated blocks, found as memfit.blocks.find_units describes).
+    loader (optional): loader(batch_size) returns an iterable of batches (a
+    DataLoader, typically); memfit.profile measures the samples per second it
+    delivers (memfit.loader.measure_loader) and the plan says whether the
+    planned step would wait for data (planner/COMPUTE.md, section 4). The
+    profile's steps still use make_batch."""
 
     model: Any
     make_batch: Callable[[int], Any]
     loss_fn: Callable[[Any, Any], Any]
     optimizer: Callable[[Any], Any]
     blocks: Optional[Union[str, Sequence[str]]] = None
+    loader: Optional[Callable[[int], Any]] = None
+
+    def __post_init__(self) -> None:
+        self._check_loader("Job")
+
+    def _check_loader(self, where: str) -> None:
+        if self.loader is not None and not callable(self.loader):
+            raise MemfitError(f"memfit: {where}: loader must be callable (batch_size -> iterable of batches, "
+                              f"e.g. lambda b: DataLoader(data, batch_size=b)), not {type(self.loader).__name__}")
 
     def check(self, where: str = "job") -> None:
         import torch
@@ -36,6 +50,7 @@ class Job:
         for name in ("make_batch", "loss_fn", "optimizer"):
             if not callable(getattr(self, name)):
                 raise MemfitError(f"memfit: {where}: {name} must be callable")
+        self._check_loader(where)
         if self.blocks is not None:
             from .blocks import find_units
 

@@ -22,6 +22,7 @@ from .blocks import describe, find_units
 from .documents import FORMAT, VERSION, Profile  # noqa: F401  (also memfit.profiling.Profile)
 from .install import current, install
 from .job import Job, load_job
+from .loader import profile_loader
 from .tracking import Tracker, move_parameters_into_memfit, on_gradient_of_outputs, storage_ptr, tensors_in
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -243,6 +244,7 @@ def profile(
     if blocks is not None:
         job = dataclasses.replace(job, blocks=blocks)
     job.check()
+    loader = profile_loader(job, sizes, say)  # Job(loader=...): its samples/s at the largest batch (COMPUTE.md); None without one
     kept = _ModelState(job.model)  # the caller's model comes back as it was: weights, buffers, mode
     prof = _Profiler(job, alloc, device)
     optimizer_name = type(prof.optimizer).__name__
@@ -296,6 +298,8 @@ def profile(
         # Units the planner does not decide on, and why (PROFILE.md).
         "units_not_planned": _units_not_planned(prof_blocks, reused, settings[0]["layers"]),
     }
+    if loader is not None:
+        data["loader"] = loader
     for unit in data["units_not_planned"]:
         say(f"not planned: {unit['name']} ({unit['type']}): {unit['reason']}")
     return Profile(data)
