@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import memfit
+
 from conftest import REPO, describe, run_python
 
 pytest.importorskip("torch")
@@ -110,6 +112,19 @@ def test_plan_flags_a_batch_far_above_the_critical_one(tmp_path, capsys):
     assert "critical batch ~ 10" in table and "far above the critical batch" in table
     assert "--objective global-batch=10" in table
     assert "scale the learning rate by 2.5" in table and "uncapped 14.5" in table  # 10 / profiled batch 4
+    # The plan at the critical batch is offered beside it, planned for the same budget.
+    assert cli.main(["plan", "--profile", str(SAMPLE_PROFILE), "--budget", "40GiB", "-q", "--noise-scale", "10",
+                     "--json"]) == 0
+    largest = json.loads(capsys.readouterr().out)
+    alt = largest["noise_scale"]["plan_at_critical_batch"]
+    direct = memfit.plan(memfit.Profile.load(SAMPLE_PROFILE), "40GiB", objective="global-batch", global_batch=10).data
+    assert alt["global_batch"] == direct["global_batch"] == 10 and alt["batch_size"] == direct["batch_size"]
+    assert alt["recompute_overhead_percent"] == direct["recompute_overhead_percent"]
+    assert alt["recompute_overhead_percent"] <= largest["recompute_overhead_percent"]
+    assert alt["optimizer_steps_per_second"] == pytest.approx(
+        1 / (direct["predicted_step_seconds"] * direct["grad_accumulation_steps"]))
+    assert alt["optimizer_steps_per_second"] > alt["largest_optimizer_steps_per_second"]
+    assert "at the critical batch: batch" in table
     assert cli.main(["plan", "--profile", str(SAMPLE_PROFILE), "--budget", "40GiB", "-q", "--noise-scale", "100",
                      "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

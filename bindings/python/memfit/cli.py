@@ -336,7 +336,7 @@ def _objective(text: str):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .compute import add_cost, add_loader_check, add_noise_scale, load_noise_scale
+    from .compute import add_cost, add_loader_check, add_noise_scale, add_plan_at_critical, load_noise_scale
     from .documents import Profile, plan  # no torch: plan --profile works without it
 
     objective, global_batch = _objective(args.objective)
@@ -367,7 +367,16 @@ def _plan(args: argparse.Namespace) -> int:
                   precisions=args.plan_precisions or (args.precisions if args.profile else None),
                   max_batch=args.max_batch, headroom=args.headroom)
     if noise is not None:
-        add_noise_scale(result.data, noise)
+        ns = add_noise_scale(result.data, noise)
+        if ns["suggested_global_batch"]:  # offer the plan at the critical batch beside the largest one
+            try:
+                at_critical = plan(prof, budget=args.budget, objective="global-batch",
+                                   global_batch=ns["suggested_global_batch"],
+                                   precisions=args.plan_precisions or (args.precisions if args.profile else None),
+                                   max_batch=args.max_batch, headroom=args.headroom)
+                add_plan_at_critical(result.data, at_critical.data)
+            except MemfitError as e:  # e.g. a critical batch below what any plan can run
+                ns["plan_at_critical_batch"] = {"note": str(e)}
     if args.train_samples is not None:
         add_cost(result.data, args.train_samples, price=args.price, gpus=args.gpus or 1,
                  tokens_per_sample=args.tokens_per_sample)

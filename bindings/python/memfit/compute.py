@@ -74,6 +74,29 @@ def add_noise_scale(plan: Dict[str, Any], noise: Dict[str, Any]) -> Dict[str, An
     return out
 
 
+def add_plan_at_critical(plan: Dict[str, Any], at_critical: Dict[str, Any]) -> Dict[str, Any]:
+    """plan["noise_scale"]["plan_at_critical_batch"]: the plan for the same budget
+    with the critical batch per optimizer step (objective global-batch), beside
+    the largest batch: what it recomputes and how many steps per second it runs."""
+    step = at_critical.get("predicted_step_seconds")
+    accumulation = int(at_critical.get("grad_accumulation_steps") or 1)
+    out = {
+        "batch_size": at_critical["batch_size"],
+        "grad_accumulation_steps": accumulation,
+        "global_batch": at_critical.get("global_batch"),
+        "recompute_overhead_percent": at_critical.get("recompute_overhead_percent"),
+        "throughput_samples_per_second": at_critical.get("throughput_samples_per_second"),
+        "optimizer_steps_per_second": 1 / (step * accumulation) if isinstance(step, (int, float)) and step > 0 else None,
+        "checkpointed_layers": sum(1 for layer in at_critical.get("layers", []) if layer.get("checkpoint")),
+    }
+    largest_step = plan.get("predicted_step_seconds")
+    out["largest_optimizer_steps_per_second"] = (
+        1 / (largest_step * int(plan.get("grad_accumulation_steps") or 1))
+        if isinstance(largest_step, (int, float)) and largest_step > 0 else None)
+    plan["noise_scale"]["plan_at_critical_batch"] = out
+    return out
+
+
 def add_cost(plan: Dict[str, Any], train_samples: int, price: Optional[float] = None, gpus: int = 1,
              tokens_per_sample: Optional[int] = None) -> Dict[str, Any]:
     """plan["cost"] of training on `train_samples` samples at the plan's predicted
@@ -182,6 +205,18 @@ def table_lines(plan: Dict[str, Any]) -> List[str]:
             lines.append(f"  the planned batch is far above the critical batch: past it, more samples per step buy "
                          f"little progress per step; plan at the critical batch with --objective "
                          f"global-batch={ns['suggested_global_batch']}")
+            alt = ns.get("plan_at_critical_batch")
+            if isinstance(alt, dict) and "note" in alt:
+                lines.append(f"  (no plan at the critical batch: {alt['note']})")
+            elif isinstance(alt, dict):
+                rate = alt["optimizer_steps_per_second"]
+                largest = alt["largest_optimizer_steps_per_second"]
+                lines.append(f"  at the critical batch: batch {alt['batch_size']}"
+                             + (f" x {alt['grad_accumulation_steps']}" if alt["grad_accumulation_steps"] > 1 else "")
+                             + f", {alt['checkpointed_layers']} layers checkpointed, recompute "
+                             f"{alt['recompute_overhead_percent']:.1f}%"
+                             + (f", {rate:.3g} optimizer steps/s against {largest:.3g} at the largest batch"
+                                if rate and largest else ""))
     cost = plan.get("cost")
     if isinstance(cost, dict):
         what = f"{cost['samples']} samples" + (f" ({cost['tokens']} tokens)" if "tokens" in cost else "")
