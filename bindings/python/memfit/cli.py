@@ -136,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--price", type=_number("--price"), metavar="USD", help="USD per GPU-hour (with --train-samples)")
     pl.add_argument("--gpus", type=_count(1), metavar="K",
                     help="data-parallel GPUs, each running the plan (with --train-samples; default 1)")
+    pl.add_argument("--strategy", choices=("ddp",),
+                    help="plan one rank of a data-parallel run: ddp (DistributedDataParallel: the one-process "
+                         "model plus its gradient buckets; planner/DISTRIBUTED.md); --budget is each rank's")
+    pl.add_argument("--world-size", type=_count(1), metavar="N",
+                    help="ranks of --strategy (default 1); global-batch=N counts the samples of all ranks")
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
@@ -149,6 +154,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     v.add_argument("--steps", type=_count(1), default=3)
     v.add_argument("--warmup-steps", type=_count(0), default=1)
+    v.add_argument("--nproc", type=_count(1), metavar="N",
+                   help="run N real ranks (gloo on CPU, DDP) of a plan made with --strategy; each rank has "
+                        "memfit as its CPU allocator with the budget as capacity (default: the plan's world_size)")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--snapshot", help="also write the run as a PyTorch memory snapshot (FILE.pickle)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -363,9 +371,21 @@ def _plan(args: argparse.Namespace) -> int:
     say = _progress(args)
     if say:
         say(f"planning {len(prof.settings[0]['layers'])} layers for a budget of {_human(args.budget)}")
-    result = plan(prof, budget=args.budget, objective=objective, global_batch=global_batch,
-                  precisions=args.plan_precisions or (args.precisions if args.profile else None),
-                  max_batch=args.max_batch, headroom=args.headroom)
+    if args.world_size is not None and not args.strategy:
+        raise MemfitError("memfit plan: --world-size needs --strategy (ddp)")
+    if args.strategy:
+        from .distributed import plan_distributed
+
+        if noise is not None:
+            raise MemfitError("memfit plan: --noise-scale is not combined with --strategy yet")
+        result = plan_distributed(prof, budget=args.budget, strategy=args.strategy, world_size=args.world_size or 1,
+                                  objective=objective, global_batch=global_batch,
+                                  precisions=args.plan_precisions or (args.precisions if args.profile else None),
+                                  max_batch=args.max_batch, headroom=args.headroom)
+    else:
+        result = plan(prof, budget=args.budget, objective=objective, global_batch=global_batch,
+                      precisions=args.plan_precisions or (args.precisions if args.profile else None),
+                      max_batch=args.max_batch, headroom=args.headroom)
     if noise is not None:
         ns = add_noise_scale(result.data, noise)
         if ns["suggested_global_batch"]:  # offer the plan at the critical batch beside the largest one
@@ -378,7 +398,8 @@ def _plan(args: argparse.Namespace) -> int:
             except MemfitError as e:  # e.g. a critical batch below what any plan can run
                 ns["plan_at_critical_batch"] = {"note": str(e)}
     if args.train_samples is not None:
-        add_cost(result.data, args.train_samples, price=args.price, gpus=args.gpus or 1,
+        add_cost(result.data, args.train_samples, price=args.price,
+                 gpus=args.gpus or result.data.get("world_size", 1),
                  tokens_per_sample=args.tokens_per_sample)
     add_loader_check(result.data, prof.data)  # a profile with "loader" (Job(loader=...)): would the step wait?
     if args.out:
@@ -387,6 +408,13 @@ def _plan(args: argparse.Namespace) -> int:
         print(json.dumps(result.data, indent=1))
     else:
         print(result.table())
+        if args.strategy:
+            d = result.data
+            print(f"  {d['strategy']}: {d['world_size']} ranks x batch {d['per_rank_batch']}"
+                  + (f" x {d['grad_accumulation_steps']} accumulation steps" if d.get("grad_accumulation_steps", 1) > 1
+                     else "") + f" = global batch {d['global_batch']}; each rank holds "
+                  f"{_human(d['ddp']['added_bytes'])} of gradient buckets ({len(d['ddp']['buckets'])} buckets) "
+                  "in its predicted peak")
         if args.out:
             print(f"plan written to {args.out}")
     return 0
@@ -451,6 +479,8 @@ def _verify(args: argparse.Namespace) -> int:
     elif isinstance(planned, int) and args.budget < planned:
         raise MemfitError(f"memfit verify: --budget {human(args.budget)} is below the plan's {human(planned)}: "
                           "the plan is made for its budget (plan again for this one)")
+    if args.nproc is not None or the_plan.data.get("strategy"):
+        return _verify_distributed(args)
     result = verify(args.job, the_plan, args.budget, device=args.device, steps=args.steps,
                     warmup_steps=args.warmup_steps, snapshot=args.snapshot, progress=_progress(args))
     if args.json:
@@ -469,6 +499,29 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"  measured peak reserved {human(result['measured_peak_reserved_bytes'])}")
         print("  OOM: " + (f"yes ({result['error']})" if result["oom"] else "no"))
     return 1 if result["oom"] else 0
+
+
+def _verify_distributed(args: argparse.Namespace) -> int:
+    from .distributed import verify_distributed
+    from .reporting import human
+
+    if args.device != "cpu":
+        raise MemfitError("memfit verify --nproc: ranks run on CPU (gloo) only")
+    if args.snapshot:
+        raise MemfitError("memfit verify --nproc: --snapshot is for one process")
+    result = verify_distributed(args.job, args.plan, args.budget, nproc=args.nproc, steps=args.steps,
+                                warmup_steps=max(args.warmup_steps, 2), progress=_progress(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"memfit verify: {result['world_size']} ranks ({result['strategy']}), batch {result['per_rank_batch']} "
+              f"per rank, capacity {human(result['budget_bytes'])} each; predicted peak "
+              f"{human(result['predicted_peak_bytes'])} per rank")
+        for r in result["ranks"]:
+            what = (f"OOM ({r['error']})" if r["oom"] else f"error: {r['error']}" if r["error"] else
+                    f"measured peak {human(r['measured_peak_bytes'])} ({r['error_percent']:+.2f}%)")
+            print(f"  rank {r['rank']}: {what}")
+    return 1 if result["oom"] or any(r["error"] for r in result["ranks"]) else 0
 
 
 if __name__ == "__main__":

@@ -106,13 +106,17 @@ def unapply(model: torch.nn.Module) -> torch.nn.Module:
 
 def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], device: str = "cpu",
            steps: int = 3, warmup_steps: int = 1, snapshot: Optional[Union[str, Path]] = None,
-           progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+           progress: Optional[Callable[[str], None]] = None,
+           wrap: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None) -> Dict[str, Any]:
     """Apply the plan and train `warmup_steps + steps` real steps at its batch
     under memfit with the budget as capacity; measured against predicted peak.
     Best run in a fresh process (python3 -m memfit verify): memfit becomes the
     process's allocator with that capacity. snapshot: also write PyTorch's
     memory snapshot (memfit.snapshot) at the end of the run there, with the
-    trace of the measured steps (and of an OOM's unwinding) as device_traces."""
+    trace of the measured steps (and of an OOM's unwinding) as device_traces.
+    wrap: called with the model after the plan is applied, returns the module
+    the loss runs (e.g. DistributedDataParallel over it: memfit.distributed);
+    the optimizer and the tracking stay on the model's own parameters."""
     from .install import current, install
     from .job import Job, load_job
     from .tracking import Tracker, move_parameters_into_memfit
@@ -133,6 +137,7 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
     model = job_obj.model.to(device)
     move_parameters_into_memfit(model, alloc)
     apply(model, the_plan)
+    train_model = wrap(model) if wrap is not None else model
     optimizer = job_obj.optimizer(model.parameters())
     tracker = Tracker(model, optimizer, alloc)
     scaler = None
@@ -175,7 +180,7 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
             optimizer.zero_grad(set_to_none=True)
             batch = to_device(job_obj.make_batch(batch_size), device)
             t0 = time.perf_counter()
-            loss = job_obj.loss_fn(model, batch)
+            loss = job_obj.loss_fn(train_model, batch)
             again = False
             if scaler is not None:
                 scaler.scale(loss).backward()

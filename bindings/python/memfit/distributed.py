@@ -1,0 +1,257 @@
+"""Plans for several ranks from one single-process profile, and their check with
+real torch.distributed ranks (planner/DISTRIBUTED.md).
+
+DDP (torch.nn.parallel.DistributedDataParallel): every rank holds the whole
+model, its gradients and its optimizer state, as the profiled process did, plus
+the reducer's gradient buckets. With gradient_as_bucket_view=False (DDP's
+default) the buckets are flat tensors allocated when DDP is built and alive for
+the rest of the run: their bytes are a constant on top of every point of the
+step. memfit.plan is therefore run unchanged on the profile shifted by those
+bytes (shift_profile): fixed_bytes and every window's start, peak and end, the
+measured peaks of each setting, of its checkpointed run and of the checkpoint
+checks. The C planner is untouched and its self-check still compares like with
+like. With gradient_as_bucket_view=True the gradients are views into the
+buckets: nothing is added.
+
+Planning needs no torch (plan --profile stays torch-free); torch is imported
+inside the functions that run ranks only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from ._lib import MemfitError
+
+STRATEGIES = ("ddp",)
+MIB = 1 << 20
+DDP_BUCKET_CAP_BYTES = 25 * MIB  # DistributedDataParallel(bucket_cap_mb=25): torch/nn/parallel/distributed.py
+DDP_FIRST_BUCKET_BYTES = 1 * MIB  # dist._DEFAULT_FIRST_BUCKET_BYTES (c10d reducer kDefaultFirstBucketBytes)
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to if to > 0 else n
+
+
+def ddp_buckets(setting: Dict[str, Any], bucket_cap_bytes: int = DDP_BUCKET_CAP_BYTES,
+                first_bucket_bytes: int = DDP_FIRST_BUCKET_BYTES) -> List[Dict[str, Any]]:
+    """The reducer's buckets after its rebuild at the second iteration, at the
+    planner's layer granularity: gradients in the order backward produces them
+    (the layers in reverse execution order), filled into buckets that close once
+    they hold >= their limit (first_bucket_bytes for the first, then
+    bucket_cap_bytes), as c10d's compute_bucket_assignment_by_size does.
+    Gradients of parameters outside every layer (totals.gradient less the
+    layers' gradient_bytes) come last. Each: {"layers", "bytes"} (requested)."""
+    layers = [(layer["name"], int(layer.get("gradient_bytes", 0))) for layer in setting["layers"]]
+    rest = int(setting.get("totals", {}).get("gradient", 0)) - sum(b for _, b in layers)
+    order = list(reversed(layers)) + ([("(outside the layers)", rest)] if rest > 0 else [])
+    buckets: List[Dict[str, Any]] = []
+    current: Dict[str, Any] = {"layers": [], "bytes": 0}
+    for name, nbytes in order:
+        if nbytes <= 0:
+            continue
+        current["layers"].append(name)
+        current["bytes"] += nbytes
+        if current["bytes"] >= (first_bucket_bytes if not buckets else bucket_cap_bytes):
+            buckets.append(current)
+            current = {"layers": [], "bytes": 0}
+    if current["bytes"]:
+        buckets.append(current)
+    return buckets
+
+
+def ddp_bucket_bytes(profile: Dict[str, Any], gradient_as_bucket_view: bool = False,
+                     bucket_cap_bytes: int = DDP_BUCKET_CAP_BYTES,
+                     first_bucket_bytes: int = DDP_FIRST_BUCKET_BYTES) -> Dict[str, Any]:
+    """What DDP adds on each rank, from the profile's gradient bytes: the
+    buckets (ddp_buckets) in allocated bytes, each rounded up to the profile's
+    rounding_bytes; 0 with gradient_as_bucket_view. The gradients are the same in
+    every setting (they do not depend on batch or autocast), so the largest is taken."""
+    rounding = int(profile.get("rounding_bytes", 512))
+    best: Dict[str, Any] = {"buckets": [], "bucket_bytes": 0, "gradient_bytes": 0}
+    for setting in profile["settings"]:
+        buckets = ddp_buckets(setting, bucket_cap_bytes, first_bucket_bytes)
+        allocated = sum(_round_up(b["bytes"], rounding) for b in buckets)
+        if allocated >= best["bucket_bytes"]:
+            best = {"buckets": buckets, "bucket_bytes": allocated,
+                    "gradient_bytes": sum(b["bytes"] for b in buckets)}
+    return {
+        "gradient_as_bucket_view": bool(gradient_as_bucket_view),
+        "bucket_cap_bytes": bucket_cap_bytes,
+        "first_bucket_bytes": first_bucket_bytes,
+        "gradient_bytes": best["gradient_bytes"],
+        "buckets": [dict(b, allocated_bytes=_round_up(b["bytes"], rounding)) for b in best["buckets"]],
+        # The per-rank bytes added to the one-process model (allocated bytes).
+        "added_bytes": 0 if gradient_as_bucket_view else best["bucket_bytes"],
+    }
+
+
+def _shift_window(w: Any, by: int) -> Any:
+    if isinstance(w, dict):
+        return {k: (v + by if k in ("start", "peak", "end") and isinstance(v, int) else v) for k, v in w.items()}
+    return w
+
+
+def _shift_run(run: Dict[str, Any], by: int) -> Dict[str, Any]:
+    out = dict(run)
+    for key in ("fixed_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "peak_requested_bytes"):
+        if isinstance(out.get(key), int):
+            out[key] += by
+    for key in ("loss", "loss_backward", "optimizer"):
+        if key in out:
+            out[key] = _shift_window(out[key], by)
+    if isinstance(out.get("layers"), list):
+        out["layers"] = [dict(layer, forward=_shift_window(layer.get("forward"), by),
+                              backward=_shift_window(layer.get("backward"), by))
+                         if isinstance(layer, dict) else layer for layer in out["layers"]]
+    return out
+
+
+def shift_profile(profile: Dict[str, Any], by: int) -> Dict[str, Any]:
+    """The profile with `by` allocated bytes alive for the whole step (a copy;
+    timelines are dropped: the planner does not read them)."""
+    data = dict(profile)
+    settings = []
+    for s in profile["settings"]:
+        s = {k: v for k, v in s.items() if k != "timeline"}
+        shifted = _shift_run(s, by)
+        if isinstance(s.get("checkpointed"), dict):
+            shifted["checkpointed"] = _shift_run(s["checkpointed"], by)
+        settings.append(shifted)
+    data["settings"] = settings
+    if isinstance(profile.get("checkpoint_checks"), list):
+        data["checkpoint_checks"] = [
+            dict(c, **{k: c[k] + by for k in ("peak_allocated_bytes", "peak_reserved_bytes") if isinstance(c.get(k), int)})
+            for c in profile["checkpoint_checks"]]
+    return data
+
+
+def plan_distributed(profile: Any, budget: Union[str, int], strategy: str = "ddp", world_size: int = 2,
+                     objective: str = "max-batch", global_batch: Optional[int] = None,
+                     gradient_as_bucket_view: bool = False, bucket_cap_bytes: int = DDP_BUCKET_CAP_BYTES,
+                     first_bucket_bytes: int = DDP_FIRST_BUCKET_BYTES, **options: Any):
+    """memfit.plan for one rank of `world_size` (budget: each rank's device).
+    objective global-batch with global_batch=N: N samples per optimizer step
+    across all ranks (N must be a multiple of world_size). The plan's batch_size
+    is the per-rank batch; it adds strategy, world_size, per_rank_batch,
+    global_batch (per-rank batch x ranks x accumulation steps), the learning-rate
+    suggestion for that global batch and what the strategy adds ("ddp")."""
+    from .documents import Profile, plan
+
+    if strategy not in STRATEGIES:
+        raise MemfitError(f"memfit plan: --strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise MemfitError(f"memfit plan: --world-size must be a positive integer, not {world_size!r}")
+    if isinstance(profile, (str, Path)):
+        profile = Profile.load(profile)
+    data = profile.data if isinstance(profile, Profile) else profile
+    per_rank_global = None
+    if objective == "global-batch":
+        if global_batch is None or global_batch % world_size:
+            raise MemfitError(f"memfit plan: global-batch={global_batch} is not a multiple of --world-size "
+                              f"{world_size}: each rank runs the same batch")
+        per_rank_global = global_batch // world_size
+    ddp = ddp_bucket_bytes(data, gradient_as_bucket_view, bucket_cap_bytes, first_bucket_bytes)
+    result = plan(shift_profile(data, ddp["added_bytes"]), budget=budget, objective=objective,
+                  global_batch=per_rank_global, **options)
+    d = result.data
+    accumulation = int(d.get("grad_accumulation_steps", 1))
+    d["strategy"] = strategy
+    d["world_size"] = world_size
+    d["per_rank_batch"] = d["batch_size"]
+    d["global_batch"] = d["batch_size"] * world_size * accumulation
+    d["ddp"] = ddp
+    lr = d.get("lr_scale")
+    if isinstance(lr, dict) and isinstance(lr.get("value"), (int, float)):
+        # The linear rule relative to the largest profiled batch, now for the samples of all ranks.
+        largest = max(s["batch_size"] for s in data["settings"])
+        d["lr_scale"] = dict(lr, value=d["global_batch"] / largest, global_batch=d["global_batch"])
+    return result
+
+
+# ------------------------------------------------------------------ verify
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world_size: int, port: int, job: str, plan_path: str, budget: int, steps: int,
+               warmup_steps: int, out_dir: str, strategy: str, gradient_as_bucket_view: bool) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from .planning import verify
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        result = verify(job, plan_path, budget, device="cpu", steps=steps, warmup_steps=warmup_steps,
+                        wrap=lambda m: DDP(m, gradient_as_bucket_view=gradient_as_bucket_view))
+        result["rank"] = rank
+    except Exception as e:  # reported by the parent, rank by rank
+        result = {"rank": rank, "oom": False, "error": f"{type(e).__name__}: {e}", "measured_peak_bytes": None}
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def verify_distributed(job: str, the_plan: Any, budget: Optional[int] = None, nproc: Optional[int] = None,
+                       steps: int = 2, warmup_steps: int = 2,
+                       progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Start `nproc` ranks (default: the plan's world_size; gloo on CPU), each
+    with memfit as its CPU allocator and the budget as capacity, the model in
+    DDP after memfit.apply, training warmup_steps + steps steps at the per-rank
+    batch. The default 2 warm-up steps include the reducer's bucket rebuild at
+    the second iteration. Returns the predicted peak and, per rank,
+    {"rank", "measured_peak_bytes", "oom", "error", "error_percent"}."""
+    import torch.multiprocessing as mp
+
+    from .documents import Plan
+
+    if not isinstance(job, str):
+        raise MemfitError("memfit verify --nproc: the job must be FILE.py:FUNC or package.module:FUNC "
+                          "(each rank loads it)")
+    plan_path = str(the_plan)
+    plan_obj = Plan.load(plan_path)
+    d = plan_obj.data
+    strategy = d.get("strategy", "ddp")
+    if strategy not in STRATEGIES:
+        raise MemfitError(f"memfit verify: the plan's strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    nproc = nproc or int(d.get("world_size", 1))
+    if budget is None:
+        budget = int(d["budget_bytes"])
+    predicted = d["predicted_peak_bytes"] + d.get("checkpoint_correction_bytes", 0)
+    gabv = bool(d.get("ddp", {}).get("gradient_as_bucket_view", False))
+    if progress:
+        progress(f"verify: {nproc} ranks ({strategy}, gloo), batch {plan_obj.batch_size} per rank, "
+                 f"{warmup_steps} warm-up + {steps} measured steps")
+    with tempfile.TemporaryDirectory(prefix="memfit-ranks-") as out_dir:
+        mp.start_processes(_rank_main, args=(nproc, _free_port(), job, plan_path, int(budget), steps, warmup_steps,
+                                             out_dir, strategy, gabv),
+                           nprocs=nproc, join=True, start_method="spawn")
+        ranks = []
+        for r in range(nproc):
+            path = Path(out_dir, f"rank{r}.json")
+            ranks.append(json.loads(path.read_text()) if path.exists()
+                         else {"rank": r, "oom": False, "error": "no result", "measured_peak_bytes": None})
+    per_rank = []
+    for r in ranks:
+        m = r.get("measured_peak_bytes")
+        fits = m is not None and not r.get("oom") and not r.get("error")
+        per_rank.append({"rank": r["rank"], "measured_peak_bytes": m, "oom": bool(r.get("oom")),
+                         "error": r.get("error"),
+                         "error_percent": 100.0 * (m - predicted) / predicted if fits and predicted else None,
+                         "measured_peak_reserved_bytes": r.get("measured_peak_reserved_bytes"),
+                         "step_seconds": r.get("step_seconds")})
+    return {"strategy": strategy, "world_size": nproc, "per_rank_batch": plan_obj.batch_size,
+            "global_batch": d.get("global_batch"), "budget_bytes": int(budget), "predicted_peak_bytes": predicted,
+            "ddp_bucket_bytes": d.get("ddp", {}).get("added_bytes"), "steps": steps, "warmup_steps": warmup_steps,
+            "oom": any(r["oom"] for r in per_rank), "ranks": per_rank}
