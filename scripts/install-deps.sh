@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, on Debian or Ubuntu, what building and testing memfit needs, and only
 # what is missing: a C/C++ toolchain, CMake, GoogleTest, jemalloc, jansson (the planner's
-# JSON), Python 3.
+# JSON), clang with libFuzzer (the fuzz harnesses), Python 3.
 set -euo pipefail
 
 missing=()
@@ -14,6 +14,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 have_pkg libgtest-dev || missing+=(libgtest-dev)
 have_pkg libjemalloc-dev || missing+=(libjemalloc-dev)
 have_pkg libjansson-dev || missing+=(libjansson-dev)
+# clang and its runtimes (libFuzzer, sanitizers): the fuzz harnesses (tests/fuzz/).
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+have_pkg libclang-rt-dev || missing+=(libclang-rt-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

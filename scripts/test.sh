@@ -2,8 +2,10 @@
 # Builds memfit and runs every test: the GoogleTest suite, the memfit-replay and
 # memfit-plan command-line tests through ctest, once in a normal build and once
 # under AddressSanitizer + UndefinedBehaviorSanitizer with the allocator's debug
-# asserts (MEMFIT_DEBUG=1; MEMFIT_SKIP_ASAN=1 skips the second), then the Python
-# package's pytest suite against the normal build with a real PyTorch on CPU.
+# asserts (MEMFIT_DEBUG=1; MEMFIT_SKIP_ASAN=1 skips the second), then each
+# libFuzzer harness of tests/fuzz/ for a short time (MEMFIT_FUZZ_SECONDS, default
+# 20; MEMFIT_SKIP_FUZZ=1 skips them), then the Python package's pytest suite
+# against the normal build with a real PyTorch on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -26,6 +28,10 @@ run_suite build || status=1
 if [ "${MEMFIT_SKIP_ASAN:-0}" != "1" ]; then
   echo "== memfit tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
   ASAN_OPTIONS=detect_leaks=1 run_suite build-asan -DMEMFIT_SANITIZE=ON -DMEMFIT_DEBUG=1 || status=1
+fi
+if [ "${MEMFIT_SKIP_FUZZ:-0}" != "1" ]; then
+  echo "== memfit fuzzers (libFuzzer, ${MEMFIT_FUZZ_SECONDS:-20} s each) =="
+  bash tests/fuzz/run.sh || status=1
 fi
 echo "== memfit Python tests (pytest, PyTorch on CPU) =="
 MEMFIT_BUILD_DIR="$PWD/build" PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \

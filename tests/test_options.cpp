@@ -421,7 +421,41 @@ TEST(Options, RoundingSizesNearTwoToThe64AreRefusedNamingTheKey) {
     ASSERT_EQ(mf_allocator_create(conf, &a), MF_OK) << conf << ": " << mf_last_error();
     void *p = mf_malloc(a, 0, 3 << 20, 0);
     EXPECT_EQ(mf_check(a), MF_OK) << mf_last_error();
-    if (p) EXPECT_EQ(mf_free(a, p), MF_OK);
+    if (p) {
+      EXPECT_EQ(mf_free(a, p), MF_OK);
+    }
+    EXPECT_EQ(mf_check(a), MF_OK) << mf_last_error();
+    mf_allocator_destroy(a);
+  }
+}
+
+// A capacity above what the device has (here 2^64 - 1 on a 1 TiB device):
+// a request larger than the device fails at once as an OOM. It used to ask
+// the host for a handle per granule of the request first, 32 TiB for 2^63
+// bytes, which AddressSanitizer aborts on (found by tests/fuzz/fuzz_options,
+// corpus/options/crash_capacity_above_device.txt).
+TEST(Options, CapacityAboveTheDeviceRefusesALargerRequestAsOom) {
+  for (const char *vmm : {"on", "off"}) {
+    mf_options *o = mf_options_new();
+    ASSERT_TRUE(o);
+    ASSERT_EQ(mf_options_parse(o, (std::string("capacity:18446744073709551615,vmm:") + vmm).c_str()), MF_OK)
+        << mf_last_error();
+    mf_backend *b = nullptr;
+    ASSERT_EQ(mf_backend_virtual_create(1, TiB, &b), MF_OK) << mf_last_error();
+    mf_allocator *a = nullptr;
+    ASSERT_EQ(mf_allocator_create_with(b, o, &a), MF_OK) << mf_last_error();
+    mf_options_free(o);
+    void *small = mf_malloc(a, 0, 3 << 20, 0);
+    ASSERT_TRUE(small) << mf_last_error();
+    for (uint64_t size : {(uint64_t)SIZE_MAX / 2, uint64_t(1) << 62, TiB + 1}) {
+      EXPECT_EQ(mf_malloc(a, 0, (size_t)size, 0), nullptr) << vmm << ": " << size;
+      EXPECT_EQ(mf_last_status(), MF_ERR_OOM) << vmm << ": " << size << ": " << mf_last_error();
+      EXPECT_EQ(mf_check(a), MF_OK) << mf_last_error();
+    }
+    void *again = mf_malloc(a, 0, 5 << 20, 0);  // the allocator goes on as before
+    EXPECT_TRUE(again) << mf_last_error();
+    EXPECT_EQ(mf_free(a, again), MF_OK);
+    EXPECT_EQ(mf_free(a, small), MF_OK);
     EXPECT_EQ(mf_check(a), MF_OK) << mf_last_error();
     mf_allocator_destroy(a);
   }

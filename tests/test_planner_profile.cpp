@@ -4,6 +4,8 @@
 #include "test_planner_util.h"
 #include "memfit/memfit.h"
 
+#include <chrono>
+
 using namespace planner_test;
 
 namespace {
@@ -489,6 +491,44 @@ TEST(PlannerPlan, NothingFitsHasItsStatus) {
             std::string::npos)
       << e;
   EXPECT_STREQ(mfp_status_name(MFP_ERR_NO_FIT), "nothing fits");
+}
+
+// A profile from segments whose reserve overhead (1 TiB) exceeds the usable
+// bytes: the allocated bound is 0 at once. It used to be found by stepping
+// down from usable / ratio one byte at a time (2^31 steps here, seconds; hours
+// for larger budgets). Found by tests/fuzz/fuzz_profile,
+// corpus/profile/timeout_overhead_above_usable.json.
+TEST(PlannerPlan, AReserveOverheadAboveTheUsableBytesIsNoFitAtOnce) {
+  Synth synth = small_synth();
+  Json profile = synth_profile(synth);
+  profile.erase("granule_bytes");  // segments: reserved = max(allocated + overhead, allocated x ratio)
+  const int64_t overhead = int64_t(1) << 40;
+  const int64_t allocated = int64_t(8) << 40;  // ratio 9/8
+  profile["settings"][1].set("peak_allocated_bytes", allocated).set("peak_reserved_bytes", allocated + overhead);
+  Profile p = parse(profile.str());
+  mfp_options opts;
+  mfp_options_init(&opts);
+  opts.headroom = 0.03;
+  opts.budget_bytes = 2500000000ull;  // usable / ratio ~ 2^31
+  mfp_plan_result *raw = nullptr;
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(mfp_plan(p.get(), &opts, &raw), MFP_ERR_NO_FIT) << mfp_last_error();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 1.0);
+  EXPECT_NE(std::string(mfp_last_error()).find("the usable 0 B"), std::string::npos) << mfp_last_error();
+  Plan none(raw);
+
+  // Where both bounds leave room, the smaller one: the ratio's here.
+  opts.budget_bytes = uint64_t(1) << 44;
+  ASSERT_EQ(mfp_plan(p.get(), &opts, &raw), MFP_OK) << mfp_last_error();
+  Plan plan(raw);
+  mfp_plan_summary sm;
+  ASSERT_EQ(mfp_plan_get_summary(plan.get(), &sm), MFP_OK);
+  int64_t usable = usable_bytes(opts.budget_bytes, opts.headroom);
+  int64_t by_ratio = (int64_t)std::floor((double)usable / 1.125);
+  while (std::ceil((double)by_ratio * 1.125) > (double)usable) by_ratio--;
+  EXPECT_LT(by_ratio, usable - overhead);
+  EXPECT_EQ((int64_t)sm.usable_allocated_bytes, by_ratio);
 }
 
 TEST(PlannerPlan, JsonHasTheDocumentedKeys) {

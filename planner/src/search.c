@@ -195,9 +195,13 @@ static int64_t allocated_within(const mfp_profile *p, int64_t usable) {
   int64_t allocated = usable - p->reserve_overhead;
   if (p->granule == 0 && p->reserve_ratio > 1) {
     int64_t scaled = (int64_t)floor((double)usable / p->reserve_ratio);
-    while (scaled > 0 && reserved_for(p, scaled) > usable) scaled--; /* floor of a double quotient can round up */
     if (scaled < allocated) allocated = scaled;
   }
+  /* The floor of a double quotient can round up: step down the byte or two
+   * it is off by. (Stepping before taking the smaller bound walked down from
+   * the ratio's bound byte by byte when the overhead left less: seconds to
+   * hours in a profile whose overhead exceeds the usable bytes.) */
+  while (allocated > 0 && reserved_for(p, allocated) > usable) allocated--;
   return allocated > 0 ? allocated : 0;
 }
 
