@@ -136,9 +136,11 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--price", type=_number("--price"), metavar="USD", help="USD per GPU-hour (with --train-samples)")
     pl.add_argument("--gpus", type=_count(1), metavar="K",
                     help="data-parallel GPUs, each running the plan (with --train-samples; default 1)")
-    pl.add_argument("--strategy", choices=("ddp",),
+    pl.add_argument("--strategy", choices=("ddp", "fsdp"),
                     help="plan one rank of a data-parallel run: ddp (DistributedDataParallel: the one-process "
-                         "model plus its gradient buckets; planner/DISTRIBUTED.md); --budget is each rank's")
+                         "model plus its gradient buckets) or fsdp (fully_shard on every planned layer and the root: "
+                         "sharded parameters, gradients and optimizer state plus all-gather / reduce-scatter "
+                         "buffers); planner/DISTRIBUTED.md; --budget is each rank's")
     pl.add_argument("--world-size", type=_count(1), metavar="N",
                     help="ranks of --strategy (default 1); global-batch=N counts the samples of all ranks")
     pl.add_argument("--out", help="write the plan JSON here")
@@ -155,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=_count(1), default=3)
     v.add_argument("--warmup-steps", type=_count(0), default=1)
     v.add_argument("--nproc", type=_count(1), metavar="N",
-                   help="run N real ranks (gloo on CPU, DDP) of a plan made with --strategy; each rank has "
+                   help="run N real ranks (gloo on CPU; DDP or fully_shard, as the plan says) of a plan made with --strategy; each rank has "
                         "memfit as its CPU allocator with the budget as capacity (default: the plan's world_size)")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--snapshot", help="also write the run as a PyTorch memory snapshot (FILE.pickle)")
@@ -372,7 +374,7 @@ def _plan(args: argparse.Namespace) -> int:
     if say:
         say(f"planning {len(prof.settings[0]['layers'])} layers for a budget of {_human(args.budget)}")
     if args.world_size is not None and not args.strategy:
-        raise MemfitError("memfit plan: --world-size needs --strategy (ddp)")
+        raise MemfitError("memfit plan: --world-size needs --strategy (ddp or fsdp)")
     if args.strategy:
         from .distributed import plan_distributed
 
@@ -412,9 +414,12 @@ def _plan(args: argparse.Namespace) -> int:
             d = result.data
             print(f"  {d['strategy']}: {d['world_size']} ranks x batch {d['per_rank_batch']}"
                   + (f" x {d['grad_accumulation_steps']} accumulation steps" if d.get("grad_accumulation_steps", 1) > 1
-                     else "") + f" = global batch {d['global_batch']}; each rank holds "
-                  f"{_human(d['ddp']['added_bytes'])} of gradient buckets ({len(d['ddp']['buckets'])} buckets) "
-                  "in its predicted peak")
+                     else "") + f" = global batch {d['global_batch']}; " +
+                  (f"each rank holds {_human(d['ddp']['added_bytes'])} of gradient buckets "
+                   f"({len(d['ddp']['buckets'])} buckets) in its predicted peak" if d["strategy"] == "ddp" else
+                   f"sharding frees {_human(d['fsdp']['freed_bytes'])} of parameters, gradients and optimizer "
+                   f"state per rank ({len(d['fsdp']['units'])} fully_shard units); all-gather and reduce-scatter "
+                   "buffers are in its predicted peak"))
         if args.out:
             print(f"plan written to {args.out}")
     return 0

@@ -24,7 +24,16 @@ def _in_backward() -> bool:
 
 
 def storage_ptr(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
+    """The storage's address; a DTensor's (fully_shard's sharded parameters and
+    gradients) is its local shard's; 0 for a storage freed in place (FSDP2's
+    resharded unsharded parameters), which has none."""
+    local = getattr(t, "_local_tensor", None)
+    if isinstance(local, torch.Tensor):
+        t = local
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return 0
 
 
 def tensors_in(obj: Any) -> Iterable[torch.Tensor]:
