@@ -68,6 +68,22 @@ std::string plugin_conf() {
 // Where plugin_conf() comes from, for messages.
 const char *const kConfSources = "backend:cuda, MEMFIT_CONF, memfit_plugin_configure";
 
+// conf parsed into a fresh options table (the caller frees it), or nullptr
+// with the parser's reason in *err.
+mf_options *parse_conf(const std::string &conf, std::string *err) {
+  mf_options *o = mf_options_new();
+  if (!o) {
+    *err = "out of host memory";
+    return nullptr;
+  }
+  if (mf_options_parse(o, conf.c_str()) != MF_OK) {
+    *err = mf_last_error();
+    mf_options_free(o);
+    return nullptr;
+  }
+  return o;
+}
+
 // The allocator, or nullptr with *why set. A failed creation is not
 // remembered: the next call tries again (the user may fix MEMFIT_CONF, or the
 // first call may have come before the CUDA driver was usable). Only the
@@ -267,21 +283,15 @@ MF_API mf_allocator *memfit_plugin_allocator_if_created(void) {
 MF_API int memfit_plugin_validate(void) {
   try {
     if (g_allocator.load(std::memory_order_acquire)) return 0;
-    std::string conf = plugin_conf();
-    mf_options *o = mf_options_new();
+    std::string conf = plugin_conf(), err;
+    mf_options *o = parse_conf(conf, &err);
     if (!o) {
-      set_plugin_error("memfit: out of host memory");
-      return 1;
-    }
-    mf_status st = mf_options_parse(o, conf.c_str());
-    std::string err = st == MF_OK ? std::string() : std::string(mf_last_error());
-    char backend[32] = "";
-    if (st == MF_OK) mf_options_get(o, "backend", backend, sizeof backend);
-    mf_options_free(o);
-    if (st != MF_OK) {
       set_plugin_error(format("memfit: bad options \"%s\" (%s): %s", conf.c_str(), kConfSources, err.c_str()).c_str());
       return 1;
     }
+    char backend[32] = "";
+    mf_options_get(o, "backend", backend, sizeof backend);
+    mf_options_free(o);
     if (std::string(backend) == "cuda" && mf_backend_cuda_probe() != MF_OK) {
       set_plugin_error(format("memfit: %s", mf_last_error()).c_str());
       return 1;
@@ -300,19 +310,13 @@ MF_API int memfit_plugin_configure(const char *conf) {
                        "configure it before");
       return 1;
     }
-    std::string text = conf ? conf : "";
-    mf_options *o = mf_options_new();
+    std::string text = conf ? conf : "", err;
+    mf_options *o = parse_conf(text, &err);
     if (!o) {
-      set_plugin_error("memfit: out of host memory");
-      return 1;
-    }
-    mf_status st = mf_options_parse(o, text.c_str());
-    std::string err = st == MF_OK ? std::string() : std::string(mf_last_error());
-    mf_options_free(o);
-    if (st != MF_OK) {
       set_plugin_error(format("memfit: bad options \"%s\" (memfit_plugin_configure): %s", text.c_str(), err.c_str()).c_str());
       return 1;
     }
+    mf_options_free(o);
     std::lock_guard<std::mutex> lock(g_conf_lock);
     g_configured = text;
     return 0;
@@ -330,15 +334,10 @@ MF_API int memfit_plugin_option(const char *key, char *buf, size_t len) {
       set_plugin_error(format("memfit: %s", mf_last_error()).c_str());
       return 1;
     }
-    std::string conf = plugin_conf();
-    mf_options *o = mf_options_new();
-    if (!o) {
-      set_plugin_error("memfit: out of host memory");
-      return 1;
-    }
-    mf_status st = mf_options_parse(o, conf.c_str());
-    if (st == MF_OK) st = mf_options_get(o, key, buf, len);
-    std::string err = st == MF_OK ? std::string() : std::string(mf_last_error());
+    std::string conf = plugin_conf(), err;
+    mf_options *o = parse_conf(conf, &err);
+    mf_status st = o ? mf_options_get(o, key, buf, len) : MF_ERR_INVALID;
+    if (o && st != MF_OK) err = mf_last_error();
     mf_options_free(o);
     if (st != MF_OK) {
       set_plugin_error(format("memfit: options \"%s\" (%s): %s", conf.c_str(), kConfSources, err.c_str()).c_str());

@@ -176,3 +176,19 @@ def run_memfit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env.setdefault("MEMFIT_BUILD_DIR", str(REPO / "build"))
     return subprocess.run([sys.executable, "-m", "memfit", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+# Progress lines memfit prints on stderr before an error (not part of the error).
+PROGRESS = ("memfit: [", "memfit: profiling ", "memfit: planning ", "memfit: verify: ", "memfit: not planned: ")
+
+
+def error_lines(stderr: str):
+    """stderr without argparse's usage block (a 'usage:' line and its indented
+    continuation) and without progress lines (what ran before the error)."""
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(PROGRESS)]
+    if lines and lines[0].startswith("usage:"):
+        i = 1
+        while i < len(lines) and lines[i].startswith(" "):
+            i += 1
+        lines = lines[i:]
+    return lines

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import describe, run_python
+from conftest import describe, error_lines, run_python
 
 from memfit import chinchilla
 
@@ -74,16 +74,6 @@ def _main(cli, argv):
     return rc, out.getvalue(), err.getvalue()
 
 
-def _error_lines(stderr):
-    lines = stderr.strip().splitlines()
-    if lines and lines[0].startswith("usage:"):
-        i = 1
-        while i < len(lines) and lines[i].startswith(" "):
-            i += 1
-        lines = lines[i:]
-    return lines
-
-
 @pytest.mark.parametrize("argv,wanted", [
     (["--flops=-5.88e23"], "--flops '-5.88e23': expected a finite number > 0"),
     (["--flops", "0"], "> 0"),
@@ -98,12 +88,12 @@ def test_bad_input_exits_2_with_one_line(argv, wanted):
 
     rc, _, err = _main(cli, ["chinchilla", *argv])
     assert rc == 2
-    lines = _error_lines(err)
+    lines = error_lines(err)
     assert len(lines) == 1 and wanted in lines[0], lines
 
 
 def test_negative_flops_through_the_module():
     result = run_python(["-m", "memfit", "chinchilla", "--flops=-1e23"])
     assert result.returncode == 2 and "Traceback" not in result.stderr, describe(result)
-    lines = _error_lines(result.stderr)
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and "'-1e23'" in lines[0] and "> 0" in lines[0], describe(result)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, adapter_problem, describe, finish_python, start_python
+from conftest import REPO, adapter_problem, describe, error_lines, finish_python, start_python
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.needs_adapter  # profiling on CPU installs memfit as PyTorch's CPU allocator
@@ -151,21 +151,6 @@ def runs(workdir):
     for name, (rc, err) in json.loads(lines[-1][len("RESULT "):]).items():
         out[name] = subprocess.CompletedProcess(["memfit.cli.main", name], rc, "", err)
     return out
-
-
-PROGRESS = ("memfit: [", "memfit: profiling ", "memfit: planning ", "memfit: verify: ", "memfit: not planned: ")
-
-
-def error_lines(stderr: str):
-    """stderr without argparse's usage block (a 'usage:' line and its indented
-    continuation) and without progress lines (what ran before the error)."""
-    lines = [line for line in stderr.strip().splitlines() if not line.startswith(PROGRESS)]
-    if lines and lines[0].startswith("usage:"):
-        i = 1
-        while i < len(lines) and lines[i].startswith(" "):
-            i += 1
-        lines = lines[i:]
-    return lines
 
 
 def test_profile_with_a_job_file(runs, workdir):

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from conftest import REPO, describe, run_python
+from conftest import REPO, describe, error_lines, run_python
 
 pytestmark = pytest.mark.needs_lib
 SAMPLE_PROFILE = REPO / "planner" / "examples" / "sample_profile.json"
@@ -64,16 +63,6 @@ BAD = {
 }
 
 
-def _error_lines(stderr):
-    lines = stderr.strip().splitlines()
-    if lines and lines[0].startswith("usage:"):
-        i = 1
-        while i < len(lines) and lines[i].startswith(" "):
-            i += 1
-        lines = lines[i:]
-    return lines
-
-
 @pytest.mark.parametrize("name", BAD)
 def test_bad_input_exits_2_with_one_line(name, capsys):
     from memfit import cli
@@ -84,7 +73,7 @@ def test_bad_input_exits_2_with_one_line(name, capsys):
     except SystemExit as e:  # argparse
         rc = e.code
     assert rc == 2
-    lines = _error_lines(capsys.readouterr().err)
+    lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1, lines
     for text in wanted:
         assert text in lines[0], (text, lines[0])
@@ -94,4 +83,4 @@ def test_bad_input_through_the_module():
     """The exit code through `python3 -m memfit`, as a user sees it."""
     result = run_python(["-m", "memfit", *PLAN, "--train-samples", "0"])
     assert result.returncode == 2, describe(result)
-    assert "Traceback" not in result.stderr and len(_error_lines(result.stderr)) == 1, describe(result)
+    assert "Traceback" not in result.stderr and len(error_lines(result.stderr)) == 1, describe(result)
