@@ -2,7 +2,6 @@
 # libmemfit_plan.so, the Python package and its wheel metadata (pyproject.toml) report.
 from __future__ import annotations
 
-import ctypes
 import re
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from conftest import REPO
 
 import memfit  # noqa: E402
-from memfit import _lib, planning  # noqa: E402
+from memfit import _lib, documents  # noqa: E402
 
 pytestmark = pytest.mark.needs_lib
 
@@ -18,9 +17,7 @@ pytestmark = pytest.mark.needs_lib
 def test_every_part_reports_cmakes_version():
     cmake = re.search(r"project\(memfit VERSION ([0-9.]+)", (REPO / "CMakeLists.txt").read_text()).group(1)
     assert _lib.lib().mf_version().decode() == cmake
-    planner = planning._load_planner()
-    planner.mfp_version.restype = ctypes.c_char_p
-    assert planner.mfp_version().decode() == cmake
+    assert documents._load_planner().mfp_version().decode() == cmake
     assert memfit.__version__ == cmake
     text = (REPO / "pyproject.toml").read_text()
     assert not re.search(r"^version\s*=", text, re.M), "pyproject.toml holds a second copy of the version"

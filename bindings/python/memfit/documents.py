@@ -25,6 +25,7 @@ _PLANNER_PROTOTYPES = {
     "mfp_plan_json": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
     "mfp_free": (None, [ctypes.c_void_p]),
     "mfp_last_error": (ctypes.c_char_p, []),
+    "mfp_version": (ctypes.c_char_p, []),
     "mfp_status_name": (ctypes.c_char_p, [ctypes.c_int]),
     "mfp_profile_parse": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
     "mfp_profile_free": (None, [ctypes.c_void_p]),
