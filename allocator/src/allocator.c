@@ -486,8 +486,8 @@ MF_API mf_status mf_allocator_create_with(mf_backend *backend, const mf_options 
     d->priority_state = 2463534242u + (uint32_t)i;
     d->stats.struct_size = sizeof(mf_stats);
     d->stats.version = MF_STATS_VERSION;
-    d->capacity = capacity;
-    if (!capacity && backend->ops->total_memory(backend, i, &d->capacity) != MF_OK) d->capacity = 0;
+    if (backend->ops->total_memory(backend, i, &d->total_memory) != MF_OK) d->total_memory = 0;
+    d->capacity = capacity ? capacity : d->total_memory;
   }
   mf_status vst = _mf_vmm_setup(a);
   if (vst != MF_OK) {

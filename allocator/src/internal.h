@@ -166,6 +166,7 @@ struct mf_device {
   int index;
   mf_allocator *allocator;
   uint64_t capacity;        /* effective budget in bytes */
+  uint64_t total_memory;    /* the device's own size, read once at creation (0: unknown) */
   mf_stream_pools **streams;
   int stream_count, stream_cap;
   mf_block_map live;        /* live blocks by address */

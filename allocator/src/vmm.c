@@ -655,9 +655,7 @@ mf_block *_mf_vmm_grow(mf_device *d, mf_pool *pool, size_t size, mf_status *stat
   /* Nor for more than the device has, when the capacity is set above it:
    * fail before holding a handle per granule of the request on the host
    * (2^63 bytes asked 32 TiB of host memory for them). */
-  uint64_t device_total = 0;
-  if (ops_of(d)->total_memory(backend_of(d), d->index, &device_total) == MF_OK && device_total &&
-      size > device_total) {
+  if (d->total_memory && size > d->total_memory) {
     *status = _mf_error(MF_ERR_OOM, "larger than the device's memory");
     return NULL;
   }
