@@ -112,7 +112,8 @@ class Plan:
             f"{human(d['predicted_reserved_bytes'])} reserved, of budget {human(d['budget_bytes'])} "
             f"(usable {human(d['usable_bytes'])}, headroom {100 * d['headroom']:.2f}%"
             + ((": 1% + the model's error)" if d["reserve_model"]["granule_bytes"] else
-                ": 25% for segments + the model's error)") if d.get("headroom_rule") == "auto" else ", as given)"),
+                ": 25% for segments + the model's error)") if d.get("headroom_rule") == "auto"
+               else ", as given)" if d.get("headroom_rule") in (None, "option") else f": {d['headroom_rule']})"),
             f"  recompute {d['predicted_recompute_seconds'] * 1e3:.2f} ms per step "
             f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
             + (f"{d['throughput_samples_per_second']:.1f} samples/s predicted"
