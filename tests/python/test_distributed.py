@@ -44,6 +44,13 @@ def _memfit(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+def _verify_two_ranks(job: str, plan_path) -> dict:
+    """`memfit verify --nproc 2` of a plan, one measured step: its JSON."""
+    r = _memfit("verify", "--job", job, "--plan", str(plan_path), "--nproc", "2", "--steps", "1", "--json", "-q")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
@@ -116,11 +123,7 @@ def test_ddp_plan_is_torch_free_and_checks_input(planned):
 
 
 def test_ddp_verify_two_ranks(planned):
-    d = planned["dir"]
-    r = _memfit("verify", "--job", planned["job"], "--plan", str(d / "plan.json"), "--nproc", "2",
-                "--steps", "1", "--json", "-q")
-    assert r.returncode == 0, r.stdout + r.stderr
-    result = json.loads(r.stdout)
+    result = _verify_two_ranks(planned["job"], planned["dir"] / "plan.json")
     assert result["predicted_peak_bytes"] == planned["plan"]["predicted_peak_bytes"]
     assert [x["rank"] for x in result["ranks"]] == [0, 1]
     for x in result["ranks"]:
@@ -184,11 +187,7 @@ def test_fsdp_batch_larger_than_one_process(fsdp_planned):
 
 
 def test_fsdp_verify_two_ranks(fsdp_planned):
-    d = fsdp_planned["dir"]
-    r = _memfit("verify", "--job", fsdp_planned["job"], "--plan", str(d / "plan_fsdp.json"), "--nproc", "2",
-                "--steps", "1", "--json", "-q")
-    assert r.returncode == 0, r.stdout + r.stderr
-    result = json.loads(r.stdout)
+    result = _verify_two_ranks(fsdp_planned["job"], fsdp_planned["dir"] / "plan_fsdp.json")
     assert result["strategy"] == "fsdp" and [x["rank"] for x in result["ranks"]] == [0, 1]
     for x in result["ranks"]:
         assert not x["oom"] and x["error"] is None, x
