@@ -21,10 +21,11 @@ struct BatchBest {
 // "monotone"), so the enumeration stops one batch after the first that fails.
 // A plan that checkpoints a layer must also fit usable - correction(batch)
 // (the checkpoint check, PLAN.md).
+// modes: 2 (keep, checkpoint) or 3 (and selective).
 std::vector<BatchBest> enumerate(const mfp_profile *p, const std::vector<mfp_precision> &allowed, int64_t usable,
                                  int64_t max_batch, int64_t *largest,
-                                 const std::function<int64_t(int64_t)> &correction) {
-  size_t n = mfp_profile_layer_count(p), options = 2 * allowed.size(), total = 1;
+                                 const std::function<int64_t(int64_t)> &correction, size_t modes) {
+  size_t n = mfp_profile_layer_count(p), options = modes * allowed.size(), total = 1;
   for (size_t i = 0; i < n; i++) total *= options;
   std::vector<BatchBest> best(max_batch + 1);
   std::vector<mfp_decision> d(n);
@@ -33,7 +34,7 @@ std::vector<BatchBest> enumerate(const mfp_profile *p, const std::vector<mfp_pre
     for (size_t code = 0; code < total; code++) {
       size_t c = code;
       for (size_t i = 0; i < n; i++, c /= options)
-        d[i] = mfp_decision{(c % options) % 2 == 1, allowed[(c % options) / 2]};
+        d[i] = mfp_decision{(c % options) % modes != 0, allowed[(c % options) / modes], (c % options) % modes == 2};
       mfp_simulation sim;
       EXPECT_EQ(mfp_simulate(p, b, d.data(), n, &sim), MFP_OK) << mfp_last_error();
       bool checkpoints = std::any_of(d.begin(), d.end(), [](const mfp_decision &x) { return x.checkpoint; });
@@ -71,7 +72,8 @@ void expect_close(double got, double want, const std::string &what) {
 }
 
 struct Tally {
-  int cases = 0, plans = 0, nothing_fits = 0, capped = 0, checkpointing = 0, mixed = 0, corrected = 0, measured = 0;
+  int cases = 0, plans = 0, nothing_fits = 0, capped = 0, checkpointing = 0, mixed = 0, corrected = 0, measured = 0,
+      selective = 0;
   size_t assignments = 0;
 };
 
@@ -83,10 +85,13 @@ void run_case(uint64_t seed, Tally &tally) {
   so.batch_sizes = (int)uni(2, 3);
   so.negative_bd_slopes = seed % 2 == 0;
   so.measured_checkpoint = seed % 4 >= 2;  // half the cases: checkpointed terms measured, not derived
+  so.measured_selective = seed % 4 == 3;   // a quarter: selective runs too (a third mode per layer)
+  size_t modes = so.measured_selective ? 3 : 2;
   int n_allowed = (int)uni(1, so.precisions);
-  // Layers: 1..12 with one precision, fewer with more (6^4 = 1296 assignments).
-  static const size_t max_layers[] = {0, 12, 6, 4};
-  so.layers = (size_t)uni(1, (int64_t)max_layers[n_allowed]);
+  // Layers: 1..12 with one precision, fewer with more (6^4 = 1296 assignments);
+  // with three modes 1..8, 4, 3 (9^3 = 729).
+  static const size_t max_layers[2][4] = {{0, 12, 6, 4}, {0, 8, 4, 3}};
+  so.layers = (size_t)uni(1, (int64_t)max_layers[modes == 3][n_allowed]);
   Synth synth = make_synth(rng, so);
   std::vector<mfp_precision> allowed;
   for (const SynthPrecision &sp : synth.precisions) allowed.push_back(sp.precision);
@@ -117,10 +122,10 @@ void run_case(uint64_t seed, Tally &tally) {
   std::vector<mfp_decision> d(n);
   for (mfp_precision prec : allowed) {
     mfp_simulation sim;
-    for (auto &x : d) x = {true, prec};
+    for (auto &x : d) x = {true, prec, false};
     ASSERT_EQ(mfp_simulate(p, 1, d.data(), n, &sim), MFP_OK);
     lean = std::min(lean, sim.peak_bytes);
-    for (auto &x : d) x = {false, prec};
+    for (auto &x : d) x = {false, prec, false};
     ASSERT_EQ(mfp_simulate(p, max_batch, d.data(), n, &sim), MFP_OK);
     fat = std::max(fat, sim.peak_bytes);
   }
@@ -129,9 +134,9 @@ void run_case(uint64_t seed, Tally &tally) {
   int64_t usable = usable_bytes(budget, headroom), limit = allocated_limit(budget, headroom);
 
   int64_t largest;
-  std::vector<BatchBest> best = enumerate(p, allowed, limit, max_batch, &largest, correction);
+  std::vector<BatchBest> best = enumerate(p, allowed, limit, max_batch, &largest, correction, modes);
   size_t per_batch = 1;
-  for (size_t i = 0; i < n; i++) per_batch *= 2 * allowed.size();
+  for (size_t i = 0; i < n; i++) per_batch *= modes * allowed.size();
   tally.assignments += per_batch * (size_t)std::min<int64_t>(max_batch, largest + 2);
   tally.cases++;
   if (largest == max_batch) tally.capped++;
@@ -175,18 +180,21 @@ void run_case(uint64_t seed, Tally &tally) {
     EXPECT_LE(sim.peak_bytes + sm.checkpoint_correction_bytes, limit);
     EXPECT_EQ(sm.predicted_reserved_bytes, sim.peak_bytes + sm.checkpoint_correction_bytes + kSynthReserveOverhead);
     EXPECT_LE(sm.predicted_reserved_bytes, usable);
-    bool any_checkpoint = false, any_other_precision = false;
+    bool any_checkpoint = false, any_selective = false, any_other_precision = false;
     for (size_t i = 0; i < n; i++) {
       mfp_plan_layer l, first;
       mfp_plan_get_layer(plan.get(), i, &l);
       mfp_plan_get_layer(plan.get(), 0, &first);
       any_checkpoint |= l.decision.checkpoint;
+      any_selective |= l.decision.checkpoint && l.decision.selective;
       any_other_precision |= l.decision.precision != first.decision.precision;
     }
     tally.checkpointing += any_checkpoint;
     tally.measured += any_checkpoint && so.measured_checkpoint;
     tally.corrected += any_checkpoint && sm.checkpoint_correction_bytes > 0;
     tally.mixed += any_other_precision;
+    tally.selective += any_selective;
+    EXPECT_TRUE(!any_selective || so.measured_selective) << "a selective layer in a profile without selective runs";
 
     if (objective == MFP_OBJECTIVE_MAX_BATCH) {
       EXPECT_EQ(sm.batch_size, largest);
@@ -229,13 +237,14 @@ TEST(PlannerBruteForce, OptimumEqualsEnumeration) {
   }
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   printf("[          ] %d cases: %d plans (%d checkpoint, %d of them under a correction, %d mix precisions), %d with "
-         "nothing fitting, %d capped by max_batch, %d checkpointing with measured terms; %zu assignments simulated, in %.2f s\n",
+         "nothing fitting, %d capped by max_batch, %d checkpointing with measured terms, %d selective; %zu assignments simulated, in %.2f s\n",
          tally.cases, tally.plans, tally.checkpointing, tally.corrected, tally.mixed, tally.nothing_fits, tally.capped, tally.measured,
-         tally.assignments, seconds);
+         tally.selective, tally.assignments, seconds);
   EXPECT_GT(tally.plans, 1500);
   EXPECT_GT(tally.checkpointing, 500);
   EXPECT_GT(tally.corrected, 100) << "plans under a checkpoint check's correction";
   EXPECT_GT(tally.measured, 200) << "plans that checkpoint with measured checkpointed terms";
+  EXPECT_GT(tally.selective, 50) << "plans with a selectively checkpointed layer";
   EXPECT_GT(tally.mixed, 300);
   EXPECT_GT(tally.nothing_fits, 0);
 }
@@ -253,7 +262,7 @@ TEST(PlannerBruteForce, CoarsenedFrontStillFits) {
     Synth synth = make_synth(rng, so);
     Profile profile = parse(synth_profile(synth).str());
     ASSERT_TRUE(profile);
-    std::vector<mfp_decision> d(so.layers, mfp_decision{false, synth.precisions[0].precision});
+    std::vector<mfp_decision> d(so.layers, mfp_decision{false, synth.precisions[0].precision, false});
     mfp_simulation sim;
     ASSERT_EQ(mfp_simulate(profile.get(), 8, d.data(), d.size(), &sim), MFP_OK);
     mfp_options opts;

@@ -55,14 +55,14 @@ TEST(PlannerSelfCheck, ReproducesAProfileMadeFromTheModel) {
         for (int64_t b : synth.batches) {
           int64_t measured;
           synth_setting(synth, sp, b, &measured);
-          std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, sp.precision});
+          std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, sp.precision, false});
           mfp_simulation sim;
           ASSERT_EQ(mfp_simulate(profile.get(), b, d.data(), d.size(), &sim), MFP_OK);
           EXPECT_EQ(sim.peak_bytes, measured) << "seed " << seed << " batch " << b;
         }
       // ... and at batches never profiled, the model is the generator's.
       const SynthPrecision &sp = synth.precisions[1];
-      std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, sp.precision});
+      std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, sp.precision, false});
       for (int64_t b : {5, 17, 100}) {
         int64_t want;
         synth_setting(synth, sp, b, &want);
@@ -97,7 +97,7 @@ TEST(PlannerCheckpointCheck, PlansThatCheckpointAreKeptBelowTheMeasuredError) {
   std::vector<uint64_t> budgets;
   size_t n = mfp_profile_layer_count(p.get());
   for (int64_t b : {8, 32, 128}) {
-    std::vector<mfp_decision> d(n, mfp_decision{false, synth.precisions[0].precision});
+    std::vector<mfp_decision> d(n, mfp_decision{false, synth.precisions[0].precision, false});
     mfp_simulation plain, all;
     ASSERT_EQ(mfp_simulate(p.get(), b, d.data(), n, &plain), MFP_OK);
     for (auto &x : d) x.checkpoint = true;
@@ -358,7 +358,7 @@ TEST(PlannerProfile, UnknownKeysAreIgnoredAndAccessorsWork) {
   mfp_precision missing = MFP_FP32;
   for (int k = 0; k < MFP_PRECISION_COUNT; k++)
     if (!mfp_profile_has_precision(p.get(), (mfp_precision)k)) missing = (mfp_precision)k;
-  d.assign(5, mfp_decision{false, synth.precisions[0].precision});
+  d.assign(5, mfp_decision{false, synth.precisions[0].precision, false});
   d[2].precision = missing;
   EXPECT_EQ(mfp_simulate(p.get(), 1, d.data(), d.size(), &sim), MFP_ERR_INVALID);
   EXPECT_NE(std::string(mfp_last_error()).find("layer 2 (layers.2)"), std::string::npos) << mfp_last_error();
@@ -639,8 +639,8 @@ TEST(PlannerCheckpointed, EveryLayerCheckpointedReproducesTheCheckpointedRun) {
       ASSERT_TRUE(profile);
       for (const SynthPrecision &sp : synth.precisions)
         for (int64_t b : {synth.batches[0], synth.batches.back(), (int64_t)11}) {  // 11: never profiled
-          SynthRun run = synth_run(synth, sp, b, true);
-          std::vector<mfp_decision> d(synth.names.size(), mfp_decision{true, sp.precision});
+          SynthRun run = synth_run(synth, sp, b, 1);
+          std::vector<mfp_decision> d(synth.names.size(), mfp_decision{true, sp.precision, false});
           mfp_simulation sim;
           ASSERT_EQ(mfp_simulate(profile.get(), b, d.data(), d.size(), &sim), MFP_OK);
           EXPECT_EQ(sim.peak_bytes, run.peak) << "seed " << seed << " batch " << b;
@@ -680,11 +680,11 @@ TEST(PlannerCheckpointed, TheSelfCheckCoversBothRunsAndTheTermsAreNotDerived) {
   for (auto &setting : bare["settings"].items) setting.erase("checkpointed");
   Profile with = parse(json.str()), without = parse(bare.str());
   const SynthPrecision &sp = synth.precisions[0];
-  std::vector<mfp_decision> d(synth.names.size(), mfp_decision{true, sp.precision});
+  std::vector<mfp_decision> d(synth.names.size(), mfp_decision{true, sp.precision, false});
   mfp_simulation a, b;
   ASSERT_EQ(mfp_simulate(with.get(), synth.batches[0], d.data(), d.size(), &a), MFP_OK);
   ASSERT_EQ(mfp_simulate(without.get(), synth.batches[0], d.data(), d.size(), &b), MFP_OK);
-  EXPECT_EQ(a.peak_bytes, synth_run(synth, sp, synth.batches[0], true).peak);
+  EXPECT_EQ(a.peak_bytes, synth_run(synth, sp, synth.batches[0], 1).peak);
   EXPECT_NE(a.peak_bytes, b.peak_bytes);
 }
 
@@ -694,7 +694,7 @@ TEST(PlannerCheckpointed, ACheckedMixedPlanIsSimulatedAsNamed) {
   int64_t b = synth.batches[0];
   // Only layers.1 and layers.4 checkpointed, measured 1000 bytes above the model.
   Profile bare = parse(json.str());
-  std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, synth.precisions[0].precision});
+  std::vector<mfp_decision> d(synth.names.size(), mfp_decision{false, synth.precisions[0].precision, false});
   d[1].checkpoint = d[4].checkpoint = true;
   mfp_simulation sim;
   ASSERT_EQ(mfp_simulate(bare.get(), b, d.data(), d.size(), &sim), MFP_OK);
@@ -770,8 +770,8 @@ TEST(PlannerCheckpointed, ACheckpointedLayerCostsAtLeastItsForwardAgain) {
   }
   Profile profile = parse(synth_profile(synth).str());
   int64_t b = synth.batches[0];
-  std::vector<mfp_decision> none(synth.names.size(), mfp_decision{false, synth.precisions[0].precision});
-  std::vector<mfp_decision> all(synth.names.size(), mfp_decision{true, synth.precisions[0].precision});
+  std::vector<mfp_decision> none(synth.names.size(), mfp_decision{false, synth.precisions[0].precision, false});
+  std::vector<mfp_decision> all(synth.names.size(), mfp_decision{true, synth.precisions[0].precision, false});
   mfp_simulation plain, ckpt;
   ASSERT_EQ(mfp_simulate(profile.get(), b, none.data(), none.size(), &plain), MFP_OK);
   ASSERT_EQ(mfp_simulate(profile.get(), b, all.data(), all.size(), &ckpt), MFP_OK);

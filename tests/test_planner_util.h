@@ -107,16 +107,26 @@ struct Json {
 struct ByteLine { int64_t a = 0, s = 0; int64_t at(int64_t b) const { return a + s * b; } };
 struct TimeLine { double a = 0, s = 0; double at(int64_t b) const { return a + s * b; } };
 
-// c*: the layer in the every-layer-checkpointed run (used when the options ask for it).
-struct SynthLayer { ByteLine fpk, kept, out, bpk, bd; TimeLine tf, tb; ByteLine cfpk, ckept, cbpk, cbd; TimeLine ctf, ctb; };
+// c*: the layer in the every-layer-checkpointed run, s*: in the every-layer-selective
+// run (used when the options ask for them).
+struct SynthLayer {
+  ByteLine fpk, kept, out, bpk, bd; TimeLine tf, tb;
+  ByteLine cfpk, ckept, cbpk, cbd; TimeLine ctf, ctb;
+  ByteLine sfpk, skept, sbpk, sbd; TimeLine stf, stb;
+  bool held_measured = false; ByteLine held[3];  // what of its output the layer holds, per mode
+};
 struct SynthPrecision {
   mfp_precision precision;
   std::vector<SynthLayer> layers;
   ByteLine lpk, ld, lbpk, lbd;
   TimeLine tl, tlb;
+  // What the loss window keeps in the checkpointed and selective runs (what the
+  // last layer keeps changes what the loss frees): ld unless drawn.
+  ByteLine cld, sld;
 };
 struct Synth {
   bool measured_checkpoint = false;  // settings carry a "checkpointed" run
+  bool measured_selective = false;   // ... and a "selective" run
   std::vector<std::string> names;
   std::vector<int64_t> batches;
   std::vector<SynthPrecision> precisions;  // settings[0]'s precision first
@@ -130,6 +140,7 @@ struct SynthOptions {
   int batch_sizes = 2;
   bool negative_bd_slopes = false;  // bd may shrink with the batch (kept + bd may not)
   bool measured_checkpoint = false;  // give every setting a "checkpointed" run with its own terms
+  bool measured_selective = false;   // and a "selective" run (needs measured_checkpoint)
 };
 
 // Random terms that make a valid profile: every window's peak is above its
@@ -140,6 +151,7 @@ inline Synth make_synth(std::mt19937_64 &rng, const SynthOptions &o) {
   auto real = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
   Synth s;
   s.measured_checkpoint = o.measured_checkpoint;
+  s.measured_selective = o.measured_selective;
   for (size_t i = 0; i < o.layers; i++) s.names.push_back("layers." + std::to_string(i));
   std::vector<int64_t> pool = {1, 2, 3, 4, 6, 8};
   std::shuffle(pool.begin(), pool.end(), rng);
@@ -174,6 +186,22 @@ inline Synth make_synth(std::mt19937_64 &rng, const SynthOptions &o) {
       l.cbpk = {std::max<int64_t>(l.cbd.a, 0) + uni(0, 12000), std::max<int64_t>(l.cbd.s, 0) + uni(0, 4000)};
       l.ctf = {real(0.0004, 0.01), real(0, 0.004)};
       l.ctb = {real(0.0005, 0.03), real(0, 0.012)};
+      // Selective (drawn only when asked, so other profiles keep their stream):
+      // keeps between the two (sometimes more than either), a backward window
+      // with a smaller recomputation; its time near tf + tb.
+      if (o.measured_selective) {
+        l.skept = {uni(std::min(l.ckept.a, l.kept.a), std::max(l.ckept.a, l.kept.a)),
+                   uni(std::min(l.ckept.s, l.kept.s), std::max(l.ckept.s, l.kept.s))};
+        if (uni(0, 5) == 0) l.skept = {uni(0, 9000), uni(0, 3500)};
+        l.sfpk = {l.skept.a + uni(0, 6000), l.skept.s + uni(0, 2500)};
+        l.sbd = {uni(-l.skept.a - 2000, 3000), o.negative_bd_slopes ? uni(-l.skept.s, 300) : uni(0, 300)};
+        l.sbpk = {std::max<int64_t>(l.sbd.a, 0) + uni(0, 9000), std::max<int64_t>(l.sbd.s, 0) + uni(0, 3000)};
+        l.stf = {l.tf.a * real(0.9, 1.2), l.tf.s * real(0.9, 1.2)};
+        l.stb = {l.tb.a * real(0.9, 1.5), l.tb.s * real(0.9, 1.5)};
+        l.held_measured = true;
+        for (auto &h : l.held) h = uni(0, 1) ? l.out : ByteLine{uni(0, l.out.a), uni(0, l.out.s)};
+        l.held[1] = uni(0, 3) ? ByteLine{} : l.held[1];  // a checkpointed layer rarely holds its output
+      }
       p.layers.push_back(l);
     }
     p.ld = {uni(0, 600), uni(0, 50)};
@@ -182,6 +210,11 @@ inline Synth make_synth(std::mt19937_64 &rng, const SynthOptions &o) {
     p.lbpk = {std::max<int64_t>(p.lbd.a, 0) + uni(0, 9000), std::max<int64_t>(p.lbd.s, 0) + uni(0, 1500)};
     p.tl = {real(0.0002, 0.003), real(0, 0.001)};
     p.tlb = {real(0.0002, 0.003), real(0, 0.001)};
+    p.cld = p.sld = p.ld;
+    if (o.measured_selective) {
+      p.cld = {p.ld.a + uni(0, 2000), p.ld.s + uni(0, 100)};
+      p.sld = {p.ld.a + uni(0, 2000), p.ld.s + uni(0, 100)};
+    }
     s.precisions.push_back(p);
   }
   return s;
@@ -204,15 +237,16 @@ inline Json totals() {
 constexpr int64_t kSynthGranule = 2 * 1024 * 1024;
 constexpr int64_t kSynthReserveOverhead = 4096;
 
-// One run's windows at batch b, every layer checkpointed or none: the walk of
-// PLAN.md written out independently of the planner.
+// One run's windows at batch b, every layer checkpointed (mode 1), selectively
+// (mode 2) or none (0): the walk of PLAN.md written out independently of the planner.
 struct SynthRun {
   Json layers = Json::array(), loss, loss_backward, optimizer;
   int64_t fixed = 0, peak = 0;
   double step = 0;
 };
 
-inline SynthRun synth_run(const Synth &s, const SynthPrecision &p, int64_t b, bool checkpointed) {
+inline SynthRun synth_run(const Synth &s, const SynthPrecision &p, int64_t b, int mode) {
+  bool checkpointed = mode != 0, selective = mode == 2;
   size_t n = s.names.size();
   SynthRun r;
   int64_t cur = r.fixed = s.fixed.at(b);
@@ -221,20 +255,24 @@ inline SynthRun synth_run(const Synth &s, const SynthPrecision &p, int64_t b, bo
   std::vector<Json> fwd(n), bwd(n);
   for (size_t i = 0; i < n; i++) {
     const SynthLayer &l = p.layers[i];
-    const ByteLine &pk = checkpointed ? l.cfpk : l.fpk, &kept = checkpointed ? l.ckept : l.kept;
+    const ByteLine &pk = selective ? l.sfpk : checkpointed ? l.cfpk : l.fpk,
+                   &kept = selective ? l.skept : checkpointed ? l.ckept : l.kept;
     fwd[i] = window(cur, pk.at(b), kept.at(b));
     track(cur + pk.at(b));
     cur += kept.at(b);
   }
-  r.loss = window(cur, p.lpk.at(b), p.ld.at(b));
-  track(cur + p.lpk.at(b));
-  cur += p.ld.at(b);
+  const ByteLine &ld = selective ? p.sld : checkpointed ? p.cld : p.ld;
+  int64_t lpk = p.lpk.at(b) + ld.at(b) - p.ld.at(b);  // its peak above its end by as much
+  r.loss = window(cur, lpk, ld.at(b));
+  track(cur + lpk);
+  cur += ld.at(b);
   r.loss_backward = window(cur, p.lbpk.at(b), p.lbd.at(b));
   track(cur + p.lbpk.at(b));
   cur += p.lbd.at(b);
   for (size_t i = n; i-- > 0;) {
     const SynthLayer &l = p.layers[i];
-    const ByteLine &pk = checkpointed ? l.cbpk : l.bpk, &d = checkpointed ? l.cbd : l.bd;
+    const ByteLine &pk = selective ? l.sbpk : checkpointed ? l.cbpk : l.bpk,
+                   &d = selective ? l.sbd : checkpointed ? l.cbd : l.bd;
     bwd[i] = window(cur, pk.at(b), d.at(b));
     track(cur + pk.at(b));
     cur += d.at(b);
@@ -243,7 +281,8 @@ inline SynthRun synth_run(const Synth &s, const SynthPrecision &p, int64_t b, bo
   track(cur + s.opk.at(b));
   for (size_t i = 0; i < n; i++) {
     const SynthLayer &l = p.layers[i];
-    double tf = checkpointed ? l.ctf.at(b) : l.tf.at(b), tb = checkpointed ? l.ctb.at(b) : l.tb.at(b);
+    double tf = selective ? l.stf.at(b) : checkpointed ? l.ctf.at(b) : l.tf.at(b),
+           tb = selective ? l.stb.at(b) : checkpointed ? l.ctb.at(b) : l.tb.at(b);
     r.step += tf + tb;
     Json layer = Json::object().set("name", s.names[i]);
     if (!checkpointed)
@@ -257,6 +296,7 @@ inline SynthRun synth_run(const Synth &s, const SynthPrecision &p, int64_t b, bo
           .set("forward_temporary_peak_bytes", l.fpk.at(b) - l.kept.at(b))
           .set("backward_temporary_peak_bytes", l.bpk.at(b));
     layer.set("forward_seconds", tf).set("backward_seconds", tb).set("forward", fwd[i]).set("backward", bwd[i]);
+    if (l.held_measured) layer.set("output_held_bytes", l.held[mode].at(b));
     r.layers.push(layer);
   }
   r.step += p.tl.at(b) + p.tlb.at(b) + s.to.at(b);
@@ -264,7 +304,7 @@ inline SynthRun synth_run(const Synth &s, const SynthPrecision &p, int64_t b, bo
 }
 
 inline Json synth_setting(const Synth &s, const SynthPrecision &p, int64_t b, int64_t *peak_out = nullptr) {
-  SynthRun r = synth_run(s, p, b, false);
+  SynthRun r = synth_run(s, p, b, 0);
   if (peak_out) *peak_out = r.peak;
   Json setting = Json::object()
       .set("batch_size", b)
@@ -284,9 +324,10 @@ inline Json synth_setting(const Synth &s, const SynthPrecision &p, int64_t b, in
       .set("loss_backward_seconds", p.tlb.at(b))
       .set("optimizer_seconds", s.to.at(b))
       .set("layers", r.layers);
-  if (s.measured_checkpoint) {
-    SynthRun c = synth_run(s, p, b, true);
-    setting.set("checkpointed", Json::object()
+  for (int mode = 1; mode <= 2; mode++) {
+    if (!(mode == 1 ? s.measured_checkpoint : s.measured_selective)) continue;
+    SynthRun c = synth_run(s, p, b, mode);
+    setting.set(mode == 1 ? "checkpointed" : "selective", Json::object()
                                     .set("peak_allocated_bytes", c.peak)
                                     .set("peak_reserved_bytes", c.peak + kSynthReserveOverhead)
                                     .set("step_seconds", c.step)
@@ -351,7 +392,7 @@ inline Json with_checks(const Synth &synth, const std::function<int64_t(int64_t,
   Profile bare = parse(profile.str());
   size_t n = mfp_profile_layer_count(bare.get());
   mfp_precision first = synth.precisions[0].precision;
-  std::vector<mfp_decision> all(n, mfp_decision{true, first});
+  std::vector<mfp_decision> all(n, mfp_decision{true, first, false});
   Json checks = Json::array();
   for (int64_t b : synth.batches) {
     mfp_simulation sim;

@@ -26,7 +26,9 @@ static _mfp_line fit_line(const mfp_profile *p, const size_t *idx, size_t n,
 }
 
 static double layer_value(const _mfp_setting *st, size_t which) { return st->layer_values[which]; }
-static double step_value(const _mfp_setting *st, size_t which) { return st->step_values[which]; }
+static double step_value(const _mfp_setting *st, size_t which) {
+  return st->step_values[which / MFP_STEP_TERMS][which % MFP_STEP_TERMS];
+}
 static double global_value(const _mfp_setting *st, size_t which) { return st->global_values[which]; }
 
 double _mfp_line_at(const _mfp_line *line, int64_t batch) {
@@ -67,7 +69,9 @@ mfp_status _mfp_fit_profile(mfp_profile *p) {
     }
     for (size_t t = 0; t < p->n_layers * MFP_LAYER_TERMS; t++)
       p->layer_fit[prec][t] = fit_line(p, idx, n, layer_value, t);
-    for (size_t t = 0; t < MFP_STEP_TERMS; t++) p->step_fit[prec][t] = fit_line(p, idx, n, step_value, t);
+    for (size_t mode = 0; mode < MFP_MODE_COUNT; mode++)
+      for (size_t t = 0; t < MFP_STEP_TERMS; t++)
+        p->step_fit[prec][mode][t] = fit_line(p, idx, n, step_value, mode * MFP_STEP_TERMS + t);
     p->fitted[prec] = true;
     if (prec == p->first_precision)
       for (size_t t = 0; t < MFP_GLOBAL_TERMS; t++) p->global_fit[t] = fit_line(p, idx, n, global_value, t);

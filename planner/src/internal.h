@@ -52,12 +52,27 @@ const char *_mfp_json_type_name(const struct json_t *v);
 /* MFP_T_C*: the same layer measured with every layer checkpointed (the
  * setting's optional "checkpointed" run; PLAN.md, "What a checkpointed layer
  * keeps"): its forward transient and what it keeps, its backward window with
- * the recomputation inside, and their times. */
+ * the recomputation inside, and their times. MFP_T_S*: the same six from the
+ * optional "selective" run (every layer under selective checkpointing;
+ * PLAN.md, "Selective checkpointing"). Each run's six are in this order, so
+ * a run's terms are its first term + MFP_RUN_*. */
+/* MFP_T_HELD, MFP_T_CHELD, MFP_T_SHELD: the bytes of the layer's output that
+ * its own backward frees in that run, i.e. that the layer itself holds
+ * (optional "output_held_bytes"; PLAN.md, "The boundary term"). */
 enum {
-  MFP_T_FPK, MFP_T_KEPT, MFP_T_OUT, MFP_T_BPK, MFP_T_BD, MFP_T_TF, MFP_T_TB,
-  MFP_T_CFPK, MFP_T_CKEPT, MFP_T_CBPK, MFP_T_CBD, MFP_T_CTF, MFP_T_CTB,
+  MFP_T_FPK, MFP_T_KEPT, MFP_T_OUT, MFP_T_BPK, MFP_T_BD, MFP_T_TF, MFP_T_TB, MFP_T_HELD,
+  MFP_T_CFPK, MFP_T_CKEPT, MFP_T_CBPK, MFP_T_CBD, MFP_T_CTF, MFP_T_CTB, MFP_T_CHELD,
+  MFP_T_SFPK, MFP_T_SKEPT, MFP_T_SBPK, MFP_T_SBD, MFP_T_STF, MFP_T_STB, MFP_T_SHELD,
   MFP_LAYER_TERMS
 };
+enum { MFP_RUN_FPK, MFP_RUN_KEPT, MFP_RUN_BPK, MFP_RUN_BD, MFP_RUN_TF, MFP_RUN_TB, MFP_RUN_HELD };
+
+/* A layer's three ways to run (PLAN.md): as it is, checkpointed, selectively
+ * checkpointed. The solver's options are precision x mode. */
+typedef enum { MFP_MODE_KEEP, MFP_MODE_CHECKPOINT, MFP_MODE_SELECTIVE, MFP_MODE_COUNT } _mfp_mode;
+static inline _mfp_mode _mfp_decision_mode(const mfp_decision *d) {
+  return !d->checkpoint ? MFP_MODE_KEEP : d->selective ? MFP_MODE_SELECTIVE : MFP_MODE_CHECKPOINT;
+}
 enum { MFP_S_LPK, MFP_S_LD, MFP_S_LBPK, MFP_S_LBD, MFP_S_TL, MFP_S_TLB, MFP_STEP_TERMS };
 enum { MFP_G_FIXED, MFP_G_OPK, MFP_G_OD, MFP_G_TO, MFP_GLOBAL_TERMS };
 
@@ -67,11 +82,17 @@ typedef struct _mfp_setting {
   int64_t peak_allocated;
   int64_t peak_reserved;
   double step_seconds;
-  /* The setting's run with every layer checkpointed, when the profile has it. */
+  /* The setting's run with every layer checkpointed, when the profile has it
+   * (peak -1: it has none), and with every layer selectively checkpointed. */
   int64_t ckpt_peak_allocated, ckpt_peak_reserved;
   double ckpt_step_seconds;
+  int64_t sel_peak_allocated, sel_peak_reserved;
+  double sel_step_seconds;
   double *layer_values; /* n_layers * MFP_LAYER_TERMS */
-  double step_values[MFP_STEP_TERMS];
+  bool held_missing;    /* some layer of one of its runs has no "output_held_bytes" */
+  /* The loss windows per mode of the last layer: its optional runs' own (what
+   * the last layer keeps changes what the loss frees); times from the setting. */
+  double step_values[MFP_MODE_COUNT][MFP_STEP_TERMS];
   double global_values[MFP_GLOBAL_TERMS];
 } _mfp_setting;
 
@@ -83,7 +104,8 @@ typedef struct _mfp_checkpoint_check {
   int64_t measured, predicted;
   bool *checkpointed; /* per layer: the plan that ran (every layer when the profile does not say);
                         NULL in a plan's copy */
-  size_t n_checkpointed;
+  bool *selective;    /* per layer, of those checkpointed: selectively (NULL: none) */
+  size_t n_checkpointed, n_selective;
 } _mfp_checkpoint_check;
 
 /* value(b) = center_value + slope * (b - center_batch): centred, so that the
@@ -103,6 +125,8 @@ struct mfp_profile {
   mfp_precision first_precision;           /* settings[0]'s: fixed and optimizer terms */
   int64_t largest_batch;
   bool measured_checkpoint; /* every setting has its "checkpointed" run: the MFP_T_C* terms are measured */
+  bool measured_selective;  /* every setting has its "selective" run: layers may be selectively checkpointed */
+  bool measured_held;       /* every layer of every run has "output_held_bytes" (else boundaries charge all of out) */
   int64_t granule;          /* the allocator's page-mapped granule; 0: segments (or not recorded) */
   int64_t reserve_overhead; /* max over settings of peak reserved - peak allocated */
   double reserve_ratio;     /* max over settings of peak reserved / peak allocated */
@@ -111,7 +135,7 @@ struct mfp_profile {
   double check_intercept, check_slope; /* their measured - predicted peak, fitted over the batch */
   bool fitted[MFP_PRECISION_COUNT];
   _mfp_line *layer_fit[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
-  _mfp_line step_fit[MFP_PRECISION_COUNT][MFP_STEP_TERMS];
+  _mfp_line step_fit[MFP_PRECISION_COUNT][MFP_MODE_COUNT][MFP_STEP_TERMS]; /* by the last layer's precision and mode */
   _mfp_line global_fit[MFP_GLOBAL_TERMS];
 };
 
@@ -137,6 +161,14 @@ typedef struct _mfp_layer_terms {
   double tf, tb;
   int64_t cfpk, ckept, crpk, crd, cbpk, cbd;
   double ct, crt;
+  /* Selectively checkpointed (profile with "selective" runs only): forward
+   * transient, kept, backward window (recomputation inside) and change, time
+   * and the part of it that is recomputation. */
+  int64_t sfpk, skept, sbpk, sbd;
+  double st, srt;
+  /* By mode: what of its output the layer holds until its own backward (out
+   * when not measured). */
+  int64_t held[MFP_MODE_COUNT];
 } _mfp_layer_terms;
 
 typedef struct _mfp_step_terms {
@@ -149,11 +181,28 @@ typedef struct _mfp_model {
   int64_t batch;
   size_t n_layers;
   _mfp_layer_terms *layer[MFP_PRECISION_COUNT]; /* NULL for a precision not profiled */
-  _mfp_step_terms step[MFP_PRECISION_COUNT];
+  _mfp_step_terms step[MFP_PRECISION_COUNT][MFP_MODE_COUNT]; /* by the last layer's precision and mode */
   int64_t fixed, opk, od;
   double to;
+  /* Whether boundaries between layers of different modes are charged
+   * (PLAN.md, "The boundary term"): with measured checkpointed runs; the older
+   * model and its check stand as they were. */
+  bool boundaries;
+  bool held_measured; /* the profile says what each layer holds; else every boundary is charged the whole output */
   bool in_range; /* every term within +-MFP_MAX_BYTES; else the batch does not fit */
 } _mfp_model;
+
+/* The boundary term charged before layer i's forward (i >= 1): what of layer
+ * i - 1's output it holds in its own mode and not in layer i's, which the
+ * model would otherwise free twice (PLAN.md, "The boundary term"). */
+static inline int64_t _mfp_boundary(const _mfp_model *m, size_t i, mfp_precision before_precision, int mode_before,
+                                    int mode_here) {
+  if (i == 0 || !m->boundaries || mode_before == mode_here || mode_before < 0) return 0;
+  const _mfp_layer_terms *t = &m->layer[before_precision][i - 1];
+  if (!m->held_measured) return t->out;
+  int64_t c = t->held[mode_before] - t->held[mode_here];
+  return c > 0 ? c : 0;
+}
 
 mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m);
 void _mfp_model_free(_mfp_model *m);
@@ -179,6 +228,7 @@ typedef struct _mfp_solve_request {
    * checkpoint check"). */
   int64_t checkpoint_usable;
   bool allow_checkpoint; /* internal to solve.c: false in its pass over plans that checkpoint nothing */
+  bool selective;        /* layers may be selectively checkpointed (the profile measured it) */
 } _mfp_solve_request;
 
 typedef struct _mfp_solve_result {
@@ -207,6 +257,7 @@ typedef struct _mfp_self_check {
   double reserved_error;
   double measured_seconds, predicted_seconds;
   bool checkpointed; /* the setting's run with every layer checkpointed */
+  bool selective;    /* ... selectively (checkpointed is true too) */
 } _mfp_self_check;
 
 typedef struct _mfp_baseline {

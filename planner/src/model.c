@@ -44,12 +44,14 @@ static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
       const _mfp_layer_terms *t = &m->layer[p->precisions[k]][i];
       if (t->kept < least) least = t->kept;
       if (t->ckept < least) least = t->ckept;
+      if (p->measured_selective && t->skept < least) least = t->skept;
     }
     held += least;
     if (held < 0) m->in_range = false;
   }
   for (int k = 0; k < p->n_precisions; k++)
-    if (m->step[p->precisions[k]].ld < least_ld) least_ld = m->step[p->precisions[k]].ld;
+    for (int mode = 0; mode < MFP_MODE_COUNT; mode++)
+      if (m->step[p->precisions[k]][mode].ld < least_ld) least_ld = m->step[p->precisions[k]][mode].ld;
   if (m->in_range && held + least_ld < 0) m->in_range = false;
 }
 
@@ -87,6 +89,24 @@ static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, int64_t
   }
 }
 
+/* A selectively checkpointed layer's terms (PLAN.md, "Selective
+ * checkpointing"): the profile's every-layer-selective runs, fitted; the
+ * backward window holds the recomputation of the operations it did not keep.
+ * Its time is at least the layer's own: recomputing more is never faster. */
+static void selective_terms(const mfp_profile *p, const _mfp_line *f, int64_t batch, _mfp_layer_terms *t,
+                            bool *in_range) {
+  if (!p->measured_selective) return;
+  double plain = t->tf + t->tb;
+  t->sfpk = bytes_at(&f[MFP_T_SFPK], batch, true, in_range);
+  t->skept = bytes_at(&f[MFP_T_SKEPT], batch, false, in_range);
+  t->sbpk = bytes_at(&f[MFP_T_SBPK], batch, true, in_range);
+  t->sbd = bytes_at(&f[MFP_T_SBD], batch, false, in_range);
+  double measured = seconds_at(&f[MFP_T_STF], batch);
+  measured += seconds_at(&f[MFP_T_STB], batch);
+  t->st = measured > plain ? measured : plain;
+  t->srt = t->st - plain;
+}
+
 mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
   *m = (_mfp_model){.batch = batch, .n_layers = p->n_layers, .in_range = true};
   for (int k = 0; k < p->n_precisions; k++) {
@@ -107,15 +127,24 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
       terms[i].tf = seconds_at(&f[MFP_T_TF], batch);
       terms[i].tb = seconds_at(&f[MFP_T_TB], batch);
       checkpointed_terms(p, f, batch, &terms[i], &m->in_range);
+      selective_terms(p, f, batch, &terms[i], &m->in_range);
+      static const int held_term[MFP_MODE_COUNT] = {MFP_T_HELD, MFP_T_CHELD, MFP_T_SHELD};
+      for (int mode = 0; mode < MFP_MODE_COUNT && p->measured_held; mode++)
+        terms[i].held[mode] = bytes_at(&f[held_term[mode]], batch, true, &m->in_range);
     }
-    const _mfp_line *s = p->step_fit[prec];
-    m->step[prec].lpk = bytes_at(&s[MFP_S_LPK], batch, true, &m->in_range);
-    m->step[prec].ld = bytes_at(&s[MFP_S_LD], batch, false, &m->in_range);
-    m->step[prec].lbpk = bytes_at(&s[MFP_S_LBPK], batch, true, &m->in_range);
-    m->step[prec].lbd = bytes_at(&s[MFP_S_LBD], batch, false, &m->in_range);
-    m->step[prec].tl = seconds_at(&s[MFP_S_TL], batch);
-    m->step[prec].tlb = seconds_at(&s[MFP_S_TLB], batch);
+    for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
+      const _mfp_line *s = p->step_fit[prec][mode];
+      _mfp_step_terms *st = &m->step[prec][mode];
+      st->lpk = bytes_at(&s[MFP_S_LPK], batch, true, &m->in_range);
+      st->ld = bytes_at(&s[MFP_S_LD], batch, false, &m->in_range);
+      st->lbpk = bytes_at(&s[MFP_S_LBPK], batch, true, &m->in_range);
+      st->lbd = bytes_at(&s[MFP_S_LBD], batch, false, &m->in_range);
+      st->tl = seconds_at(&s[MFP_S_TL], batch);
+      st->tlb = seconds_at(&s[MFP_S_TLB], batch);
+    }
   }
+  m->boundaries = p->measured_checkpoint;
+  m->held_measured = p->measured_held;
   m->fixed = bytes_at(&p->global_fit[MFP_G_FIXED], batch, true, &m->in_range);
   m->opk = bytes_at(&p->global_fit[MFP_G_OPK], batch, true, &m->in_range);
   m->od = bytes_at(&p->global_fit[MFP_G_OD], batch, false, &m->in_range);
@@ -156,7 +185,13 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
   int64_t cur = m->fixed;
   for (size_t i = 0; i < n; i++) {
     const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
-    if (d[i].checkpoint) {
+    /* Held from here to the end of the step: never given back (PLAN.md). */
+    if (i > 0) cur += _mfp_boundary(m, i, d[i - 1].precision, (int)_mfp_decision_mode(&d[i - 1]),
+                                    (int)_mfp_decision_mode(&d[i]));
+    if (d[i].checkpoint && d[i].selective) {
+      window_at(&pt, MFP_PHASE_FORWARD, (int32_t)i, cur, t->sfpk);
+      cur += t->skept;
+    } else if (d[i].checkpoint) {
       window_at(&pt, MFP_PHASE_FORWARD, (int32_t)i, cur, t->cfpk);
       cur += t->ckept;
     } else {
@@ -164,14 +199,17 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
       cur += t->kept;
     }
   }
-  const _mfp_step_terms *st = &m->step[d[n - 1].precision];
+  const _mfp_step_terms *st = &m->step[d[n - 1].precision][_mfp_decision_mode(&d[n - 1])];
   window_at(&pt, MFP_PHASE_LOSS, -1, cur, st->lpk);
   cur += st->ld;
   window_at(&pt, MFP_PHASE_LOSS_BACKWARD, -1, cur, st->lbpk);
   cur += st->lbd;
   for (size_t i = n; i-- > 0;) {
     const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
-    if (d[i].checkpoint) {
+    if (d[i].checkpoint && d[i].selective) { /* one window: its recomputation and its backward */
+      window_at(&pt, MFP_PHASE_RECOMPUTE, (int32_t)i, cur, t->sbpk);
+      cur += t->sbd;
+    } else if (d[i].checkpoint) {
       window_at(&pt, MFP_PHASE_RECOMPUTE, (int32_t)i, cur, t->crpk);
       cur += t->crd;
       window_at(&pt, MFP_PHASE_BACKWARD, (int32_t)i, cur, t->cbpk);
@@ -190,7 +228,10 @@ void _mfp_model_simulate(const _mfp_model *m, const mfp_decision *d, mfp_simulat
   for (size_t i = 0; i < n; i++) {
     const _mfp_layer_terms *t = &m->layer[d[i].precision][i];
     double dt = t->tf + t->tb;
-    if (d[i].checkpoint) {
+    if (d[i].checkpoint && d[i].selective) {
+      dt = t->st;
+      recompute += t->srt;
+    } else if (d[i].checkpoint) {
       dt = t->ct;
       recompute += t->crt;
     }
@@ -220,14 +261,18 @@ bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int
   double suffix = INFINITY; /* smallest slope of ld + lbd + kept + bd of the last layer */
   double loss_only = INFINITY;
   for (int k = 0; k < n_allowed; k++) {
-    const _mfp_line *s = p->step_fit[allowed[k]];
-    if (s[MFP_S_LPK].slope < 0 || s[MFP_S_LD].slope < 0 || s[MFP_S_LBPK].slope < 0) return false;
     const _mfp_line *f = p->layer_fit[allowed[k]] + (n - 1) * MFP_LAYER_TERMS;
-    double loss = s[MFP_S_LD].slope + s[MFP_S_LBD].slope;
-    if (loss < loss_only) loss_only = loss;
-    if (loss + f[MFP_T_KEPT].slope + f[MFP_T_BD].slope < suffix) suffix = loss + f[MFP_T_KEPT].slope + f[MFP_T_BD].slope;
-    if (p->measured_checkpoint && loss + f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope < suffix)
-      suffix = loss + f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope;
+    for (int mode = 0; mode < MFP_MODE_COUNT; mode++) { /* the loss terms come with the last layer's mode */
+      if (mode == MFP_MODE_SELECTIVE && !p->measured_selective) continue;
+      const _mfp_line *s = p->step_fit[allowed[k]][mode];
+      if (s[MFP_S_LPK].slope < 0 || s[MFP_S_LD].slope < 0 || s[MFP_S_LBPK].slope < 0) return false;
+      double loss = s[MFP_S_LD].slope + s[MFP_S_LBD].slope, last;
+      if (mode == MFP_MODE_SELECTIVE) last = f[MFP_T_SKEPT].slope + f[MFP_T_SBD].slope;
+      else if (mode == MFP_MODE_CHECKPOINT && p->measured_checkpoint) last = f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope;
+      else last = f[MFP_T_KEPT].slope + f[MFP_T_BD].slope; /* derived checkpointed terms add what plain ones do */
+      if (loss < loss_only) loss_only = loss;
+      if (loss + last < suffix) suffix = loss + last;
+    }
   }
   if (loss_only < 0) return false; /* the suffix of the last layer's backward */
   for (size_t i = n; i-- > 0;) {
@@ -241,6 +286,11 @@ bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int
         if (f[MFP_T_CFPK].slope < 0 || f[MFP_T_CKEPT].slope < 0 || f[MFP_T_CBPK].slope < 0) return false;
         if (f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope < smallest_add)
           smallest_add = f[MFP_T_CKEPT].slope + f[MFP_T_CBD].slope;
+      }
+      if (p->measured_selective) {
+        if (f[MFP_T_SFPK].slope < 0 || f[MFP_T_SKEPT].slope < 0 || f[MFP_T_SBPK].slope < 0) return false;
+        if (f[MFP_T_SKEPT].slope + f[MFP_T_SBD].slope < smallest_add)
+          smallest_add = f[MFP_T_SKEPT].slope + f[MFP_T_SBD].slope;
       }
     }
     if (i + 1 < n) suffix += smallest_add;
@@ -263,6 +313,12 @@ MFP_API mfp_status mfp_simulate(const mfp_profile *profile, int64_t batch, const
     if (prec >= MFP_PRECISION_COUNT || !profile->fitted[prec])
       return _mfp_error(MFP_ERR_INVALID, "mfp_simulate: layer %zu (%s): precision %s is not in the profile", i,
                         profile->layer_names[i], mfp_precision_name((mfp_precision)prec));
+    if (decisions[i].selective && !decisions[i].checkpoint)
+      return _mfp_error(MFP_ERR_INVALID, "mfp_simulate: layer %zu (%s): selective without checkpoint (selective "
+                        "checkpointing is a kind of checkpointing)", i, profile->layer_names[i]);
+    if (decisions[i].selective && !profile->measured_selective)
+      return _mfp_error(MFP_ERR_INVALID, "mfp_simulate: layer %zu (%s): selective, but the profile has no "
+                        "\"selective\" runs", i, profile->layer_names[i]);
   }
   _mfp_model m;
   mfp_status s = _mfp_model_eval(profile, batch, &m);

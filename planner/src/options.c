@@ -162,6 +162,12 @@ static mfp_status parse_key(const char *key, const json_t *v, mfp_options *o) {
   if (strcmp(key, "global_batch") == 0) return parse_int(v, key, &o->global_batch);
   if (strcmp(key, "max_batch") == 0) return parse_int(v, key, &o->max_batch);
   if (strcmp(key, "precisions") == 0) return parse_precisions(v, o);
+  if (strcmp(key, "selective") == 0) {
+    if (!json_is_boolean(v))
+      return _mfp_error(MFP_ERR_INVALID, "selective: expected true or false, got %s", _mfp_json_type_name(v));
+    o->no_selective = !json_is_true(v);
+    return MFP_OK;
+  }
   if (strcmp(key, "headroom") == 0) {
     if (json_is_string(v) && strcmp(json_string_value(v), "auto") == 0) {
       o->headroom = MFP_HEADROOM_AUTO;
@@ -174,7 +180,7 @@ static mfp_status parse_key(const char *key, const json_t *v, mfp_options *o) {
       return _mfp_error(MFP_ERR_INVALID, "headroom: must be a fraction in [0, 1) or \"auto\", got %g", o->headroom);
     return MFP_OK;
   }
-  return _mfp_error(MFP_ERR_INVALID, "%s: unknown option (known: budget, objective, global_batch, precisions, max_batch, headroom)",
+  return _mfp_error(MFP_ERR_INVALID, "%s: unknown option (known: budget, objective, global_batch, precisions, max_batch, headroom, selective)",
                     key);
 }
 

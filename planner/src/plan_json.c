@@ -106,6 +106,7 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
     const _mfp_checkpoint_check *c = &r->profile_checks[k];
     json_t *item = peak_check_json(c->batch, c->precision, c->measured, c->predicted, ok);
     if (item) put(item, "checkpointed_layers", json_integer((json_int_t)c->n_checkpointed), ok);
+    if (item) put(item, "selective_layers", json_integer((json_int_t)c->n_selective), ok);
     if (!item || json_array_append_new(ckpt, item) != 0) *ok = false;
   }
   put(root, "checkpoint_checks", ckpt, ok);
@@ -120,6 +121,7 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
       put(item, "measured_step_seconds", json_real(c->measured_seconds), ok);
       put(item, "predicted_step_seconds", json_real(c->predicted_seconds), ok);
       put(item, "checkpointed", json_boolean(c->checkpointed), ok);
+      put(item, "selective", json_boolean(c->selective), ok);
     }
     if (!item || json_array_append_new(checks, item) != 0) *ok = false;
   }
@@ -155,6 +157,7 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
     if (item) {
       put(item, "name", json_string(r->layer_names[i]), ok);
       put(item, "checkpoint", json_boolean(r->decisions[i].checkpoint), ok);
+      put(item, "selective", json_boolean(r->decisions[i].checkpoint && r->decisions[i].selective), ok);
       put(item, "precision", json_string(mfp_precision_name(r->decisions[i].precision)), ok);
       put(item, "kept_bytes", json_integer(r->kept_bytes[i]), ok);
       put(item, "recompute_seconds", json_real(r->recompute_seconds[i]), ok);

@@ -149,6 +149,19 @@ static char *copy_string(const char *s) {
   return c;
 }
 
+/* The optional "output_held_bytes" of a layer in one run; absent: noted. */
+static mfp_status get_held(const json_t *layer, const char *path, _mfp_setting *st, double *out) {
+  *out = 0;
+  if (!json_object_get(layer, "output_held_bytes")) {
+    st->held_missing = true;
+    return MFP_OK;
+  }
+  int64_t held;
+  mfp_status s = get_int(layer, path, "output_held_bytes", 0, &held);
+  if (s == MFP_OK) *out = (double)held;
+  return s;
+}
+
 static mfp_status parse_layer(const json_t *layer, const char *path, size_t i, _mfp_setting *st,
                               window *fwd, window *bwd) {
   mfp_status s;
@@ -164,6 +177,7 @@ static mfp_status parse_layer(const json_t *layer, const char *path, size_t i, _
     if ((s = get_int(layer, path, counts[k], 0, &ignored)) != MFP_OK) return s;
   if ((s = get_int(layer, path, "output_allocated_bytes", 0, &out_bytes)) != MFP_OK) return s;
   double *v = st->layer_values + i * MFP_LAYER_TERMS;
+  if ((s = get_held(layer, path, st, &v[MFP_T_HELD])) != MFP_OK) return s;
   if ((s = get_seconds(layer, path, "forward_seconds", &v[MFP_T_TF])) != MFP_OK) return s;
   if ((s = get_seconds(layer, path, "backward_seconds", &v[MFP_T_TB])) != MFP_OK) return s;
   if ((s = get_window(layer, path, "forward", fwd)) != MFP_OK) return s;
@@ -261,17 +275,26 @@ static mfp_status parse_layers(mfp_profile *p, const json_t *setting, const char
   return s;
 }
 
-/* The optional "checkpointed" object of a setting: the same steps with every
- * layer checkpointed, traced (PROFILE.md). Its layers are the setting's, in
- * the same order, and its windows form their own chain. Absent: the
- * setting's ckpt_peak_allocated stays -1. */
-static mfp_status parse_checkpointed(const mfp_profile *p, const json_t *setting, const char *setting_path,
-                                     _mfp_setting *st) {
-  st->ckpt_peak_allocated = -1;
-  json_t *c = json_object_get(setting, "checkpointed");
+/* Where one of a setting's optional runs (PROFILE.md) goes: "checkpointed"
+ * (every layer checkpointed) or "selective" (every layer selectively
+ * checkpointed), each traced like the setting itself. */
+typedef struct run_spec {
+  const char *key;
+  _mfp_mode mode;    /* its loss windows become the step terms of this mode of the last layer */
+  size_t first_term; /* MFP_T_CFPK or MFP_T_SFPK: its six terms follow in MFP_RUN_* order */
+  int64_t *peak_allocated, *peak_reserved;
+  double *step_seconds;
+} run_spec;
+
+/* One optional run of a setting. Its layers are the setting's, in the same
+ * order, and its windows form their own chain. Absent: *peak_allocated stays -1. */
+static mfp_status parse_run(const mfp_profile *p, const json_t *setting, const char *setting_path, _mfp_setting *st,
+                            const run_spec *run) {
+  *run->peak_allocated = -1;
+  json_t *c = json_object_get(setting, run->key);
   if (!c) return MFP_OK;
   char path[PATH_LEN];
-  snprintf(path, sizeof path, "%.200s.checkpointed", setting_path);
+  snprintf(path, sizeof path, "%.200s.%s", setting_path, run->key);
   if (!json_is_object(c))
     return _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", path, _mfp_json_type_name(c));
   mfp_status s;
@@ -281,7 +304,7 @@ static mfp_status parse_checkpointed(const mfp_profile *p, const json_t *setting
   if (reserved < allocated)
     return _mfp_error(MFP_ERR_PROFILE, "%s.peak_reserved_bytes: %" PRId64 " is below peak_allocated_bytes (%" PRId64
                       "): reserved memory holds every allocated block", path, reserved, allocated);
-  if ((s = get_seconds(c, path, "step_seconds", &st->ckpt_step_seconds)) != MFP_OK) return s;
+  if ((s = get_seconds(c, path, "step_seconds", run->step_seconds)) != MFP_OK) return s;
   if ((s = get_int(c, path, "fixed_bytes", 0, &fixed)) != MFP_OK) return s;
   window loss, loss_backward, optimizer;
   if ((s = get_window(c, path, "loss", &loss)) != MFP_OK) return s;
@@ -291,8 +314,8 @@ static mfp_status parse_checkpointed(const mfp_profile *p, const json_t *setting
   if ((s = typed(c, path, "layers", JSON_ARRAY, "a list", &layers)) != MFP_OK) return s;
   size_t n = json_array_size(layers);
   if (n != p->n_layers)
-    return _mfp_error(MFP_ERR_PROFILE, "%s.layers: %zu layers, but the setting has %zu (the same layers, checkpointed)",
-                      path, n, p->n_layers);
+    return _mfp_error(MFP_ERR_PROFILE, "%s.layers: %zu layers, but the setting has %zu (the same layers, %s)",
+                      path, n, p->n_layers, run->key);
   window *fwd = malloc(n * sizeof *fwd), *bwd = malloc(n * sizeof *bwd);
   if (!fwd || !bwd) {
     free(fwd);
@@ -304,7 +327,7 @@ static mfp_status parse_checkpointed(const mfp_profile *p, const json_t *setting
     snprintf(at, sizeof at, "%.200s.layers[%zu]", path, i);
     json_t *layer = json_array_get(layers, i);
     const char *name;
-    double *v = st->layer_values + i * MFP_LAYER_TERMS;
+    double *v = st->layer_values + i * MFP_LAYER_TERMS + run->first_term;
     if (!json_is_object(layer)) {
       s = _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", at, _mfp_json_type_name(layer));
       break;
@@ -315,21 +338,27 @@ static mfp_status parse_checkpointed(const mfp_profile *p, const json_t *setting
                      p->layer_names[i]);
       break;
     }
-    if ((s = get_seconds(layer, at, "forward_seconds", &v[MFP_T_CTF])) != MFP_OK) break;
-    if ((s = get_seconds(layer, at, "backward_seconds", &v[MFP_T_CTB])) != MFP_OK) break;
+    if ((s = get_seconds(layer, at, "forward_seconds", &v[MFP_RUN_TF])) != MFP_OK) break;
+    if ((s = get_seconds(layer, at, "backward_seconds", &v[MFP_RUN_TB])) != MFP_OK) break;
+    if ((s = get_held(layer, at, st, &v[MFP_RUN_HELD])) != MFP_OK) break;
     if ((s = get_window(layer, at, "forward", &fwd[i])) != MFP_OK) break;
     if ((s = get_window(layer, at, "backward", &bwd[i])) != MFP_OK) break;
-    v[MFP_T_CFPK] = (double)(fwd[i].peak - fwd[i].start);
-    v[MFP_T_CKEPT] = (double)(fwd[i].end - fwd[i].start);
-    v[MFP_T_CBPK] = (double)(bwd[i].peak - bwd[i].start);
-    v[MFP_T_CBD] = (double)(bwd[i].end - bwd[i].start);
+    v[MFP_RUN_FPK] = (double)(fwd[i].peak - fwd[i].start);
+    v[MFP_RUN_KEPT] = (double)(fwd[i].end - fwd[i].start);
+    v[MFP_RUN_BPK] = (double)(bwd[i].peak - bwd[i].start);
+    v[MFP_RUN_BD] = (double)(bwd[i].end - bwd[i].start);
   }
   if (s == MFP_OK) s = check_chain(path, n, fwd, bwd, &loss, &loss_backward, &optimizer, fixed);
   free(fwd);
   free(bwd);
   if (s != MFP_OK) return s;
-  st->ckpt_peak_allocated = allocated;
-  st->ckpt_peak_reserved = reserved;
+  double *step = st->step_values[run->mode];
+  step[MFP_S_LPK] = (double)(loss.peak - loss.start);
+  step[MFP_S_LD] = (double)(loss.end - loss.start);
+  step[MFP_S_LBPK] = (double)(loss_backward.peak - loss_backward.start);
+  step[MFP_S_LBD] = (double)(loss_backward.end - loss_backward.start);
+  *run->peak_allocated = allocated;
+  *run->peak_reserved = reserved;
   return MFP_OK;
 }
 
@@ -361,19 +390,33 @@ static mfp_status parse_setting(mfp_profile *p, const json_t *setting, size_t in
   if ((s = get_window(setting, path, "loss", &loss)) != MFP_OK) return s;
   if ((s = get_window(setting, path, "loss_backward", &loss_backward)) != MFP_OK) return s;
   if ((s = get_window(setting, path, "optimizer", &optimizer)) != MFP_OK) return s;
-  if ((s = get_seconds(setting, path, "loss_seconds", &st->step_values[MFP_S_TL])) != MFP_OK) return s;
-  if ((s = get_seconds(setting, path, "loss_backward_seconds", &st->step_values[MFP_S_TLB])) != MFP_OK) return s;
+  double *step = st->step_values[MFP_MODE_KEEP];
+  if ((s = get_seconds(setting, path, "loss_seconds", &step[MFP_S_TL])) != MFP_OK) return s;
+  if ((s = get_seconds(setting, path, "loss_backward_seconds", &step[MFP_S_TLB])) != MFP_OK) return s;
   if ((s = get_seconds(setting, path, "optimizer_seconds", &seconds)) != MFP_OK) return s;
-  st->step_values[MFP_S_LPK] = (double)(loss.peak - loss.start);
-  st->step_values[MFP_S_LD] = (double)(loss.end - loss.start);
-  st->step_values[MFP_S_LBPK] = (double)(loss_backward.peak - loss_backward.start);
-  st->step_values[MFP_S_LBD] = (double)(loss_backward.end - loss_backward.start);
+  step[MFP_S_LPK] = (double)(loss.peak - loss.start);
+  step[MFP_S_LD] = (double)(loss.end - loss.start);
+  step[MFP_S_LBPK] = (double)(loss_backward.peak - loss_backward.start);
+  step[MFP_S_LBD] = (double)(loss_backward.end - loss_backward.start);
+  /* A mode without its own run takes the setting's loss windows; times always. */
+  for (int mode = 1; mode < MFP_MODE_COUNT; mode++) memcpy(st->step_values[mode], step, sizeof st->step_values[mode]);
   st->global_values[MFP_G_FIXED] = (double)fixed;
   st->global_values[MFP_G_OPK] = (double)(optimizer.peak - optimizer.start);
   st->global_values[MFP_G_OD] = (double)(optimizer.end - optimizer.start);
   st->global_values[MFP_G_TO] = seconds;
   if ((s = parse_layers(p, setting, path, index, st, &loss, &loss_backward, &optimizer, fixed)) != MFP_OK) return s;
-  return parse_checkpointed(p, setting, path, st);
+  run_spec runs[] = {
+      {"checkpointed", MFP_MODE_CHECKPOINT, MFP_T_CFPK, &st->ckpt_peak_allocated, &st->ckpt_peak_reserved,
+       &st->ckpt_step_seconds},
+      {"selective", MFP_MODE_SELECTIVE, MFP_T_SFPK, &st->sel_peak_allocated, &st->sel_peak_reserved,
+       &st->sel_step_seconds},
+  };
+  for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++)
+    if ((s = parse_run(p, setting, path, st, &runs[r])) != MFP_OK) return s;
+  if (st->sel_peak_allocated >= 0 && st->ckpt_peak_allocated < 0)
+    return _mfp_error(MFP_ERR_PROFILE, "%s.selective: present without a \"checkpointed\" run (a profile with "
+                      "selective runs has both)", path);
+  return MFP_OK;
 }
 
 static int compare_names(const void *a, const void *b) {
@@ -397,27 +440,26 @@ static mfp_status check_unique_names(const mfp_profile *p) {
   return s;
 }
 
-/* A check's "checkpointed_layers": the names of the layers its plan
- * checkpointed, each a layer of the profile. Absent: every layer. */
-static mfp_status check_layers(const mfp_profile *p, const json_t *c, const char *path, bool *out) {
-  const json_t *list = json_object_get(c, "checkpointed_layers");
-  if (!list) {
-    for (size_t i = 0; i < p->n_layers; i++) out[i] = true;
-    return MFP_OK;
-  }
+/* A check's "checkpointed_layers" (or "selective_layers"): the names of the
+ * layers its plan checkpointed (selectively), each a layer of the profile.
+ * Absent: every layer (none). */
+static mfp_status check_layers(const mfp_profile *p, const json_t *c, const char *path, const char *key,
+                               bool absent, bool *out) {
+  const json_t *list = json_object_get(c, key);
+  for (size_t i = 0; i < p->n_layers; i++) out[i] = !list && absent;
+  if (!list) return MFP_OK;
   if (!json_is_array(list))
-    return _mfp_error(MFP_ERR_PROFILE, "%s.checkpointed_layers: expected a list of layer names, got %s", path,
+    return _mfp_error(MFP_ERR_PROFILE, "%s.%s: expected a list of layer names, got %s", path, key,
                       _mfp_json_type_name(list));
-  for (size_t i = 0; i < p->n_layers; i++) out[i] = false;
   for (size_t k = 0; k < json_array_size(list); k++) {
     const json_t *name = json_array_get(list, k);
     if (!json_is_string(name))
-      return _mfp_error(MFP_ERR_PROFILE, "%s.checkpointed_layers[%zu]: expected a layer name, got %s", path, k,
+      return _mfp_error(MFP_ERR_PROFILE, "%s.%s[%zu]: expected a layer name, got %s", path, key, k,
                         _mfp_json_type_name(name));
     size_t i = 0;
     while (i < p->n_layers && strcmp(p->layer_names[i], json_string_value(name)) != 0) i++;
     if (i == p->n_layers)
-      return _mfp_error(MFP_ERR_PROFILE, "%s.checkpointed_layers[%zu]: \"%s\" is not a layer of the profile", path, k,
+      return _mfp_error(MFP_ERR_PROFILE, "%s.%s[%zu]: \"%s\" is not a layer of the profile", path, key, k,
                         json_string_value(name));
     out[i] = true;
   }
@@ -457,13 +499,26 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
     if ((s = parse_precision(c, path, &ck->precision)) != MFP_OK) break;
     if ((s = get_int(c, path, "peak_allocated_bytes", 0, &ck->measured)) != MFP_OK) break;
     if ((s = get_int(c, path, "peak_reserved_bytes", 0, &reserved)) != MFP_OK) break;
-    if (!(ck->checkpointed = malloc(p->n_layers * sizeof *ck->checkpointed))) {
+    ck->checkpointed = malloc(p->n_layers * sizeof *ck->checkpointed);
+    ck->selective = malloc(p->n_layers * sizeof *ck->selective);
+    p->n_checks = k + 1; /* freed with the profile from here on */
+    if (!ck->checkpointed || !ck->selective) {
       s = _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
       break;
     }
-    p->n_checks = k + 1; /* freed with the profile from here on */
-    if ((s = check_layers(p, c, path, ck->checkpointed)) != MFP_OK) break;
-    for (size_t i = 0; i < p->n_layers; i++) ck->n_checkpointed += ck->checkpointed[i];
+    if ((s = check_layers(p, c, path, "checkpointed_layers", true, ck->checkpointed)) != MFP_OK) break;
+    if ((s = check_layers(p, c, path, "selective_layers", false, ck->selective)) != MFP_OK) break;
+    for (size_t i = 0; i < p->n_layers && s == MFP_OK; i++) {
+      if (ck->selective[i] && ck->checkpointed[i] && json_object_get(c, "checkpointed_layers"))
+        s = _mfp_error(MFP_ERR_PROFILE, "%s: layer \"%s\" is in both checkpointed_layers and selective_layers", path,
+                       p->layer_names[i]);
+      if (ck->selective[i] && !p->measured_selective)
+        s = _mfp_error(MFP_ERR_PROFILE, "%s.selective_layers: the profile's settings have no \"selective\" runs", path);
+      ck->checkpointed[i] |= ck->selective[i];
+      ck->n_checkpointed += ck->checkpointed[i];
+      ck->n_selective += ck->selective[i];
+    }
+    if (s != MFP_OK) break;
     if (!p->fitted[ck->precision]) {
       s = _mfp_error(MFP_ERR_PROFILE, "%s.precision: %s has no settings", path, mfp_precision_name(ck->precision));
       break;
@@ -474,7 +529,7 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
     }
     _mfp_model m;
     if ((s = _mfp_model_eval(p, ck->batch, &m)) != MFP_OK) break;
-    for (size_t i = 0; i < p->n_layers; i++) all[i] = (mfp_decision){ck->checkpointed[i], ck->precision};
+    for (size_t i = 0; i < p->n_layers; i++) all[i] = (mfp_decision){ck->checkpointed[i], ck->precision, ck->selective[i]};
     mfp_simulation sim;
     _mfp_model_simulate(&m, all, &sim);
     _mfp_model_free(&m);
@@ -543,10 +598,13 @@ static mfp_status parse_root(mfp_profile *p, const json_t *root) {
     if (over > p->reserve_overhead) p->reserve_overhead = over;
     double ratio = st->peak_allocated > 0 ? (double)st->peak_reserved / (double)st->peak_allocated : 1.0;
     if (ratio > p->reserve_ratio) p->reserve_ratio = ratio;
-    if (st->ckpt_peak_allocated >= 0) {
-      over = st->ckpt_peak_reserved - st->ckpt_peak_allocated;
+    const int64_t run_allocated[2] = {st->ckpt_peak_allocated, st->sel_peak_allocated};
+    const int64_t run_reserved[2] = {st->ckpt_peak_reserved, st->sel_peak_reserved};
+    for (int r = 0; r < 2; r++) {
+      if (run_allocated[r] < 0) continue;
+      over = run_reserved[r] - run_allocated[r];
       if (over > p->reserve_overhead) p->reserve_overhead = over;
-      ratio = st->ckpt_peak_allocated > 0 ? (double)st->ckpt_peak_reserved / (double)st->ckpt_peak_allocated : 1.0;
+      ratio = run_allocated[r] > 0 ? (double)run_reserved[r] / (double)run_allocated[r] : 1.0;
       if (ratio > p->reserve_ratio) p->reserve_ratio = ratio;
     }
   }
@@ -557,6 +615,13 @@ static mfp_status parse_root(mfp_profile *p, const json_t *root) {
     if ((p->settings[i].ckpt_peak_allocated >= 0) != p->measured_checkpoint)
       return _mfp_error(MFP_ERR_PROFILE, "settings[%zu].checkpointed: %s, but settings[0] %s (every setting has one, or none)",
                         i, p->measured_checkpoint ? "missing" : "present", p->measured_checkpoint ? "has one" : "has none");
+  p->measured_held = true;
+  for (size_t i = 0; i < p->n_settings; i++) p->measured_held &= !p->settings[i].held_missing;
+  p->measured_selective = p->settings[0].sel_peak_allocated >= 0;
+  for (size_t i = 1; i < p->n_settings; i++)
+    if ((p->settings[i].sel_peak_allocated >= 0) != p->measured_selective)
+      return _mfp_error(MFP_ERR_PROFILE, "settings[%zu].selective: %s, but settings[0] %s (every setting has one, or none)",
+                        i, p->measured_selective ? "missing" : "present", p->measured_selective ? "has one" : "has none");
   p->first_precision = p->settings[0].precision;
   if ((s = check_unique_names(p)) != MFP_OK) return s;
   if ((s = _mfp_fit_profile(p)) != MFP_OK) return s;
@@ -655,7 +720,10 @@ MFP_API void mfp_profile_free(mfp_profile *p) {
   for (int k = 0; k < MFP_PRECISION_COUNT; k++) free(p->layer_fit[k]);
   free(p->job);
   free(p->device_name);
-  for (size_t k = 0; p->checks && k < p->n_checks; k++) free(p->checks[k].checkpointed);
+  for (size_t k = 0; p->checks && k < p->n_checks; k++) {
+    free(p->checks[k].checkpointed);
+    free(p->checks[k].selective);
+  }
   free(p->checks);
   free(p);
 }

@@ -32,13 +32,16 @@ static int64_t checkpoint_usable(const search *sr, int64_t batch) {
   return sr->usable - _mfp_checkpoint_correction(sr->profile, batch);
 }
 
+/* May a layer be selectively checkpointed: measured, and not turned off. */
+static bool selective(const search *sr) { return sr->profile->measured_selective && !sr->opts->no_selective; }
+
 /* Runs the solver at one batch; res->decisions must be set by the caller. */
 static mfp_status solve_at(search *sr, int64_t batch, bool timed, _mfp_solve_result *res) {
   _mfp_model m;
   mfp_status s = _mfp_model_eval(sr->profile, batch, &m);
   if (s != MFP_OK) return s;
   _mfp_solve_request req = {&m, sr->opts->precisions, sr->opts->precision_count, sr->usable, timed,
-                            sr->opts->front_cap, checkpoint_usable(sr, batch), true};
+                            sr->opts->front_cap, checkpoint_usable(sr, batch), true, selective(sr)};
   s = _mfp_solve(&req, res);
   _mfp_model_free(&m);
   sr->batches_evaluated++;
@@ -101,7 +104,7 @@ static mfp_status consider(search *sr, int64_t batch, double weight, bool maximi
   bool may_win = !best->found || (maximize ? bound > *best_score : bound < *best_score);
   if (may_win) {
     _mfp_solve_request req = {&m, sr->opts->precisions, sr->opts->precision_count, sr->usable, true,
-                              sr->opts->front_cap, checkpoint_usable(sr, batch), true};
+                              sr->opts->front_cap, checkpoint_usable(sr, batch), true, selective(sr)};
     _mfp_solve_result res = {.decisions = sr->decisions};
     s = _mfp_solve(&req, &res);
     sr->solver_runs++;
@@ -150,7 +153,7 @@ static int64_t *throughput_batches(int64_t largest, size_t *count) {
 /* The largest batch a fixed plan (every layer alike) fits; peak at it, or at 1. */
 static mfp_status baseline(search *sr, bool checkpoint, _mfp_baseline *out) {
   const mfp_profile *p = sr->profile;
-  for (size_t i = 0; i < p->n_layers; i++) sr->decisions[i] = (mfp_decision){checkpoint, sr->opts->precisions[0]};
+  for (size_t i = 0; i < p->n_layers; i++) sr->decisions[i] = (mfp_decision){checkpoint, sr->opts->precisions[0], false};
   int64_t lo = 0, hi = 0, peak_lo = 0, peak_1 = 0, limit = sr->opts->max_batch;
   for (int64_t b = 1;;) {
     _mfp_model m;
@@ -206,10 +209,10 @@ static int64_t allocated_within(const mfp_profile *p, int64_t usable) {
 }
 
 /* Each profiled run against the model's peak for it: the setting's (no layer
- * checkpointed) and, when the profile has it, its run with every layer
- * checkpointed (PLAN.md, "Self-check"). */
+ * checkpointed) and, when the profile has them, its runs with every layer
+ * checkpointed and every layer selectively checkpointed (PLAN.md, "Self-check"). */
 static mfp_status self_check(const mfp_profile *p, mfp_plan_result *r, mfp_decision *scratch) {
-  size_t runs = p->measured_checkpoint ? 2 : 1;
+  size_t runs = p->measured_selective ? 3 : p->measured_checkpoint ? 2 : 1;
   r->checks = calloc(p->n_settings * runs, sizeof *r->checks);
   if (!r->checks) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory");
   r->n_checks = 0;
@@ -220,12 +223,16 @@ static mfp_status self_check(const mfp_profile *p, mfp_plan_result *r, mfp_decis
     mfp_status s = _mfp_model_eval(p, st->batch, &m);
     if (s != MFP_OK) return s;
     for (size_t run = 0; run < runs; run++) {
-      bool checkpointed = run == 1;
-      for (size_t i = 0; i < p->n_layers; i++) scratch[i] = (mfp_decision){checkpointed, st->precision};
+      bool checkpointed = run >= 1, selective = run == 2;
+      for (size_t i = 0; i < p->n_layers; i++) scratch[i] = (mfp_decision){checkpointed, st->precision, selective};
       mfp_simulation sim;
       _mfp_model_simulate(&m, scratch, &sim);
-      int64_t measured_bytes = checkpointed ? st->ckpt_peak_allocated : st->peak_allocated;
-      int64_t measured_reserved_bytes = checkpointed ? st->ckpt_peak_reserved : st->peak_reserved;
+      int64_t measured_bytes = selective ? st->sel_peak_allocated
+                               : checkpointed ? st->ckpt_peak_allocated : st->peak_allocated;
+      int64_t measured_reserved_bytes = selective ? st->sel_peak_reserved
+                                        : checkpointed ? st->ckpt_peak_reserved : st->peak_reserved;
+      double measured_seconds = selective ? st->sel_step_seconds
+                                : checkpointed ? st->ckpt_step_seconds : st->step_seconds;
       double measured = (double)measured_bytes;
       double error = fabs((double)sim.peak_bytes - measured) / (measured > 0 ? measured : 1.0);
       int64_t reserved = reserved_for(p, sim.peak_bytes);
@@ -234,7 +241,7 @@ static mfp_status self_check(const mfp_profile *p, mfp_plan_result *r, mfp_decis
           fabs((double)reserved - measured_reserved) / (measured_reserved > 0 ? measured_reserved : 1.0);
       r->checks[r->n_checks++] = (_mfp_self_check){
           st->batch, st->precision, measured_bytes, sim.peak_bytes, error, measured_reserved_bytes, reserved,
-          reserved_error, checkpointed ? st->ckpt_step_seconds : st->step_seconds, sim.step_seconds, checkpointed};
+          reserved_error, measured_seconds, sim.step_seconds, checkpointed, selective};
       if (error > worst) worst = error;
       if (reserved_error > worst_reserved) worst_reserved = reserved_error;
     }
@@ -254,7 +261,7 @@ static mfp_status nothing_fits(search *sr) {
   int64_t best = INT64_MAX;
   mfp_precision cheapest = sr->opts->precisions[0];
   for (int k = 0; k < sr->opts->precision_count; k++) {
-    for (size_t i = 0; i < p->n_layers; i++) sr->decisions[i] = (mfp_decision){true, sr->opts->precisions[k]};
+    for (size_t i = 0; i < p->n_layers; i++) sr->decisions[i] = (mfp_decision){true, sr->opts->precisions[k], false};
     mfp_simulation sim;
     _mfp_model_simulate(&m, sr->decisions, &sim);
     if (sim.peak_bytes < best) {
@@ -309,8 +316,11 @@ static mfp_status finish(const mfp_profile *p, mfp_plan_result *r, int64_t batch
   _mfp_model_simulate(&m, r->decisions, &r->sim);
   for (size_t i = 0; i < p->n_layers; i++) {
     const _mfp_layer_terms *t = &m.layer[r->decisions[i].precision][i];
-    r->kept_bytes[i] = r->decisions[i].checkpoint ? t->ckept : t->kept;
-    r->recompute_seconds[i] = r->decisions[i].checkpoint ? t->crt : 0.0;
+    switch (_mfp_decision_mode(&r->decisions[i])) {
+      case MFP_MODE_SELECTIVE: r->kept_bytes[i] = t->skept, r->recompute_seconds[i] = t->srt; break;
+      case MFP_MODE_CHECKPOINT: r->kept_bytes[i] = t->ckept, r->recompute_seconds[i] = t->crt; break;
+      default: r->kept_bytes[i] = t->kept, r->recompute_seconds[i] = 0.0; break;
+    }
     if (!(r->layer_names[i] = copy_string(p->layer_names[i]))) s = MFP_ERR_HOST_MEMORY;
   }
   _mfp_model_free(&m);
@@ -420,7 +430,8 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
   sm->model_error_checkpoint = 0;
   if (profile->n_checks && (r->profile_checks = malloc(profile->n_checks * sizeof *r->profile_checks))) {
     memcpy(r->profile_checks, profile->checks, profile->n_checks * sizeof *r->profile_checks);
-    for (size_t k = 0; k < profile->n_checks; k++) r->profile_checks[k].checkpointed = NULL; /* the profile's */
+    for (size_t k = 0; k < profile->n_checks; k++) /* the profile's */
+      r->profile_checks[k].checkpointed = r->profile_checks[k].selective = NULL;
     r->profile_checks_n = profile->n_checks;
   }
   for (size_t k = 0; k < profile->n_checks; k++) {

@@ -9,14 +9,24 @@
 #include "internal.h"
 
 /* One decision for one layer, reduced to what the recurrence uses. */
+/* Options are indexed precision-major: option o is allowed[o / MFP_MODE_COUNT] in mode o % MFP_MODE_COUNT. */
 typedef struct option {
-  int64_t kept;   /* K: bytes it keeps through the forward (kept, or ckept when checkpointed) */
+  bool available; /* false: a mode the profile has no terms for, or checkpointing in a pass without it */
+  int64_t kept;   /* K: bytes it keeps through the forward (kept, ckept when checkpointed, skept selectively) */
   int64_t local;  /* its backward's peak above the prefix and suffix: kept + bpk, or checkpointed
-                     max(ckept + crpk, ckept + crd + cbpk) */
-  int64_t add;    /* what it adds to the backward of every earlier layer: kept + bd, or ckept + crd + cbd */
-  int64_t fpk;    /* its forward transient: fpk, or cfpk */
-  double dt;      /* tf + tb, or ct when checkpointed */
+                     max(ckept + crpk, ckept + crd + cbpk), or selectively skept + sbpk */
+  int64_t add;    /* what it adds to the backward of every earlier layer: kept + bd, ckept + crd + cbd, skept + sbd */
+  int64_t fpk;    /* its forward transient: fpk, cfpk or sfpk */
+  double dt;      /* tf + tb, ct when checkpointed, st selectively */
 } option;
+
+/* The mode of a state's last layer; the start state's, none (-1). */
+static int option_mode(int o) { return o >= 0 ? o % MFP_MODE_COUNT : -1; }
+
+static mfp_decision option_decision(const _mfp_solve_request *req, int o) {
+  _mfp_mode mode = (_mfp_mode)(o % MFP_MODE_COUNT);
+  return (mfp_decision){mode != MFP_MODE_KEEP, req->allowed[o / MFP_MODE_COUNT], mode == MFP_MODE_SELECTIVE};
+}
 
 /* After layer i: S = sum of K over layers <= i; m = max over j <= i of the
  * backward term of layer j (and the optimizer's, as j = 0) shifted by the
@@ -77,7 +87,7 @@ static void insert(staircase *sc, int64_t S, int64_t m) {
 /* Merges the time-sorted segments [seg[o], seg[o+1]) of c into out, then
  * sorts each run of equal times by (S, m), so that out is in (t, S, m) order. */
 static void merge(const state *c, const size_t *seg, int segments, state *out) {
-  size_t head[2 * MFP_PRECISION_COUNT], k = 0;
+  size_t head[MFP_MODE_COUNT * MFP_PRECISION_COUNT * MFP_MODE_COUNT * MFP_PRECISION_COUNT], k = 0;
   for (int o = 0; o < segments; o++) head[o] = seg[o];
   for (;;) {
     int best = -1;
@@ -193,14 +203,14 @@ void _mfp_fastest_plan(const _mfp_model *m, const mfp_precision *allowed, int n_
         best = k;
       }
     }
-    out[i] = (mfp_decision){false, allowed[best]};
+    out[i] = (mfp_decision){false, allowed[best], false};
     t += best_dt;
   }
   int best = 0;
   double best_t = INFINITY;
   for (int k = 0; k < n_allowed; k++) {
     const _mfp_layer_terms *x = &m->layer[allowed[k]][n - 1];
-    const _mfp_step_terms *st = &m->step[allowed[k]];
+    const _mfp_step_terms *st = &m->step[allowed[k]][MFP_MODE_KEEP];
     double total = t + (x->tf + x->tb);
     total += st->tl;
     total += st->tlb;
@@ -210,7 +220,7 @@ void _mfp_fastest_plan(const _mfp_model *m, const mfp_precision *allowed, int n_
       best = k;
     }
   }
-  out[n - 1] = (mfp_decision){false, allowed[best]};
+  out[n - 1] = (mfp_decision){false, allowed[best], false};
   *step_seconds = best_t;
 }
 
@@ -230,7 +240,7 @@ static bool try_simple_plans(const _mfp_solve_request *req, _mfp_solve_result *r
   }
   if (req->timed || !req->allow_checkpoint) return false;
   for (int k = 0; k < req->n_allowed; k++) {
-    for (size_t i = 0; i < m->n_layers; i++) res->decisions[i] = (mfp_decision){true, req->allowed[k]};
+    for (size_t i = 0; i < m->n_layers; i++) res->decisions[i] = (mfp_decision){true, req->allowed[k], false};
     _mfp_model_simulate(m, res->decisions, &sim);
     if (sim.peak_bytes <= req->usable) {
       res->found = true;
@@ -289,7 +299,7 @@ static mfp_status grow(workspace *w, size_t need) {
   return MFP_OK;
 }
 
-static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_options) {
+static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_options, bool selective) {
   const _mfp_model *m = req->model;
   size_t n = m->n_layers;
   w->options = malloc(n * (size_t)n_options * sizeof *w->options);
@@ -305,9 +315,16 @@ static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_opt
   for (size_t i = 0; i < n; i++)
     for (int k = 0; k < req->n_allowed; k++) {
       const _mfp_layer_terms *x = &m->layer[req->allowed[k]][i];
-      for (int ckpt = 0; ckpt < 2; ckpt++) {
-        option *o = &w->options[i * (size_t)n_options + (size_t)(2 * k + ckpt)];
-        if (ckpt) { /* the recomputation's window, then the backward's, on top of what it kept */
+      for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
+        option *o = &w->options[i * (size_t)n_options + (size_t)(MFP_MODE_COUNT * k + mode)];
+        o->available = mode == MFP_MODE_KEEP || (req->allow_checkpoint && (mode != MFP_MODE_SELECTIVE || selective));
+        if (mode == MFP_MODE_SELECTIVE) { /* one window: the recomputation and the backward */
+          o->kept = x->skept;
+          o->local = x->skept + x->sbpk;
+          o->add = x->skept + x->sbd;
+          o->fpk = x->sfpk;
+          o->dt = x->st;
+        } else if (mode == MFP_MODE_CHECKPOINT) { /* the recomputation's window, then the backward's, on top of what it kept */
           o->kept = x->ckept;
           o->local = x->ckept + x->crpk;
           if (x->ckept + x->crd + x->cbpk > o->local) o->local = x->ckept + x->crd + x->cbpk;
@@ -321,16 +338,15 @@ static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_opt
           o->fpk = x->fpk;
           o->dt = x->tf + x->tb;
         }
-        /* A pass without checkpoints: an option no state can take and still fit. */
-        if (ckpt && !req->allow_checkpoint) o->kept = o->local = req->usable + 1;
       }
     }
   int64_t add = 0, kept = 0;
   double seconds = INFINITY;
-  for (int k = 0; k < req->n_allowed; k++) {
-    const _mfp_step_terms *st = &m->step[req->allowed[k]];
-    if (st->tl + st->tlb < seconds) seconds = st->tl + st->tlb;
-  }
+  for (int k = 0; k < req->n_allowed; k++)
+    for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
+      const _mfp_step_terms *st = &m->step[req->allowed[k]][mode];
+      if (st->tl + st->tlb < seconds) seconds = st->tl + st->tlb;
+    }
   seconds += m->to;
   for (size_t i = n; i-- > 0;) {
     w->suffix_add[i] = add;
@@ -340,6 +356,7 @@ static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_opt
     double min_dt = INFINITY;
     for (int o = 0; o < n_options; o++) {
       const option *x = &w->options[i * (size_t)n_options + (size_t)o];
+      if (!x->available) continue;
       if (x->add < min_add) min_add = x->add;
       if (x->kept < min_kept) min_kept = x->kept;
       if (x->fpk < min_fpk) min_fpk = x->fpk;
@@ -366,34 +383,49 @@ static mfp_status solve_once(const _mfp_solve_request *req, double time_bound, _
   res->exact = true;
   res->largest_front = 0;
   double cutoff = time_bound * (1 + 1e-9);
-  int n_options = 2 * req->n_allowed;
+  int n_options = MFP_MODE_COUNT * req->n_allowed;
   workspace w = {0};
-  mfp_status s = prepare(req, &w, n_options);
+  mfp_status s = prepare(req, &w, n_options, req->selective);
   /* The loss and loss-backward terms come with the last layer's precision:
    * the bounds take the smallest over the allowed ones. */
   int64_t min_loss_add = INT64_MAX, min_loss_peak = INT64_MAX;
-  for (int k = 0; k < req->n_allowed; k++) {
-    const _mfp_step_terms *st = &m->step[req->allowed[k]];
-    int64_t a = st->ld + st->lbd, pk = st->lpk > st->ld + st->lbpk ? st->lpk : st->ld + st->lbpk;
-    if (a < min_loss_add) min_loss_add = a;
-    if (pk < min_loss_peak) min_loss_peak = pk;
-  }
+  for (int k = 0; k < req->n_allowed; k++)
+    for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
+      const _mfp_step_terms *st = &m->step[req->allowed[k]][mode];
+      int64_t a = st->ld + st->lbd, pk = st->lpk > st->ld + st->lbpk ? st->lpk : st->ld + st->lbpk;
+      if (a < min_loss_add) min_loss_add = a;
+      if (pk < min_loss_peak) min_loss_peak = pk;
+    }
   size_t front_len = 1;
   if (s == MFP_OK) s = grow(&w, 1);
   if (s == MFP_OK) w.front[0] = (state){0, m->fixed + m->opk, 0.0, -1, -1};
   double best_t = INFINITY;
   int32_t best_parent = -1, best_option = -1;
-  size_t seg[2 * MFP_PRECISION_COUNT + 1];
+  /* Note [Boundary groups]: what a state's future costs depends on its last
+   * layer's option, precision and mode (the boundary term, PLAN.md), so the
+   * front is one Pareto front per option, in option order: group g is
+   * front[group[g], group[g + 1]). The start state is in group 0 (layer 0 has
+   * no boundary). With no boundaries charged, one front as before. */
+  int n_groups = m->boundaries ? n_options : 1;
+  size_t group[MFP_MODE_COUNT * MFP_PRECISION_COUNT + 1];
+  group[0] = 0;
+  for (int g = 1; g <= n_groups; g++) group[g] = 1;
+  size_t seg[MFP_MODE_COUNT * MFP_PRECISION_COUNT * MFP_MODE_COUNT * MFP_PRECISION_COUNT + 1];
+  int group_segments[MFP_MODE_COUNT * MFP_PRECISION_COUNT + 1];
   for (size_t i = 0; i < n && s == MFP_OK && front_len > 0; i++) {
     const option *opts = &w.options[i * (size_t)n_options];
     if (i + 1 == n) { /* the last layer: its precision brings the loss terms */
       for (size_t j = 0; j < front_len && !(best_option >= 0 && !req->timed); j++) {
         const state *from = &w.front[j];
-        int64_t base = m->fixed + from->S;
         for (int o = 0; o < n_options; o++) {
           const option *x = &opts[o];
-          const _mfp_step_terms *st = &m->step[req->allowed[o / 2]];
-          int64_t S = from->S + x->kept, mm = from->m + x->add, F = m->fixed + S;
+          if (!x->available) continue;
+          const _mfp_step_terms *st = &m->step[req->allowed[o / MFP_MODE_COUNT]][o % MFP_MODE_COUNT];
+          int64_t c = from->option < 0 ? 0
+                      : _mfp_boundary(m, i, req->allowed[from->option / MFP_MODE_COUNT], option_mode(from->option),
+                                      option_mode(o));
+          int64_t base = m->fixed + from->S + c;
+          int64_t S = from->S + c + x->kept, mm = from->m + c + x->add, F = m->fixed + S;
           if (base + x->local > mm) mm = base + x->local;
           if (base + x->fpk > U || F + st->lpk > U || F + st->ld + st->lbpk > U || mm + st->ld + st->lbd > U) continue;
           double total = 0;
@@ -413,32 +445,56 @@ static mfp_status solve_once(const _mfp_solve_request *req, double time_bound, _
       break;
     }
     if ((s = grow(&w, front_len * (size_t)n_options)) != MFP_OK) break;
-    /* Option by option, so that each segment of candidates is sorted by time
-     * like the front it comes from (float addition is monotone). */
+    /* Option by option and source group by source group, so that each segment
+     * of candidates is sorted by time like the group it comes from (float
+     * addition is monotone); the segments of each mode together, in mode order
+     * (Note [Boundary groups]). */
     size_t len = 0;
-    for (int o = 0; o < n_options; o++) {
-      const option *x = &opts[o];
-      seg[o] = len;
-      for (size_t j = 0; j < front_len; j++) {
-        const state *from = &w.front[j];
-        int64_t base = m->fixed + from->S; /* the live bytes when layer i's forward opens */
-        if (base + x->fpk > U) continue;
-        state to = {from->S + x->kept, from->m + x->add, req->timed ? from->t + x->dt : 0.0, (int32_t)j, o};
-        if (base + x->local > to.m) to.m = base + x->local;
-        /* Bounds: no completion of this state can fit, or beat the bound. */
-        if (to.m + w.suffix_add[i] + min_loss_add > U) continue;
-        if (m->fixed + to.S + w.suffix_kept[i] + min_loss_peak > U) continue;
-        if (m->fixed + to.S + w.next_fpk[i] > U) continue;
-        if (to.t + w.suffix_time[i] > cutoff) continue;
-        w.cand[len++] = to;
+    int segments = 0;
+    for (int here = 0; here < n_groups; here++) {
+      group_segments[here] = segments;
+      for (int o = 0; o < n_options; o++) {
+        const option *x = &opts[o];
+        if (n_groups > 1 && o != here) continue;
+        for (int g = 0; g < n_groups; g++) {
+          seg[segments++] = len;
+          for (size_t j = group[g]; j < group[g + 1] && x->available; j++) {
+            const state *from = &w.front[j];
+            int64_t c = i == 0 || n_groups == 1 ? 0
+                        : _mfp_boundary(m, i, req->allowed[g / MFP_MODE_COUNT], option_mode(g), option_mode(o));
+            int64_t base = m->fixed + from->S + c; /* the live bytes when layer i's forward opens */
+            if (base + x->fpk > U) continue;
+            state to = {from->S + c + x->kept, from->m + c + x->add, req->timed ? from->t + x->dt : 0.0, (int32_t)j, o};
+            if (base + x->local > to.m) to.m = base + x->local;
+            /* Bounds: no completion of this state can fit, or beat the bound. */
+            if (to.m + w.suffix_add[i] + min_loss_add > U) continue;
+            if (m->fixed + to.S + w.suffix_kept[i] + min_loss_peak > U) continue;
+            if (m->fixed + to.S + w.next_fpk[i] > U) continue;
+            if (to.t + w.suffix_time[i] > cutoff) continue;
+            w.cand[len++] = to;
+          }
+        }
       }
     }
-    seg[n_options] = len;
-    merge(w.cand, seg, n_options, w.front); /* the old front is read: reuse it */
-    len = pareto(w.front, len, &w.sc);
+    seg[segments] = len;
+    group_segments[n_groups] = segments;
+    /* The old front is read: reuse it. Each group is its own Pareto front. */
+    size_t kept = 0;
+    for (int here = 0; here < n_groups; here++) {
+      int a = group_segments[here], b = group_segments[here + 1];
+      merge(w.cand, seg + a, b - a, w.front + kept);
+      kept += pareto(w.front + kept, seg[b] - seg[a], &w.sc);
+    }
+    len = kept;
     if (len > req->front_cap) {
       if ((s = coarsen(w.front, &len, req->front_cap)) != MFP_OK) break;
       res->exact = false;
+    }
+    /* Coarsening keeps the order: the groups are still in option order. */
+    group[0] = 0;
+    for (int g = 0; g < n_groups; g++) {
+      group[g + 1] = group[g];
+      while (group[g + 1] < len && (n_groups == 1 || w.front[group[g + 1]].option == g)) group[g + 1]++;
     }
     if (len > res->largest_front) res->largest_front = len;
     w.parent[i] = malloc((len ? len : 1) * sizeof *w.parent[i]);
@@ -456,7 +512,7 @@ static mfp_status solve_once(const _mfp_solve_request *req, double time_bound, _
   if (s == MFP_OK && best_option >= 0) {
     int32_t at = best_parent, o = best_option;
     for (size_t i = n; i-- > 0;) {
-      res->decisions[i] = (mfp_decision){o % 2 == 1, req->allowed[o / 2]};
+      res->decisions[i] = option_decision(req, o);
       if (i == 0) break;
       o = w.choice[i - 1][at];
       at = w.parent[i - 1][at];

@@ -21,7 +21,7 @@ enum exit_status {
 static void usage(FILE *out) {
   fputs("usage: memfit-plan PROFILE.json --budget SIZE [--objective max-batch|throughput|global-batch=N]\n"
         "                   [--precisions fp32,bf16,fp16] [--max-batch N] [--headroom F|auto] [--json]\n"
-        "                   [-o plan.json]\n"
+        "                   [--no-selective] [-o plan.json]\n"
         "\n"
         "Plans the batch size and, per layer, checkpointing and precision so that the\n"
         "predicted peak fits the budget (planner/PLAN.md). PROFILE '-' reads standard input.\n"
@@ -37,6 +37,8 @@ static void usage(FILE *out) {
         "  --headroom F|auto  fraction of the budget kept free (default auto: 1%, or 25% for a\n"
         "                     profile from segments, + the model's self-check error; the\n"
         "                     reserve model is applied on top of it)\n"
+        "  --no-selective     no layer selectively checkpointed (by default a choice where the\n"
+        "                     profile has \"selective\" runs)\n"
         "  --json             print the plan JSON instead of the table\n"
         "  -o FILE            also write the plan JSON to FILE\n"
         "\n"
@@ -155,7 +157,8 @@ static void print_table(const char *profile_path, const mfp_plan_result *plan, c
   for (size_t i = 0; i < n; i++) {
     mfp_plan_layer l;
     mfp_plan_get_layer(plan, i, &l);
-    printf("  %-*s  %-10s  %-9s  %12s  ", (int)width, l.name, l.decision.checkpoint ? "yes" : "no",
+    printf("  %-*s  %-10s  %-9s  %12s  ", (int)width, l.name,
+           !l.decision.checkpoint ? "no" : l.decision.selective ? "selective" : "yes",
            mfp_precision_name(l.decision.precision), human(l.kept_bytes, a, sizeof a));
     if (l.decision.checkpoint) printf("%8.4f s\n", l.recompute_seconds);
     else printf("%10s\n", "-");
@@ -193,6 +196,8 @@ int main(int argc, char **argv) {
       return EXIT_OK;
     } else if (strcmp(arg, "--json") == 0) {
       json = true;
+    } else if (strcmp(arg, "--no-selective") == 0) {
+      o.no_selective = true;
     } else if (strcmp(arg, "--budget") == 0) {
       if (mfp_parse_size(value, &o.budget_bytes) != MFP_OK)
         return usage_error("bad --budget: %s", mfp_last_error());

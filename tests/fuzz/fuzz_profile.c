@@ -59,7 +59,7 @@ static void simulate_extremes(const mfp_profile *p, int64_t max_batch) {
   mfp_precision first = MFP_FP32;
   while (!mfp_profile_has_precision(p, first)) first = (mfp_precision)(first + 1);
   for (int all = 0; all < 2; all++) {
-    for (size_t i = 0; i < n; i++) d[i] = (mfp_decision){.checkpoint = all, .precision = first};
+    for (size_t i = 0; i < n; i++) d[i] = (mfp_decision){.checkpoint = all, .precision = first, false};
     const int64_t batches[] = {1, max_batch};
     for (int b = 0; b < 2; b++) {
       mfp_simulation sim;

@@ -50,7 +50,7 @@ extern "C" {
 
 /* The public structs start with {size, version} so that a foreign caller
  * (ctypes) can check that its layout matches the library's. */
-#define MFP_STRUCT_VERSION 2
+#define MFP_STRUCT_VERSION 3 /* 3: mfp_decision.selective, mfp_options.no_selective */
 
 /* ---------------------------------------------------------------- status */
 
@@ -142,6 +142,8 @@ typedef struct mfp_options {
   int32_t precision_count; /* 0: every precision the profile has, in the order of its settings */
   mfp_precision precisions[MFP_PRECISION_COUNT]; /* allowed; the first one is the baselines' */
   uint32_t front_cap;     /* states per layer in the exact search before it coarsens; 0: default */
+  bool no_selective;      /* true: no layer selectively checkpointed, even where the profile measured it
+                             (JSON "selective": false); by default a choice wherever it was measured */
 } mfp_options;
 
 #define MFP_HEADROOM_AUTO (-1.0)
@@ -157,8 +159,12 @@ MFP_API mfp_status mfp_options_parse_json(const char *json, mfp_options *opts);
 
 /* One layer's decision. */
 typedef struct mfp_decision {
-  bool checkpoint;          /* recompute its forward in backward, keeping only its output */
+  bool checkpoint;          /* recompute its forward in backward, keeping only its inputs */
   mfp_precision precision;
+  /* With checkpoint: selective activation checkpointing (PLAN.md, "Selective
+   * checkpointing"): its matmul and attention outputs are kept, only its other
+   * operations are recomputed. Needs the profile's "selective" runs. */
+  bool selective;
 } mfp_decision;
 
 typedef struct mfp_simulation {
