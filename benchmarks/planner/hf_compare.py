@@ -119,7 +119,8 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
                        "measured_peak_bytes": check["peak_allocated_bytes"],
                        "predicted_step_seconds": d["predicted_step_seconds"],
                        "measured_step_seconds": check["step_seconds"],
-                       "checkpointed": [layer["name"] for layer in d["layers"] if layer["checkpoint"]]},
+                       "checkpointed": [layer["name"] for layer in d["layers"] if layer["checkpoint"]],
+                       "selective": [layer["name"] for layer in d["layers"] if layer.get("selective")]},
             "hf_gradient_checkpointing": {"batch": hf["batch"], "trials": hf["trials"], "bound_hit": hf["bound_hit"]},
             "sqrt_segments": {"batch": sq["batch"], "trials": sq["trials"], "bound_hit": sq["bound_hit"]},
         }
@@ -133,6 +134,7 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
                 "batch": equal_batch,
                 "memfit_batch": at.batch_size,
                 "memfit_checkpointed": [layer["name"] for layer in at.layers if layer["checkpoint"]],
+                "memfit_selective": [layer["name"] for layer in at.layers if layer.get("selective")],
                 "step_seconds": medians,
                 "recompute_overhead": {k: (medians[k] / none - 1) if none and medians[k] else None
                                        for k in ("hf", "memfit")},
@@ -178,7 +180,8 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
             o = e["recompute_overhead"]
             fmt = lambda x: f"{100 * x:+.1f}%" if x is not None else "-"  # noqa: E731
             lines.append(f"| {m['model']} | {r['budget_bytes'] // MiB} MiB | {e['batch']} | {fmt(o['hf'])} | "
-                         f"{fmt(o['memfit'])} | {len(e['memfit_checkpointed'])} of {len(m['layers'])} units |")
+                         f"{fmt(o['memfit'])} | {len(e['memfit_checkpointed'])} of {len(m['layers'])} units"
+                         f"{' (%d selectively)' % len(e['memfit_selective']) if e.get('memfit_selective') else ''} |")
     path.write_text("\n".join(lines) + "\n")
 
 

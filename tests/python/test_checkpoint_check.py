@@ -31,7 +31,8 @@ def test_measured_checkpointing_fits_and_the_check_corrects_an_older_profile(tmp
     checks = profile["checkpoint_checks"]
     assert [c["batch_size"] for c in checks] == [2, 4] and {c["precision"] for c in checks} == {"fp32"}
     names = [layer["name"] for layer in profile["settings"][0]["layers"]]
-    assert all(c["checkpointed_layers"] == names[::2] for c in checks)  # every other layer
+    # checkpointed, kept, selectively checkpointed in turn
+    assert all(c["checkpointed_layers"] == names[::3] and c["selective_layers"] == names[2::3] for c in checks)
 
     # With what checkpointing keeps measured, the model predicts the mixed plans
     # of the checks, and the plan runs close to its prediction.
@@ -53,7 +54,9 @@ def test_measured_checkpointing_fits_and_the_check_corrects_an_older_profile(tmp
     # (the one that ran out of memory before checks existed).
     older = json.loads(profile_path.read_text())
     for setting in older["settings"]:
-        del setting["checkpointed"]
+        del setting["checkpointed"], setting["selective"]
+    for check in older["checkpoint_checks"]:  # older checks named only the layers checkpointed
+        check["checkpointed_layers"] += check.pop("selective_layers")
     (tmp_path / "older.json").write_text(json.dumps(older))
     done = run_memfit("plan", "--profile", str(tmp_path / "older.json"), "--budget", BUDGET, "--json")
     assert done.returncode == 0, done.stderr

@@ -90,6 +90,8 @@ def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str, job_requir
     p.add_argument("--steps", type=_count(1), default=3, help="measured steps per setting (default 3)")
     p.add_argument("--warmup-steps", type=_count(0), default=2)
     p.add_argument("--capacity", type=_size, help="memfit's capacity while profiling (e.g. 8GiB)")
+    p.add_argument("--no-selective", dest="selective", action="store_false",
+                   help="no selective activation checkpointing: profile does not measure it, plan does not choose it")
     p.add_argument("--blocks", metavar="REGEX",
                    help="the modules the plan decides on: a regular expression matched against whole module "
                         "paths, e.g. 'model\\.layers\\.\\d+' (default: the model's repeated blocks)")
@@ -304,7 +306,7 @@ def _profile(args: argparse.Namespace) -> int:
     _writable(args.snapshot, "--snapshot")
     prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions or ["fp32"],
                    steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
-                   snapshot=args.snapshot, blocks=args.blocks, progress=_progress(args))
+                   snapshot=args.snapshot, blocks=args.blocks, progress=_progress(args), selective=args.selective)
     prof.save(args.out)
     if not args.quiet:
         print(report(prof))
@@ -367,7 +369,7 @@ def _plan(args: argparse.Namespace) -> int:
 
         prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions or ["fp32"],
                        steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
-                       blocks=args.blocks, progress=_progress(args))
+                       blocks=args.blocks, progress=_progress(args), selective=args.selective)
         if args.profile_out:
             prof.save(args.profile_out)
     say = _progress(args)
@@ -387,7 +389,7 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         result = plan(prof, budget=args.budget, objective=objective, global_batch=global_batch,
                       precisions=args.plan_precisions or (args.precisions if args.profile else None),
-                      max_batch=args.max_batch, headroom=args.headroom)
+                      max_batch=args.max_batch, headroom=args.headroom, selective=args.selective)
     if noise is not None:
         ns = add_noise_scale(result.data, noise)
         if ns["suggested_global_batch"]:  # offer the plan at the critical batch beside the largest one
@@ -395,7 +397,7 @@ def _plan(args: argparse.Namespace) -> int:
                 at_critical = plan(prof, budget=args.budget, objective="global-batch",
                                    global_batch=ns["suggested_global_batch"],
                                    precisions=args.plan_precisions or (args.precisions if args.profile else None),
-                                   max_batch=args.max_batch, headroom=args.headroom)
+                                   max_batch=args.max_batch, headroom=args.headroom, selective=args.selective)
                 add_plan_at_critical(result.data, at_critical.data)
             except MemfitError as e:  # e.g. a critical batch below what any plan can run
                 ns["plan_at_critical_batch"] = {"note": str(e)}

@@ -95,6 +95,10 @@ class Plan:
             for key in ("name", "checkpoint", "precision"):
                 if key not in layer:
                     raise MemfitError(f"memfit: {path}: layers[{i}] has no {key!r}")
+            for key in ("checkpoint", "selective"):
+                if not isinstance(layer.get(key, False), bool):
+                    raise MemfitError(f"memfit: {path}: layers[{i}].{key} must be true or false, "
+                                      f"not {layer[key]!r}")
         return cls(data)
 
     def table(self) -> str:
@@ -138,7 +142,8 @@ class Plan:
         lines.extend(table_lines(d))
         lines.append(f"  {'layer':<24}{'checkpoint':<12}{'precision':<10}")
         for layer in self.layers:
-            lines.append(f"  {layer['name'][:23]:<24}{'yes' if layer['checkpoint'] else '-':<12}{layer['precision']:<10}")
+            how = "selective" if layer["checkpoint"] and layer.get("selective") else "yes" if layer["checkpoint"] else "-"
+            lines.append(f"  {layer['name'][:23]:<24}{how:<12}{layer['precision']:<10}")
         return "\n".join(lines)
 
 
@@ -190,11 +195,14 @@ def plan(
     precisions: Optional[Sequence[str]] = None,
     max_batch: Optional[int] = None,
     headroom: Optional[Union[float, str]] = None,
+    selective: bool = True,
 ) -> Plan:
     """The plan that fits `budget` best for `objective` ("max-batch",
     "throughput" or "global-batch" with global_batch=N). headroom: the fraction of
     the budget kept free on top of the reserve model ("auto", the default: 1% + the
-    model's self-check error; planner/PLAN.md)."""
+    model's self-check error; planner/PLAN.md). selective: False keeps every
+    layer from being selectively checkpointed (by default a choice wherever the
+    profile measured it)."""
     if isinstance(profile, (str, Path)):
         profile = Profile.load(profile)
     data = profile.data if isinstance(profile, Profile) else profile
@@ -209,6 +217,8 @@ def plan(
         options["precisions"] = list(precisions)
     if max_batch is not None:
         options["max_batch"] = max_batch
+    if not selective:
+        options["selective"] = False
     if headroom is not None:
         # JSON has no NaN: checked here, or the planner would say "not valid JSON".
         if headroom != "auto" and not (isinstance(headroom, (int, float)) and not isinstance(headroom, bool)

@@ -16,6 +16,7 @@ from ._lib import MemfitError, is_out_of_memory
 from .documents import (  # noqa: F401  (also importable from memfit.planning, as before)
     MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan)
 from .profiling import PRECISIONS, to_device
+from .selective import context_fn as selective_context_fn
 
 # ------------------------------------------------------------------- apply
 
@@ -36,8 +37,12 @@ def _device_type(module: torch.nn.Module) -> str:
     return "cpu"
 
 
-def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str) -> None:
+def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str, selective: bool = False) -> None:
+    """Run `module` in `precision`, checkpointed when asked: its whole forward
+    recomputed in backward, or with `selective` only what memfit.selective's
+    policy does not keep."""
     original = module.forward
+    extra = {"context_fn": selective_context_fn()} if checkpoint and selective else {}
     dtype = PRECISIONS[precision]
     device_type = _device_type(module)
 
@@ -54,7 +59,7 @@ def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str) -> None:
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         if checkpoint and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+            return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **extra, **kwargs)
         return run(*args, **kwargs)
 
     module._memfit_forward = original  # type: ignore[attr-defined]
@@ -63,8 +68,9 @@ def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str) -> None:
 
 def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.Module:
     """Checkpoint and set the precision of each layer the plan names (in place;
-    returns the model). Layers the plan keeps in fp32 without a checkpoint
-    are left alone unless a lower-precision layer runs before them."""
+    returns the model). A layer with "selective" true is checkpointed
+    selectively (memfit.selective). Layers the plan keeps in fp32 without a
+    checkpoint are left alone unless a lower-precision layer runs before them."""
     if not isinstance(the_plan, Plan):
         the_plan = Plan.load(the_plan)
     modules = dict(model.named_modules())
@@ -78,8 +84,12 @@ def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.
         module = modules[name]
         if hasattr(module, "_memfit_forward"):
             raise MemfitError(f"memfit.apply: layer {name!r} already has a plan applied; call memfit.unapply first")
+        selective = bool(layer.get("selective", False))
+        if selective and not layer["checkpoint"]:
+            raise MemfitError(f"memfit.apply: layer {name!r}: selective is true but checkpoint is false "
+                              "(selective checkpointing is a kind of checkpointing)")
         if layer["checkpoint"] or layer["precision"] != "fp32" or mixed:
-            _wrap(module, bool(layer["checkpoint"]), layer["precision"])
+            _wrap(module, bool(layer["checkpoint"]), layer["precision"], selective)
     return model
 
 

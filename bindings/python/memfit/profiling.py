@@ -216,6 +216,7 @@ def profile(
     snapshot: Optional[Union[str, Path]] = None,
     blocks: Union[None, str, Sequence[str]] = None,
     progress: Optional[Callable[[str], None]] = None,
+    selective: bool = True,
 ) -> Profile:
     """Measure `job` (a memfit.Job or 'FILE.py:FUNC') on `device` at each batch
     size and precision; see planner/PROFILE.md for what the result holds.
@@ -225,7 +226,9 @@ def profile(
     regular expression over module paths, or a list of paths), replacing the
     job's own `blocks` and the default rule (memfit.blocks.find_units).
     progress: called with a line for each thing measured (the command line
-    prints them on stderr)."""
+    prints them on stderr). selective: also measure every layer selectively
+    checkpointed (memfit.selective), so that plans may choose it; False
+    skips those runs (a third fewer runs)."""
     say = progress or (lambda message: None)
     if device not in ("cpu", "cuda"):
         raise MemfitError(f"memfit.profile: device must be 'cpu' or 'cuda', not {device!r}")
@@ -238,6 +241,9 @@ def profile(
     if steps < 1 or warmup_steps < 1:
         raise MemfitError("memfit.profile: steps and warmup_steps must be at least 1 (the warm-up creates optimizer state)")
     alloc = _ensure_allocator(device, capacity)
+    # Garbage of earlier work in this process (a model and optimizer held only by
+    # reference cycles) would count as this job's fixed bytes until collected.
+    gc.collect()
     job_name = job if isinstance(job, str) else type(job.model).__name__
     if isinstance(job, str):
         job = load_job(job)
@@ -249,7 +255,7 @@ def profile(
     prof = _Profiler(job, alloc, device)
     optimizer_name = type(prof.optimizer).__name__
     say(f"profiling {job_name} on {device}: {len(prof.blocks)} units: {describe(prof.blocks)}")
-    runs = len(precisions) * len(sizes) * 2 + len(sizes)
+    runs = len(precisions) * len(sizes) * (3 if selective else 2) + len(sizes)
     done = 0
 
     def started(what: str) -> None:
@@ -266,11 +272,22 @@ def profile(
                     setting = _measure(prof, b, precision, steps, warmup_steps, snapshot_here)
                 started(f"batch {b}, {precision}, every layer checkpointed")
                 setting["checkpointed"] = _measure_checkpointed(prof, b, precision, steps, warmup_steps, setting)
+                if selective:
+                    started(f"batch {b}, {precision}, every layer selectively checkpointed")
+                    setting["selective"] = _measure_checkpointed(prof, b, precision, steps, warmup_steps, setting,
+                                                                 selective=True)
                 settings.append(setting)
-        alternate = [name for k, name in enumerate(layer["name"] for layer in settings[0]["layers"]) if k % 2 == 0]
+        # The check mixes the ways a layer can run, so that each meets the others
+        # as neighbours: checkpointed, kept, (selective,) checkpointed, ...
+        cycle = 3 if selective else 2
+        names = [layer["name"] for layer in settings[0]["layers"]]
+        full = [name for k, name in enumerate(names) if k % cycle == 0]
+        partial = [name for k, name in enumerate(names) if k % cycle == 2]
+        what = "layers checkpointed, kept and selectively checkpointed in turn" if selective else \
+            "every other layer checkpointed"
         for b in sizes:
-            started(f"checkpoint check at batch {b}, {precisions[0]}, every other layer checkpointed")
-            checks.append(_measure_check(prof, b, precisions[0], steps, warmup_steps, alternate))
+            started(f"checkpoint check at batch {b}, {precisions[0]}, {what}")
+            checks.append(_measure_check(prof, b, precisions[0], steps, warmup_steps, full, partial))
     finally:
         prof_blocks, reused = prof.blocks, dict(prof.reused)
         prof.close()
@@ -349,16 +366,18 @@ def _units_not_planned(blocks, reused: Dict[int, int], layers: List[Dict[str, An
 
 
 @contextlib.contextmanager
-def _applied(prof: _Profiler, precision: str, checkpointed: Sequence[str]):
-    """The model with every unit in `precision` and the named ones checkpointed,
-    through memfit.apply (nothing to apply for fp32 without checkpoints)."""
+def _applied(prof: _Profiler, precision: str, checkpointed: Sequence[str], selective: Sequence[str] = ()):
+    """The model with every unit in `precision`, the named ones checkpointed
+    and those in `selective` selectively checkpointed, through memfit.apply
+    (nothing to apply for fp32 without checkpoints)."""
     from .planning import Plan, apply, unapply
 
-    chosen = set(checkpointed)
-    if precision == "fp32" and not chosen:
+    chosen, partial = set(checkpointed), set(selective)
+    if precision == "fp32" and not chosen and not partial:
         yield
         return
-    layers = [{"name": name, "checkpoint": name in chosen, "precision": precision}
+    layers = [{"name": name, "checkpoint": name in chosen or name in partial, "selective": name in partial,
+               "precision": precision}
               for i, (name, _) in enumerate(prof.blocks) if i not in prof.reused]
     apply(prof.model, Plan({"batch_size": 0, "layers": layers}))
     try:
@@ -368,41 +387,46 @@ def _applied(prof: _Profiler, precision: str, checkpointed: Sequence[str]):
 
 
 def _measure_checkpointed(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int,
-                          plain: Dict[str, Any]) -> Dict[str, Any]:
-    """The setting's steps again with every layer checkpointed, traced: what a
-    checkpointed layer really keeps and what its recomputation costs, measured
-    (PROFILE.md, "checkpointed"), in the layers' order of the plain run."""
-
-    with _applied(prof, precision, [layer["name"] for layer in plain["layers"]]):
-        run = _measure(prof, batch_size, precision, steps, warmup)
+                          plain: Dict[str, Any], selective: bool = False) -> Dict[str, Any]:
+    """The setting's steps again with every layer checkpointed (selectively
+    with `selective`), traced: what such a layer really keeps and what its
+    recomputation costs, measured (PROFILE.md, "checkpointed" and
+    "selective"), in the layers' order of the plain run."""
     names = [layer["name"] for layer in plain["layers"]]
+    with _applied(prof, precision, () if selective else names, names if selective else ()):
+        run = _measure(prof, batch_size, precision, steps, warmup)
     if [layer["name"] for layer in run["layers"]] != names:
-        raise MemfitError("memfit.profile: with every layer checkpointed, the layers ran in a different order; "
+        how = "selectively checkpointed" if selective else "checkpointed"
+        raise MemfitError(f"memfit.profile: with every layer {how}, the layers ran in a different order; "
                           "cannot profile")
     keep = ("peak_allocated_bytes", "peak_reserved_bytes", "step_seconds", "fixed_bytes", "loss",
             "loss_backward", "optimizer")
     return dict({k: run[k] for k in keep},
-                layers=[{k: layer[k] for k in ("name", "forward", "backward", "forward_seconds", "backward_seconds")}
+                layers=[{k: layer[k] for k in ("name", "forward", "backward", "forward_seconds", "backward_seconds",
+                                               "output_held_bytes")}
                         for layer in run["layers"]])
 
 
 def _measure_check(prof: _Profiler, batch_size: int, precision: str, steps: int,
-                   warmup: int, names: Sequence[str]) -> Dict[str, Any]:
+                   warmup: int, names: Sequence[str], selective: Sequence[str] = ()) -> Dict[str, Any]:
     """The checkpoint check (planner/PLAN.md): the same steps with the named
-    layers checkpointed (every other one: the model's terms come from runs with
-    none and with all, so a mixed plan tests how they combine), untraced; only
-    their peaks are kept."""
+    layers checkpointed and those in `selective` selectively (the model's terms
+    come from runs with none and with all, so a mixed plan tests how they
+    combine), untraced; only their peaks are kept."""
     alloc = prof.alloc
-    with _applied(prof, precision, names):
+    with _applied(prof, precision, names, selective):
         alloc.empty_cache()
         _warm_up(prof, batch_size, precision, warmup)
         alloc.reset_peaks()
         for _ in range(steps):
             prof.step(batch_size, precision, traced=False)
         stats = alloc.stats()
-    return {"batch_size": batch_size, "precision": precision, "checkpointed_layers": list(names),
-            "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
-            "peak_reserved_bytes": stats["reserved_bytes"]["peak"]}
+    check = {"batch_size": batch_size, "precision": precision, "checkpointed_layers": list(names),
+             "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
+             "peak_reserved_bytes": stats["reserved_bytes"]["peak"]}
+    if selective:
+        check["selective_layers"] = list(selective)
+    return check
 
 
 def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int,
@@ -671,10 +695,16 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
         temporaries = {j for j in window_allocs if free_index.get(j, len(events)) < forward_end}
         fwd_tmp_peak = _live_peak(events, fa["index"], fb["index"], temporaries, alloc_of)
         out_ptrs = dict(record.outputs.get(i, []))
-        out_alloc = sum(alloc_of[j][0] for j in window_allocs
-                        if events[j].addr in out_ptrs and free_index.get(j, len(events)) > fb["index"])
+        out_js = [j for j in window_allocs
+                  if events[j].addr in out_ptrs and free_index.get(j, len(events)) > fb["index"]]
+        out_alloc = sum(alloc_of[j][0] for j in out_js)
+        held = out_alloc  # no backward: nothing after it frees it first
         if i in step["backward"]:
             ba, bb = step["backward"][i]
+            # What of its output is not freed before its own backward: held by
+            # itself (or by the parent), not by the layers after it (PLAN.md,
+            # "The boundary term").
+            held = sum(alloc_of[j][0] for j in out_js if free_index.get(j, len(events)) >= ba["index"])
             bwd_allocs = {j for j in range(ba["index"] + 1, bb["index"])
                           if events[j].kind == _lib.TRACE_ALLOC and alloc_of[j][2] != grad}
             bwd_tmp_peak = _live_peak(events, ba["index"], bb["index"], bwd_allocs, alloc_of)
@@ -690,6 +720,7 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
             "activation_bytes": activation,
             "output_bytes": sum(out_ptrs.values()),
             "output_allocated_bytes": out_alloc,
+            "output_held_bytes": held,
             "forward_temporary_peak_bytes": fwd_tmp_peak,
             "backward_temporary_peak_bytes": bwd_tmp_peak,
             "forward_seconds": _median_window_seconds(analysis, "forward", i),
