@@ -163,20 +163,37 @@ def fsdp_units(setting: Dict[str, Any], world_size: int, rounding: int) -> List[
     return units
 
 
-def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int) -> Dict[str, Any]:
-    """One run (a setting or its checkpointed run) as one FSDP2 rank sees it.
-    The terms (planner/DISTRIBUTED.md, "FSDP2"):
-    - always: -freed, freed = the parameters' and optimizer state's bytes less their shards;
-    - the root unit's unsharded parameters from the forward to the end of backward (root: no reshard after forward);
-    - forward window of layer l: start + AG(l-1) (its all-gather output, held until l's copy-out),
-      peak + 2 AG(l) (all-gather output + unsharded params during the copy-out and the layer), end + AG(l)
-      (the last layer: 0, the root's post-forward frees it);
-    - backward window of layer l (reverse order): gradients of the layers after it are sharded
-      (-G(k) + shard G(k)); start + AG(l) + AG(l-1) (prefetch) + RS(l+1) (the previous reduce-scatter input,
-      kept until this post-backward); peak + the larger of 2 AG(l) + RS(l+1) (copy-out) and
-      AG(l) + AG(l-1) + max(RS(l+1), RS(l)) (RS(l) allocated while the unsharded gradients live);
-      end + AG(l-1) + RS(l) with G(l) sharded too;
-    - optimizer: all gradients sharded; its temporaries (peak - start) scale by 1/N."""
+def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int,
+              collective_temporaries: bool = True) -> Dict[str, Any]:
+    """One run (a setting or its checkpointed run) as one FSDP2 rank sees it
+    (planner/DISTRIBUTED.md, "FSDP2"). A unit without parameters has no FSDP
+    parameter group: it all-gathers, prefetches and reduces nothing, so "the
+    previous unit" below is the previous unit *with parameters* (p), "the next" the
+    next one with parameters (q). AG(u): the all-gather output (N padded shards);
+    RS(u): the reduce-scatter input. Terms, added to the profile's window values:
+    - always: -freed (parameters and optimizer state less their shards), + AG(root)
+      from the forward to the end of backward;
+    - forward of unit l: the all-gather output of p(l) is held until l's copy-out;
+      l's own is held (with its unsharded parameters) through l's compute and until the
+      next copy-out (the last one: until the root's post-forward). Moments: l's
+      all-gather (start + AG(p) + AG(l) + the collective's temporary), l's compute
+      (peak + 2 AG(l)), end + AG(l) (through units without parameters after it);
+    - backward of unit l (reverse order): gradients of the units after it are sharded;
+      held: RS(q) (until l's post-backward) and AG(l) (prefetched by q). Moments: l's
+      copy-out (start + 2 AG(l) + RS(q)), l's prefetch of p (start + AG(l) + RS(q) +
+      AG(p) + the collective's temporary), compute (peak + AG(l) + AG(p) + RS(q)),
+      post-backward (AG(l) and RS(q) freed): the copy-in (end + AG(p) + RS(l)), then the
+      reduce-scatter with l's unsharded gradients freed and its output (the sharded
+      gradients) allocated (end + AG(p) + RS(l) - G(l) + shard(G(l)) + the collective's
+      temporary); end + AG(p) + RS(l) - G(l) + shard(G(l)); the last backward window (the
+      first unit) ends with the last RS input and the root's all-gather freed;
+    - optimizer: all gradients sharded; its temporaries (peak - start) scale by 1/N.
+    collective_temporaries: gloo's (CPU) collectives allocate a flat temporary of the
+    all-gather's output (freed before the call returns) and of the reduce-scatter's
+    input (a clone made by the caller; its last reference is dropped by gloo's worker
+    thread after the caller is woken, so it may still be live in the backward of the
+    units without parameters that follow: covered there). ProcessGroupGloo, measured
+    (DISTRIBUTED.md); NCCL's collectives allocate no such tensors."""
     layers = units[:-1]
     root = units[-1]
     freed = sum(u["parameter_bytes"] + u["optimizer_state_bytes"] - u["sharded_parameter_bytes"]
@@ -186,30 +203,74 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int)
     rs = [u["reduce_scatter_input_bytes"] for u in layers]
     root_ag = root["unsharded_parameter_bytes"]
     n = len(layers)
+    with_params = [i for i in range(n) if ag[i] > 0]
 
-    def win(w: Any, start: int, peak: int, end: int) -> Any:
+    def prev_unit(i: int) -> Optional[int]:  # p(i): the last unit with parameters before i
+        before = [k for k in with_params if k < i]
+        return before[-1] if before else None
+
+    def next_unit(i: int) -> Optional[int]:  # q(i): the first unit with parameters after i
+        after = [k for k in with_params if k > i]
+        return after[0] if after else None
+
+    def at(values: List[int], k: Optional[int]) -> int:
+        return values[k] if k is not None else 0
+
+    def temp(nbytes: int) -> int:
+        return nbytes if collective_temporaries else 0
+
+    def win(w: Any, start: int, peak: int, end: int, moments: List[int] = ()) -> Any:
+        """The window shifted by start/peak/end; moments: absolute values the peak must cover."""
         if not isinstance(w, dict):
             return w
-        return dict(w, start=w["start"] + start, peak=w["peak"] + peak, end=w["end"] + end)
+        out = dict(w, start=w["start"] + start, peak=w["peak"] + peak, end=w["end"] + end)
+        out["peak"] = max([out["peak"]] + list(moments))
+        return out
 
     out = dict(run)
     out["fixed_bytes"] = run["fixed_bytes"] - freed
+    base = -freed + root_ag
     new_layers = []
     for i, layer in enumerate(run.get("layers", [])):
         layer = dict(layer)
-        prev = ag[i - 1] if i > 0 else 0
-        base = -freed + root_ag
-        layer["forward"] = win(layer.get("forward"), base + prev, base + max(2 * ag[i], prev + ag[i]),
-                               base + (ag[i] if i < n - 1 else 0))
-        after = sum(grad_saved[k] for k in range(i + 1, n))  # layers whose backward is done
-        nxt_rs = rs[i + 1] if i + 1 < n else 0
+        f, b_w = layer.get("forward"), layer.get("backward")
+        p, q = prev_unit(i), next_unit(i)
+        held_p = at(ag, p)
+        if ag[i] > 0:
+            fs = base + held_p
+            fend = base + (ag[i] if i < n - 1 else 0)
+            moments = [f["start"] + fs + ag[i] + temp(ag[i])] if isinstance(f, dict) else []
+            layer["forward"] = win(f, fs, base + 2 * ag[i], fend, moments)
+        else:  # no all-gather: the previous unit's output is still held (the root's post-forward frees it)
+            held = held_p if i < n - 1 else 0
+            layer["forward"] = win(f, base + held_p, base + held_p, base + held)
+        after = sum(grad_saved[k] for k in range(i + 1, n))  # units whose backward is done
         b = base - after
-        # start: the unsharded params prefetched by the layer after it (none for the last layer: its
-        # pre-backward unshards it inside the window); end: this layer's prefetch of the one before, the
-        # reduce-scatter input it keeps (layer 0: freed with the root's unsharded params at the end of backward)
-        layer["backward"] = win(layer.get("backward"), b + (ag[i] if i < n - 1 else 0) + nxt_rs,
-                                b + max(2 * ag[i] + nxt_rs, ag[i] + prev + max(nxt_rs, rs[i])),
-                                b - grad_saved[i] + (prev + rs[i] if i > 0 else -root_ag))
+        rs_q = at(rs, q)
+        if ag[i] > 0:
+            # start: l's unsharded params (prefetched by q; the last unit unshards in its own
+            # pre-backward, inside the window) and q's reduce-scatter input
+            bs = b + (ag[i] if q is not None else 0) + rs_q
+            moments = []
+            if isinstance(b_w, dict):
+                s0, e0 = b_w["start"], b_w["end"]
+                moments = [s0 + b + 2 * ag[i] + rs_q,
+                           s0 + b + ag[i] + rs_q + held_p + temp(held_p),
+                           e0 + b + held_p + rs[i],
+                           e0 + b + held_p + rs[i] - grad_saved[i] + temp(rs[i])]
+            bend = b - grad_saved[i] + held_p + rs[i]
+            layer["backward"] = win(b_w, bs, b + ag[i] + held_p + rs_q, bend, moments)
+        else:
+            # held: q's reduce-scatter input and the all-gather output q prefetched (of p)
+            # (before the first unit with parameters: its RS input, kept until the end of backward)
+            # gloo: the worker thread that ran q's reduce-scatter drops its reference to the
+            # temporary after the caller is woken, so it can still be live here (measured)
+            held = rs_q + held_p
+            layer["backward"] = win(b_w, b + held, b + held + temp(rs_q), b + held)
+        if i == 0 and isinstance(layer.get("backward"), dict):
+            # the last backward window: the end of backward frees the last reduce-scatter input
+            # and the root's unsharded parameters (_fsdp_state.py, the root's final callback)
+            layer["backward"]["end"] = b_w["end"] + b - grad_saved[i] - root_ag
         new_layers.append(layer)
     if new_layers:
         out["layers"] = new_layers
@@ -222,9 +283,9 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int)
     if isinstance(run.get("optimizer"), dict):
         w = run["optimizer"]
         s = -freed - sum(grad_saved)
-        temp = w["peak"] - w["start"]
+        tmp = w["peak"] - w["start"]
         out["optimizer"] = dict(w, start=w["start"] + s, end=w["end"] + s,
-                                peak=w["start"] + s + -(-temp // world_size))
+                                peak=w["start"] + s + -(-tmp // world_size))
     for w in [out.get(k) for k in ("loss", "loss_backward", "optimizer")] + \
             [x.get(k) for x in new_layers for k in ("forward", "backward")]:
         if isinstance(w, dict):
@@ -240,18 +301,25 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int)
     return out
 
 
+def fsdp_backend(profile: Dict[str, Any]) -> str:
+    """The process group's backend the ranks use for a profile's device: gloo on
+    CPU (what verify --nproc runs), NCCL on CUDA."""
+    return "gloo" if str(profile.get("device", "cpu")).startswith("cpu") else "nccl"
+
+
 def fsdp_profile(profile: Dict[str, Any], world_size: int) -> Dict[str, Any]:
     """The one-process profile as one rank of `world_size` FSDP2 ranks sees it
     (every planner layer and the root fully_shard-ed, fp32, FSDP2's defaults)."""
     rounding = int(profile.get("rounding_bytes", 512))
+    temporaries = fsdp_backend(profile) == "gloo"
     data = dict(profile)
     settings, deltas = [], {}
     for s in profile["settings"]:
         units = fsdp_units(s, world_size, rounding)
         s = {k: v for k, v in s.items() if k != "timeline"}
-        t = _fsdp_run(s, units, world_size)
+        t = _fsdp_run(s, units, world_size, temporaries)
         if isinstance(s.get("checkpointed"), dict):
-            t["checkpointed"] = _fsdp_run(s["checkpointed"], units, world_size)
+            t["checkpointed"] = _fsdp_run(s["checkpointed"], units, world_size, temporaries)
         deltas[(s["batch_size"], s["precision"])] = t["peak_allocated_bytes"] - s["peak_allocated_bytes"]
         settings.append(t)
     data["settings"] = settings
@@ -266,18 +334,16 @@ def fsdp_profile(profile: Dict[str, Any], world_size: int) -> Dict[str, Any]:
 def fsdp_summary(profile: Dict[str, Any], world_size: int) -> Dict[str, Any]:
     rounding = int(profile.get("rounding_bytes", 512))
     units = fsdp_units(profile["settings"][0], world_size, rounding)
-    return {"units": units, "reshard_after_forward": True, "mixed_precision": None,
+    backend = fsdp_backend(profile)
+    return {"units": units, "reshard_after_forward": True, "mixed_precision": None, "backend": backend,
+            # gloo's all-gather and reduce-scatter temporaries are in the terms (_fsdp_run)
+            "collective_temporaries": backend == "gloo",
             "sharded_parameter_bytes": sum(u["sharded_parameter_bytes"] for u in units),
             "sharded_gradient_bytes": sum(u["sharded_gradient_bytes"] for u in units),
             "sharded_optimizer_state_bytes": sum(u["sharded_optimizer_state_bytes"] for u in units),
             "freed_bytes": sum(u["parameter_bytes"] + u["optimizer_state_bytes"] + u["gradient_bytes"]
                                - u["sharded_parameter_bytes"] - u["sharded_optimizer_state_bytes"]
                                - u["sharded_gradient_bytes"] for u in units)}
-
-
-# The largest error measured of the FSDP2 terms on real ranks (DISTRIBUTED.md,
-# "FSDP2": +6.69% on 2 gloo ranks): added to the automatic headroom of fsdp plans.
-FSDP_MODEL_ERROR = 0.07
 
 
 def plan_distributed(profile: Any, budget: Union[str, int], strategy: str = "ddp", world_size: int = 2,
@@ -308,13 +374,6 @@ def plan_distributed(profile: Any, budget: Union[str, int], strategy: str = "ddp
     if strategy == "fsdp":
         sharded = fsdp_profile(data, world_size)
         result = plan(sharded, budget=budget, objective=objective, global_batch=per_rank_global, **options)
-        if options.get("headroom") in (None, "auto"):
-            # The FSDP2 terms are not yet exact (DISTRIBUTED.md: 2-rank runs measured up to
-            # +6.69% over them): the automatic headroom takes that error too, so a plan fits.
-            headroom = min(0.99, float(result.data["headroom"]) + FSDP_MODEL_ERROR)
-            result = plan(sharded, budget=budget, objective=objective, global_batch=per_rank_global,
-                          **dict(options, headroom=headroom))
-            result.data["headroom_rule"] = f"auto + {FSDP_MODEL_ERROR:.0%} (FSDP2 terms' measured error)"
     else:
         ddp = ddp_bucket_bytes(data, gradient_as_bucket_view, bucket_cap_bytes, first_bucket_bytes)
         result = plan(shift_profile(data, ddp["added_bytes"]), budget=budget, objective=objective,
