@@ -227,3 +227,54 @@ def test_fsdp_verify_two_ranks(fsdp_planned):
         assert x["measured_peak_bytes"] <= result["budget_bytes"]
         # Sharding really frees memory: below the one-process prediction at the same batch.
         assert x["measured_peak_bytes"] < fsdp_planned["plan1"]["predicted_peak_bytes"]
+
+
+# ------------------------------------------------------------------ memfit report, per rank
+
+
+def _report_torch_free(*args: str) -> subprocess.CompletedProcess:
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from memfit.cli import main\n"
+            f"sys.exit(main(['report', *{list(args)!r}]))")
+    return subprocess.run([sys.executable, "-c", code], env=python_env(), capture_output=True, text=True, timeout=120)
+
+
+def _row(text: str, label: str) -> list:
+    line = next(x for x in text.splitlines() if x.strip().startswith(label))
+    return line[len(label) + 2:].split()
+
+
+def test_report_per_rank(fsdp_planned):
+    """`memfit report` of a plan for several ranks (and of a profile with --strategy and
+    --world-size) shows what one rank holds: FSDP2 shards, DDP full copies; torch-free."""
+    from memfit.reporting import human
+
+    d, pf, pd = fsdp_planned["dir"], fsdp_planned["fsdp"], fsdp_planned["plan"]
+    r = _report_torch_free(str(d / "plan_fsdp.json"))
+    assert r.returncode == 0, r.stderr
+    assert "per rank: fsdp" in r.stdout and f"global batch {pf['global_batch']}" in r.stdout
+    units = pf["fsdp"]["units"]
+    params = _row(r.stdout, "parameters")
+    assert params[0:2] == human(sum(u["parameter_bytes"] for u in units)).split()
+    assert params[2:4] == human(sum(u["sharded_parameter_bytes"] for u in units)).split()
+    assert params[4:] == ["sharded", "1/2"]
+    assert _row(r.stdout, "optimizer state")[2:4] == human(pf["fsdp"]["sharded_optimizer_state_bytes"]).split()
+    r = _report_torch_free(str(d / "plan.json"))
+    assert r.returncode == 0, r.stderr
+    grads = _row(r.stdout, "gradients")
+    assert grads[0:2] == grads[2:4] and grads[4:] == ["full", "(replicated)"]
+    assert f"DDP gradient buckets: {human(pd['ddp']['added_bytes'])} in 2" in r.stdout
+    # a profile, per rank of 2 FSDP2 ranks: the same shards as the plan's
+    r = _report_torch_free(str(d / "profile.json"), "--strategy", "fsdp", "--world-size", "2")
+    assert r.returncode == 0, r.stderr
+    assert _row(r.stdout, "parameters")[2:4] == params[2:4]
+    # bad input, named
+    r = _report_torch_free(str(d / "profile.json"), "--strategy", "fsdp")
+    assert r.returncode == 2 and "--strategy and --world-size go together" in r.stderr
+    r = _report_torch_free(str(d / "plan.json"), "--strategy", "ddp", "--world-size", "2")
+    assert r.returncode == 2 and "is a plan" in r.stderr
+    old = dict(pd)
+    del old["per_rank_memory"]
+    (d / "old_plan.json").write_text(json.dumps(old))
+    r = _report_torch_free(str(d / "old_plan.json"))
+    assert r.returncode == 2 and "no per_rank_memory" in r.stderr

@@ -346,6 +346,44 @@ def fsdp_summary(profile: Dict[str, Any], world_size: int) -> Dict[str, Any]:
                                - u["sharded_gradient_bytes"] for u in units)}
 
 
+def per_rank_memory(profile: Dict[str, Any], strategy: str, world_size: int,
+                    setting: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What one rank holds of the model's state (requested bytes) against one process:
+    parameters, gradients, optimizer state (FSDP2: their shards; DDP: all of them) and
+    buffers and other untagged bytes (the profile's "other": never sharded), plus what
+    the strategy adds for communication. setting: the profile's setting (default: the
+    first; these bytes do not depend on the batch)."""
+    if strategy not in STRATEGIES:
+        raise MemfitError(f"memfit: strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise MemfitError(f"memfit: the world size must be a positive integer, not {world_size!r}")
+    s = setting if setting is not None else profile["settings"][0]
+    totals = s.get("totals", {})
+    full = {"parameter_bytes": int(totals.get("parameter", 0)), "gradient_bytes": int(totals.get("gradient", 0)),
+            "optimizer_state_bytes": int(totals.get("optimizer_state", 0)),
+            "buffer_bytes": int(totals.get("other", 0))}
+    out: Dict[str, Any] = {"strategy": strategy, "world_size": world_size, "one_process": full,
+                           "sharded": strategy == "fsdp"}
+    if strategy == "fsdp":
+        rounding = int(profile.get("rounding_bytes", 512))
+        units = fsdp_units(s, world_size, rounding)
+        out["per_rank"] = {"parameter_bytes": sum(u["sharded_parameter_bytes"] for u in units),
+                           "gradient_bytes": sum(u["sharded_gradient_bytes"] for u in units),
+                           "optimizer_state_bytes": sum(u["sharded_optimizer_state_bytes"] for u in units),
+                           "buffer_bytes": full["buffer_bytes"]}
+        big_ag = max(units, key=lambda u: u["unsharded_parameter_bytes"])
+        big_rs = max(units, key=lambda u: u["reduce_scatter_input_bytes"])
+        out["communication"] = {
+            "largest_all_gather_bytes": big_ag["unsharded_parameter_bytes"], "largest_all_gather_unit": big_ag["name"],
+            "largest_reduce_scatter_bytes": big_rs["reduce_scatter_input_bytes"],
+            "largest_reduce_scatter_unit": big_rs["name"], "backend": fsdp_backend(profile)}
+    else:
+        out["per_rank"] = dict(full)
+        ddp = ddp_bucket_bytes(profile)
+        out["communication"] = {"ddp_bucket_bytes": ddp["added_bytes"], "ddp_buckets": len(ddp["buckets"])}
+    return out
+
+
 def plan_distributed(profile: Any, budget: Union[str, int], strategy: str = "ddp", world_size: int = 2,
                      objective: str = "max-batch", global_batch: Optional[int] = None,
                      gradient_as_bucket_view: bool = False, bucket_cap_bytes: int = DDP_BUCKET_CAP_BYTES,
@@ -388,6 +426,10 @@ def plan_distributed(profile: Any, budget: Union[str, int], strategy: str = "ddp
         d["fsdp"] = fsdp_summary(data, world_size)
     else:
         d["ddp"] = ddp
+    d["per_rank_memory"] = per_rank_memory(data, strategy, world_size)
+    if strategy == "ddp":
+        d["per_rank_memory"]["communication"] = {"ddp_bucket_bytes": ddp["added_bytes"],
+                                                 "ddp_buckets": len(ddp["buckets"])}
     lr = d.get("lr_scale")
     if isinstance(lr, dict) and isinstance(lr.get("value"), (int, float)):
         # The linear rule relative to the largest profiled batch, now for the samples of all ranks.
