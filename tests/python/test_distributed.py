@@ -175,12 +175,17 @@ def test_fsdp_batch_larger_than_one_process(fsdp_planned):
     from memfit.documents import plan
 
     prof = fsdp_planned["profile"]
-    one = plan(prof, budget=BUDGET, max_batch=100000).data
-    fsdp = plan_distributed(prof, budget=BUDGET, strategy="fsdp", world_size=2, max_batch=100000).data
-    print(f"one process: batch {one['batch_size']}, fsdp per rank: batch {fsdp['batch_size']}")
+    one = plan(prof, budget=BUDGET, max_batch=100000, headroom=0.01).data
+    fsdp = plan_distributed(prof, budget=BUDGET, strategy="fsdp", world_size=2, max_batch=100000, headroom=0.01).data
+    print(f"one process: batch {one['batch_size']}, fsdp per rank: batch {fsdp['batch_size']} (headroom 1%)")
     assert fsdp["batch_size"] > one["batch_size"]
-    # No FSDP2 margin any more: the automatic headroom is the one-process rule (DISTRIBUTED.md).
-    assert fsdp["headroom_rule"] == one["headroom_rule"] == "auto"
+    # The automatic headroom keeps room for gloo's largest reduce-scatter clone (it can be freed late).
+    auto = plan_distributed(prof, budget=BUDGET, strategy="fsdp", world_size=2, max_batch=100000).data
+    units = fsdp_planned["fsdp"]["fsdp"]["units"]
+    reserve = max(u["reduce_scatter_input_bytes"] for u in units)
+    assert auto["gloo_late_free_reserve_bytes"] == reserve and "gloo" in auto["headroom_rule"]
+    assert auto["headroom"] >= 0.01 + reserve / (32 << 20) - 1e-12
+    assert auto["predicted_peak_bytes"] + reserve <= (32 << 20) * (1 - 0.01)
     # At the same batch the per-rank prediction is below the one-process one by what sharding frees, less buffers.
     p1, pf = fsdp_planned["plan1"], fsdp_planned["fsdp"]
     assert pf["batch_size"] == p1["batch_size"] and pf["predicted_peak_bytes"] < p1["predicted_peak_bytes"]
@@ -227,6 +232,47 @@ def test_fsdp_verify_two_ranks(fsdp_planned):
         assert x["measured_peak_bytes"] <= result["budget_bytes"]
         # Sharding really frees memory: below the one-process prediction at the same batch.
         assert x["measured_peak_bytes"] < fsdp_planned["plan1"]["predicted_peak_bytes"]
+
+
+def test_fsdp_bf16_param_dtype(fsdp_planned):
+    """--fsdp-param-dtype bf16 (MixedPrecisionPolicy(param_dtype=torch.bfloat16)): all-gathered
+    parameters and reduce-scatter inputs in bf16 (half), the shards and optimizer state fp32;
+    verify applies the policy and measures within 5%."""
+    d, pf = fsdp_planned["dir"], fsdp_planned["fsdp"]
+    r = _memfit("plan", "--profile", str(d / "profile.json"), "--budget", BUDGET, "--max-batch", "64",
+                "--strategy", "fsdp", "--world-size", "2", "--fsdp-param-dtype", "bf16",
+                "--out", str(d / "plan_bf16.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    pb = json.loads((d / "plan_bf16.json").read_text())
+    assert pb["fsdp"]["mixed_precision"]["param_dtype"] == "bf16" and pb["batch_size"] == pf["batch_size"]
+    fp32 = {u["name"]: u for u in pf["fsdp"]["units"]}
+    from memfit.models import mlp_job
+
+    model = mlp_job(inputs=64, wide=2048).model
+    for name, module in model.named_modules():
+        u = next((x for x in pb["fsdp"]["units"] if x["name"] == name), None)
+        if u is None or not u["parameter_bytes"]:
+            continue
+        low = sum(torch.chunk(q.detach().to(torch.bfloat16), 2, dim=0)[0].numel() * 2 for q in module.parameters())
+        assert u["all_gather_input_bytes"] == -(-low // 512) * 512, name
+        assert u["unsharded_parameter_bytes"] == 2 * u["all_gather_input_bytes"], name
+        assert u["sharded_parameter_bytes"] == fp32[name]["sharded_parameter_bytes"], name  # fp32 shards
+        assert u["sharded_optimizer_state_bytes"] == fp32[name]["sharded_optimizer_state_bytes"], name
+    assert pb["predicted_peak_bytes"] < pf["predicted_peak_bytes"]
+    result = _verify_two_ranks(fsdp_planned["job"], d / "plan_bf16.json")
+    assert result["fsdp_mixed_precision"]["param_dtype"] == "bf16"
+    for x in result["ranks"]:
+        assert not x["oom"] and x["error"] is None, x
+        print(f"bf16 rank {x['rank']}: measured {x['measured_peak_bytes']} predicted "
+              f"{result['predicted_peak_bytes']} ({x['error_percent']:+.2f}%)")
+        assert abs(x["measured_peak_bytes"] - result["predicted_peak_bytes"]) <= 0.05 * result["predicted_peak_bytes"], x
+    # bad input, named
+    r = _memfit("plan", "--profile", str(d / "profile.json"), "--budget", BUDGET, "--strategy", "ddp",
+                "--world-size", "2", "--fsdp-param-dtype", "bf16")
+    assert r.returncode == 2 and "--fsdp-param-dtype needs --strategy fsdp" in r.stderr
+    r = _memfit("plan", "--profile", str(d / "profile.json"), "--budget", BUDGET, "--strategy", "fsdp",
+                "--world-size", "2", "--fsdp-param-dtype", "fp8")
+    assert r.returncode == 2 and "--fsdp-param-dtype" in r.stderr
 
 
 # ------------------------------------------------------------------ memfit report, per rank

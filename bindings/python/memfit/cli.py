@@ -147,6 +147,10 @@ def parser() -> argparse.ArgumentParser:
                          "buffers); planner/DISTRIBUTED.md; --budget is each rank's")
     pl.add_argument("--world-size", type=_count(1), metavar="N",
                     help="ranks of --strategy (default 1); global-batch=N counts the samples of all ranks")
+    pl.add_argument("--fsdp-param-dtype", choices=("fp32", "bf16"),
+                    help="with --strategy fsdp: FSDP2's MixedPrecisionPolicy(param_dtype=...) (default fp32: none); "
+                         "bf16 all-gathers and computes in bf16 (reduce_dtype None: gradients reduced in bf16), "
+                         "sharded parameters and optimizer state stay fp32; verify applies the same policy")
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
@@ -409,13 +413,15 @@ def _plan(args: argparse.Namespace) -> int:
         say(f"planning {len(prof.settings[0]['layers'])} layers for a budget of {_human(args.budget)}")
     if args.world_size is not None and not args.strategy:
         raise MemfitError("memfit plan: --world-size needs --strategy (ddp or fsdp)")
+    if args.fsdp_param_dtype is not None and args.strategy != "fsdp":
+        raise MemfitError("memfit plan: --fsdp-param-dtype needs --strategy fsdp")
     if args.strategy:
         from .distributed import plan_distributed
 
         if noise is not None:
             raise MemfitError("memfit plan: --noise-scale is not combined with --strategy yet")
         result = plan_distributed(prof, budget=args.budget, strategy=args.strategy, world_size=args.world_size or 1,
-                                  objective=objective, global_batch=global_batch,
+                                  objective=objective, global_batch=global_batch, fsdp_param_dtype=args.fsdp_param_dtype,
                                   precisions=args.plan_precisions or (args.precisions if args.profile else None),
                                   max_batch=args.max_batch, headroom=args.headroom)
     else:
@@ -453,7 +459,9 @@ def _plan(args: argparse.Namespace) -> int:
                    f"({len(d['ddp']['buckets'])} buckets) in its predicted peak" if d["strategy"] == "ddp" else
                    f"sharding frees {_human(d['fsdp']['freed_bytes'])} of parameters, gradients and optimizer "
                    f"state per rank ({len(d['fsdp']['units'])} fully_shard units); all-gather and reduce-scatter "
-                   "buffers are in its predicted peak"))
+                   "buffers are in its predicted peak"
+                   + (f"; param_dtype {d['fsdp']['mixed_precision']['param_dtype']} (MixedPrecisionPolicy)"
+                      if d["strategy"] == "fsdp" and d["fsdp"].get("mixed_precision") else "")))
         if args.out:
             print(f"plan written to {args.out}")
     return 0
