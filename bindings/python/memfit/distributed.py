@@ -213,9 +213,10 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int,
     - optimizer: all gradients sharded; its temporaries (peak - start) scale by 1/N.
     collective_temporaries: gloo's (CPU) collectives allocate a flat temporary of the
     all-gather's output (freed before the call returns) and of the reduce-scatter's
-    input (a clone made by the caller; its last reference is dropped by gloo's worker
-    thread after the caller is woken, so it may still be live in the backward of the
-    units without parameters that follow: covered there). ProcessGroupGloo, measured
+    input (a clone made by the caller that outlives the call: the asynchronous work on
+    gloo's worker thread holds it, so it may still be live in the backward of the units
+    without parameters that follow: covered there; at the next unit's copy-out, seen once:
+    covered by the headroom's reserve, gloo_late_free_reserve). ProcessGroupGloo, measured
     (DISTRIBUTED.md); NCCL's collectives allocate no such tensors."""
     layers = units[:-1]
     root = units[-1]
@@ -298,8 +299,8 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int,
         else:
             # held: q's reduce-scatter input and the all-gather output q prefetched (of p)
             # (before the first unit with parameters: its RS input, kept until the end of backward)
-            # gloo: the worker thread that ran q's reduce-scatter drops its reference to the
-            # temporary after the caller is woken, so it can still be live here (measured)
+            # gloo: q's reduce-scatter clone outlives the call (held by the asynchronous work
+            # on gloo's worker thread), so it can still be live here (measured)
             held = rs_q + held_p
             layer["backward"] = win(b_w, b + held, b + held + temp(rs_q), b + held)
         if i == 0 and isinstance(layer.get("backward"), dict):
