@@ -314,6 +314,8 @@ def test_report_per_rank(fsdp_planned):
     r = _report_torch_free(str(d / "profile.json"), "--strategy", "fsdp", "--world-size", "2")
     assert r.returncode == 0, r.stderr
     assert _row(r.stdout, "parameters")[2:4] == params[2:4]
+    r = _report_torch_free(str(d / "plan1.json"))  # a one-process plan: no per-rank section
+    assert r.returncode == 0 and "one process (no strategy)" in r.stdout and "per rank" not in r.stdout
     # bad input, named
     r = _report_torch_free(str(d / "profile.json"), "--strategy", "fsdp")
     assert r.returncode == 2 and "--strategy and --world-size go together" in r.stderr
