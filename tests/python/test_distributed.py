@@ -175,15 +175,49 @@ def test_fsdp_batch_larger_than_one_process(fsdp_planned):
     from memfit.documents import plan
 
     prof = fsdp_planned["profile"]
-    one = plan(prof, budget=BUDGET, max_batch=100000).data
-    fsdp = plan_distributed(prof, budget=BUDGET, strategy="fsdp", world_size=2, max_batch=100000).data
-    print(f"one process: batch {one['batch_size']}, fsdp per rank: batch {fsdp['batch_size']}")
+    one = plan(prof, budget=BUDGET, max_batch=100000, headroom=0.01).data
+    fsdp = plan_distributed(prof, budget=BUDGET, strategy="fsdp", world_size=2, max_batch=100000, headroom=0.01).data
+    print(f"one process: batch {one['batch_size']}, fsdp per rank: batch {fsdp['batch_size']} (headroom 1%)")
     assert fsdp["batch_size"] > one["batch_size"]
-    # The FSDP2 terms' measured error is in the automatic headroom (DISTRIBUTED.md).
-    assert fsdp["headroom"] >= 0.01 + 0.07 - 1e-12 and "FSDP2" in fsdp["headroom_rule"]
+    # The automatic headroom keeps room for gloo's largest reduce-scatter clone (it can be freed late).
+    auto = plan_distributed(prof, budget=BUDGET, strategy="fsdp", world_size=2, max_batch=100000).data
+    units = fsdp_planned["fsdp"]["fsdp"]["units"]
+    reserve = max(u["reduce_scatter_input_bytes"] for u in units)
+    assert auto["gloo_late_free_reserve_bytes"] == reserve and "gloo" in auto["headroom_rule"]
+    assert auto["headroom"] >= 0.01 + reserve / (32 << 20) - 1e-12
+    assert auto["predicted_peak_bytes"] + reserve <= (32 << 20) * (1 - 0.01)
     # At the same batch the per-rank prediction is below the one-process one by what sharding frees, less buffers.
     p1, pf = fsdp_planned["plan1"], fsdp_planned["fsdp"]
     assert pf["batch_size"] == p1["batch_size"] and pf["predicted_peak_bytes"] < p1["predicted_peak_bytes"]
+
+
+def test_fsdp_gloo_collective_temporaries(fsdp_planned):
+    """On CPU (gloo) the terms hold gloo's all-gather and reduce-scatter temporaries; a
+    CUDA profile (NCCL) has none, so its per-rank prediction is lower at the same batch.
+    The peak of the test model is in the backward of layers.3 (a ReLU, no parameters):
+    layers.4's reduce-scatter temporary (its RS input's bytes) can still be live there, and
+    layers.2's all-gather output, prefetched by layers.4, is held through it."""
+    from memfit.distributed import fsdp_profile
+
+    prof = fsdp_planned["profile"]
+    pf = fsdp_planned["fsdp"]
+    assert pf["fsdp"]["backend"] == "gloo" and pf["fsdp"]["collective_temporaries"] is True
+    units = {u["name"]: u for u in pf["fsdp"]["units"]}
+    gloo = fsdp_profile(prof, 2)["settings"]
+    nccl = fsdp_profile(dict(prof, device="cuda"), 2)["settings"]
+    for g, c, s in zip(gloo, nccl, prof["settings"]):
+        relu_g = {x["name"]: x for x in g["layers"]}["layers.3"]["backward"]
+        relu_c = {x["name"]: x for x in c["layers"]}["layers.3"]["backward"]
+        relu = {x["name"]: x for x in s["layers"]}["layers.3"]["backward"]
+        # held: layers.4's RS input and layers.2's all-gather output (the previous unit *with* parameters)
+        freed = sum(u["parameter_bytes"] + u["optimizer_state_bytes"] - u["sharded_parameter_bytes"]
+                    - u["sharded_optimizer_state_bytes"] for u in units.values())
+        sharded_after = sum(units[k]["gradient_bytes"] - units[k]["sharded_gradient_bytes"]
+                            for k in ("layers.4", "layers.5", "layers.6"))
+        held = units["layers.4"]["reduce_scatter_input_bytes"] + units["layers.2"]["unsharded_parameter_bytes"]
+        for key in ("start", "peak", "end"):
+            assert relu_c[key] - relu[key] == held - freed - sharded_after, key
+        assert relu_g["peak"] - relu_c["peak"] == units["layers.4"]["reduce_scatter_input_bytes"]
 
 
 def test_fsdp_verify_two_ranks(fsdp_planned):
@@ -191,13 +225,104 @@ def test_fsdp_verify_two_ranks(fsdp_planned):
     assert result["strategy"] == "fsdp" and [x["rank"] for x in result["ranks"]] == [0, 1]
     for x in result["ranks"]:
         assert not x["oom"] and x["error"] is None, x
-        # The 5% acceptance is NOT met reliably: the model under-predicts by +3.1% to +6.7% in the runs so far
-        # (the peak moves with gloo's timing of the retained all-gather / reduce-scatter buffers;
-        # planner/DISTRIBUTED.md, "FSDP2"), which fsdp plans' automatic headroom takes in (+7%).
-        # What holds: within 10%, and under the budget.
         print(f"rank {x['rank']}: measured {x['measured_peak_bytes']} predicted {result['predicted_peak_bytes']} "
               f"({x['error_percent']:+.2f}%)")
-        assert abs(x["measured_peak_bytes"] - result["predicted_peak_bytes"]) <= 0.10 * result["predicted_peak_bytes"], x
+        # The acceptance: within 5% of the prediction, on every rank.
+        assert abs(x["measured_peak_bytes"] - result["predicted_peak_bytes"]) <= 0.05 * result["predicted_peak_bytes"], x
         assert x["measured_peak_bytes"] <= result["budget_bytes"]
         # Sharding really frees memory: below the one-process prediction at the same batch.
         assert x["measured_peak_bytes"] < fsdp_planned["plan1"]["predicted_peak_bytes"]
+
+
+def test_fsdp_bf16_param_dtype(fsdp_planned):
+    """--fsdp-param-dtype bf16 (MixedPrecisionPolicy(param_dtype=torch.bfloat16)): all-gathered
+    parameters and reduce-scatter inputs in bf16 (half), the shards and optimizer state fp32;
+    verify applies the policy and measures within 5%."""
+    d, pf = fsdp_planned["dir"], fsdp_planned["fsdp"]
+    r = _memfit("plan", "--profile", str(d / "profile.json"), "--budget", BUDGET, "--max-batch", "64",
+                "--strategy", "fsdp", "--world-size", "2", "--fsdp-param-dtype", "bf16",
+                "--out", str(d / "plan_bf16.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    pb = json.loads((d / "plan_bf16.json").read_text())
+    assert pb["fsdp"]["mixed_precision"]["param_dtype"] == "bf16" and pb["batch_size"] == pf["batch_size"]
+    fp32 = {u["name"]: u for u in pf["fsdp"]["units"]}
+    from memfit.models import mlp_job
+
+    model = mlp_job(inputs=64, wide=2048).model
+    for name, module in model.named_modules():
+        u = next((x for x in pb["fsdp"]["units"] if x["name"] == name), None)
+        if u is None or not u["parameter_bytes"]:
+            continue
+        low = sum(torch.chunk(q.detach().to(torch.bfloat16), 2, dim=0)[0].numel() * 2 for q in module.parameters())
+        assert u["all_gather_input_bytes"] == -(-low // 512) * 512, name
+        assert u["unsharded_parameter_bytes"] == 2 * u["all_gather_input_bytes"], name
+        assert u["sharded_parameter_bytes"] == fp32[name]["sharded_parameter_bytes"], name  # fp32 shards
+        assert u["sharded_optimizer_state_bytes"] == fp32[name]["sharded_optimizer_state_bytes"], name
+    assert pb["predicted_peak_bytes"] < pf["predicted_peak_bytes"]
+    result = _verify_two_ranks(fsdp_planned["job"], d / "plan_bf16.json")
+    assert result["fsdp_mixed_precision"]["param_dtype"] == "bf16"
+    for x in result["ranks"]:
+        assert not x["oom"] and x["error"] is None, x
+        print(f"bf16 rank {x['rank']}: measured {x['measured_peak_bytes']} predicted "
+              f"{result['predicted_peak_bytes']} ({x['error_percent']:+.2f}%)")
+        assert abs(x["measured_peak_bytes"] - result["predicted_peak_bytes"]) <= 0.05 * result["predicted_peak_bytes"], x
+    # bad input, named
+    r = _memfit("plan", "--profile", str(d / "profile.json"), "--budget", BUDGET, "--strategy", "ddp",
+                "--world-size", "2", "--fsdp-param-dtype", "bf16")
+    assert r.returncode == 2 and "--fsdp-param-dtype needs --strategy fsdp" in r.stderr
+    r = _memfit("plan", "--profile", str(d / "profile.json"), "--budget", BUDGET, "--strategy", "fsdp",
+                "--world-size", "2", "--fsdp-param-dtype", "fp8")
+    assert r.returncode == 2 and "--fsdp-param-dtype" in r.stderr
+
+
+# ------------------------------------------------------------------ memfit report, per rank
+
+
+def _report_torch_free(*args: str) -> subprocess.CompletedProcess:
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from memfit.cli import main\n"
+            f"sys.exit(main(['report', *{list(args)!r}]))")
+    return subprocess.run([sys.executable, "-c", code], env=python_env(), capture_output=True, text=True, timeout=120)
+
+
+def _row(text: str, label: str) -> list:
+    line = next(x for x in text.splitlines() if x.strip().startswith(label))
+    return line[len(label) + 2:].split()
+
+
+def test_report_per_rank(fsdp_planned):
+    """`memfit report` of a plan for several ranks (and of a profile with --strategy and
+    --world-size) shows what one rank holds: FSDP2 shards, DDP full copies; torch-free."""
+    from memfit.reporting import human
+
+    d, pf, pd = fsdp_planned["dir"], fsdp_planned["fsdp"], fsdp_planned["plan"]
+    r = _report_torch_free(str(d / "plan_fsdp.json"))
+    assert r.returncode == 0, r.stderr
+    assert "per rank: fsdp" in r.stdout and f"global batch {pf['global_batch']}" in r.stdout
+    units = pf["fsdp"]["units"]
+    params = _row(r.stdout, "parameters")
+    assert params[0:2] == human(sum(u["parameter_bytes"] for u in units)).split()
+    assert params[2:4] == human(sum(u["sharded_parameter_bytes"] for u in units)).split()
+    assert params[4:] == ["sharded", "1/2"]
+    assert _row(r.stdout, "optimizer state")[2:4] == human(pf["fsdp"]["sharded_optimizer_state_bytes"]).split()
+    r = _report_torch_free(str(d / "plan.json"))
+    assert r.returncode == 0, r.stderr
+    grads = _row(r.stdout, "gradients")
+    assert grads[0:2] == grads[2:4] and grads[4:] == ["full", "(replicated)"]
+    assert f"DDP gradient buckets: {human(pd['ddp']['added_bytes'])} in 2" in r.stdout
+    # a profile, per rank of 2 FSDP2 ranks: the same shards as the plan's
+    r = _report_torch_free(str(d / "profile.json"), "--strategy", "fsdp", "--world-size", "2")
+    assert r.returncode == 0, r.stderr
+    assert _row(r.stdout, "parameters")[2:4] == params[2:4]
+    r = _report_torch_free(str(d / "plan1.json"))  # a one-process plan: no per-rank section
+    assert r.returncode == 0 and "one process (no strategy)" in r.stdout and "per rank" not in r.stdout
+    # bad input, named
+    r = _report_torch_free(str(d / "profile.json"), "--strategy", "fsdp")
+    assert r.returncode == 2 and "--strategy and --world-size go together" in r.stderr
+    r = _report_torch_free(str(d / "plan.json"), "--strategy", "ddp", "--world-size", "2")
+    assert r.returncode == 2 and "is a plan" in r.stderr
+    old = dict(pd)
+    del old["per_rank_memory"]
+    (d / "old_plan.json").write_text(json.dumps(old))
+    r = _report_torch_free(str(d / "old_plan.json"))
+    assert r.returncode == 2 and "no per_rank_memory" in r.stderr

@@ -108,8 +108,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", help="also write the largest batch's run as a PyTorch memory snapshot "
                                       "(FILE.pickle, for python -m torch.cuda._memory_viz and pytorch.org/memory_viz)")
 
-    r = sub.add_parser("report", help="print a profile's breakdown; --plot writes the PNG timeline")
-    r.add_argument("profile")
+    r = sub.add_parser("report", help="print a profile's breakdown (or a plan's; --plot writes the PNG timeline); "
+                                      "a plan for several ranks, or --strategy/--world-size, adds what one rank holds")
+    r.add_argument("profile", help="a profile (memfit profile --out) or a plan (memfit plan --out)")
+    r.add_argument("--strategy", choices=("ddp", "fsdp"),
+                   help="with a profile: also show one rank of a DDP or FSDP2 run (needs --world-size)")
+    r.add_argument("--world-size", type=_count(1), help="with --strategy: the number of ranks")
     r.add_argument("--batch-size", type=_count(1))
     r.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
     r.add_argument("--top", type=_count(1), default=10)
@@ -145,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
                          "buffers); planner/DISTRIBUTED.md; --budget is each rank's")
     pl.add_argument("--world-size", type=_count(1), metavar="N",
                     help="ranks of --strategy (default 1); global-batch=N counts the samples of all ranks")
+    pl.add_argument("--fsdp-param-dtype", choices=("fp32", "bf16"),
+                    help="with --strategy fsdp: FSDP2's MixedPrecisionPolicy(param_dtype=...) (default fp32: none); "
+                         "bf16 all-gathers and computes in bf16 (reduce_dtype None: gradients reduced in bf16), "
+                         "sharded parameters and optimizer state stay fp32; verify applies the same policy")
     pl.add_argument("--out", help="write the plan JSON here")
     pl.add_argument("--profile-out", help="also write the measured profile here")
     pl.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
@@ -321,11 +329,41 @@ def _report(args: argparse.Namespace) -> int:
     from .reporting import plot, report
 
     _writable(args.plot, "--plot")  # a directory would become DIR.png, a missing one a traceback
+    if (args.strategy is None) != (args.world_size is None):
+        raise MemfitError("memfit report: --strategy and --world-size go together")
+    if _is_plan(args.profile):
+        from .documents import Plan
+        from .reporting import plan_report
+
+        if args.strategy or args.plot or args.batch_size or args.precision:
+            raise MemfitError(f"memfit report: {args.profile} is a plan: --strategy, --world-size, --plot, "
+                              "--batch-size and --precision are for a profile (a plan has its own)")
+        print(plan_report(Plan.load(args.profile).data))
+        return 0
     prof = Profile.load(args.profile)
     print(report(prof, args.batch_size, args.precision, args.top))
+    if args.strategy:
+        from .distributed import per_rank_memory
+        from .reporting import per_rank_lines, pick_setting
+
+        s = pick_setting(prof, args.batch_size, args.precision)
+        print()
+        print("\n".join(per_rank_lines(per_rank_memory(prof.data, args.strategy, args.world_size, s),
+                                       s["batch_size"], s["batch_size"] * args.world_size)))
     if args.plot:
         print(f"timeline written to {plot(prof, args.plot, args.batch_size, args.precision)}")
     return 0
+
+
+def _is_plan(path: str) -> bool:
+    """Whether a report's file is a plan (format memfit-plan); anything else is read as a profile."""
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f).get("format") == "memfit-plan"
+    except (OSError, ValueError, AttributeError):
+        return False  # Profile.load says what is wrong with it
 
 
 def _human(n: int) -> str:
@@ -377,13 +415,15 @@ def _plan(args: argparse.Namespace) -> int:
         say(f"planning {len(prof.settings[0]['layers'])} layers for a budget of {_human(args.budget)}")
     if args.world_size is not None and not args.strategy:
         raise MemfitError("memfit plan: --world-size needs --strategy (ddp or fsdp)")
+    if args.fsdp_param_dtype is not None and args.strategy != "fsdp":
+        raise MemfitError("memfit plan: --fsdp-param-dtype needs --strategy fsdp")
     if args.strategy:
         from .distributed import plan_distributed
 
         if noise is not None:
             raise MemfitError("memfit plan: --noise-scale is not combined with --strategy yet")
         result = plan_distributed(prof, budget=args.budget, strategy=args.strategy, world_size=args.world_size or 1,
-                                  objective=objective, global_batch=global_batch,
+                                  objective=objective, global_batch=global_batch, fsdp_param_dtype=args.fsdp_param_dtype,
                                   precisions=args.plan_precisions or (args.precisions if args.profile else None),
                                   max_batch=args.max_batch, headroom=args.headroom)
     else:
@@ -421,7 +461,9 @@ def _plan(args: argparse.Namespace) -> int:
                    f"({len(d['ddp']['buckets'])} buckets) in its predicted peak" if d["strategy"] == "ddp" else
                    f"sharding frees {_human(d['fsdp']['freed_bytes'])} of parameters, gradients and optimizer "
                    f"state per rank ({len(d['fsdp']['units'])} fully_shard units); all-gather and reduce-scatter "
-                   "buffers are in its predicted peak"))
+                   "buffers are in its predicted peak"
+                   + (f"; param_dtype {d['fsdp']['mixed_precision']['param_dtype']} (MixedPrecisionPolicy)"
+                      if d["strategy"] == "fsdp" and d["fsdp"].get("mixed_precision") else "")))
         if args.out:
             print(f"plan written to {args.out}")
     return 0

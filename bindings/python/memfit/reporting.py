@@ -72,6 +72,66 @@ def report(profile: Union[Profile, str, Path], batch_size: Optional[int] = None,
     return "\n".join(lines)
 
 
+def per_rank_lines(memory: Dict[str, Any], per_rank_batch: Optional[int] = None,
+                   global_batch: Optional[int] = None, accumulation: int = 1) -> list:
+    """The per-rank section of a report: what one rank of a DDP or FSDP2 run holds of
+    the model's state against one process (memfit.distributed.per_rank_memory's dict)."""
+    n = memory["world_size"]
+    strategy = memory["strategy"]
+    sharded = memory.get("sharded", strategy == "fsdp")
+    head = f"per rank: {strategy} ({'FSDP2, fully_shard' if strategy == 'fsdp' else 'DistributedDataParallel'}), " \
+           f"{n} ranks"
+    if per_rank_batch is not None:
+        head += f", batch {per_rank_batch} per rank"
+        if global_batch is not None:
+            head += (f" x {accumulation} accumulation steps" if accumulation > 1 else "") + \
+                    f" x {n} ranks = global batch {global_batch}"
+    lines = [head, f"  {'':<18}{'one process':>14}{'per rank':>14}  "]
+    one, rank = memory["one_process"], memory["per_rank"]
+    for key, label in (("parameter_bytes", "parameters"), ("gradient_bytes", "gradients"),
+                       ("optimizer_state_bytes", "optimizer state"), ("buffer_bytes", "buffers, other")):
+        how = ("sharded 1/%d" % n if sharded and key != "buffer_bytes" else "full (replicated)")
+        lines.append(f"  {label:<18}{human(one[key]):>14}{human(rank[key]):>14}  {how}")
+    total_one, total_rank = sum(one.values()), sum(rank.values())
+    lines.append(f"  {'model state':<18}{human(total_one):>14}{human(total_rank):>14}")
+    comm = memory.get("communication") or {}
+    if strategy == "fsdp" and comm:
+        lines.append(f"  all-gather, largest unit: {human(comm['largest_all_gather_bytes'])} "
+                     f"({comm['largest_all_gather_unit']}); reduce-scatter input, largest: "
+                     f"{human(comm['largest_reduce_scatter_bytes'])} ({comm['largest_reduce_scatter_unit']}); "
+                     f"backend {comm.get('backend', '?')}")
+    elif comm:
+        lines.append(f"  DDP gradient buckets: {human(comm['ddp_bucket_bytes'])} in {comm['ddp_buckets']} "
+                     f"(on top of the gradients, for the whole run)")
+    mp = memory.get("mixed_precision")
+    if mp:
+        lines.append(f"  mixed precision: param_dtype {mp.get('param_dtype')}, reduce_dtype "
+                     f"{mp.get('reduce_dtype') or mp.get('param_dtype')}")
+    return lines
+
+
+def plan_report(data: Dict[str, Any]) -> str:
+    """A plan's report: its batch, predicted peak and budget and, for a plan of several
+    ranks (strategy, world_size), what one rank holds (its per_rank_memory)."""
+    lines = [f"memfit plan: {data.get('job', '?')}, batch {data['batch_size']}, predicted peak "
+             f"{human(data['predicted_peak_bytes'] + data.get('checkpoint_correction_bytes', 0))} of budget "
+             f"{human(data['budget_bytes'])}"]
+    strategy = data.get("strategy")
+    if strategy is None:
+        lines.append("one process (no strategy)")
+        return "\n".join(lines)
+    memory = data.get("per_rank_memory")
+    if not isinstance(memory, dict):
+        raise MemfitError(f"memfit report: the plan has strategy {strategy!r} but no per_rank_memory "
+                          "(planned by an older memfit): plan it again")
+    for key in ("world_size", "one_process", "per_rank", "strategy"):
+        if key not in memory:
+            raise MemfitError(f"memfit report: the plan's per_rank_memory has no {key!r}")
+    lines += per_rank_lines(memory, data.get("per_rank_batch", data["batch_size"]), data.get("global_batch"),
+                            int(data.get("grad_accumulation_steps", 1)))
+    return "\n".join(lines)
+
+
 def plot(profile: Union[Profile, str, Path], path: Union[str, Path], batch_size: Optional[int] = None,
          precision: Optional[str] = None) -> Path:
     """Write a PNG: live allocated bytes stacked by category across one step."""
