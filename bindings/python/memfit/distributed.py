@@ -8,7 +8,7 @@ default) the buckets are flat tensors allocated when DDP is built and alive for
 the rest of the run: their bytes are a constant on top of every point of the
 step. memfit.plan is therefore run unchanged on the profile shifted by those
 bytes (shift_profile): fixed_bytes and every window's start, peak and end, the
-measured peaks of each setting, of its checkpointed run and of the checkpoint
+measured peaks of each setting, of its checkpointed and selective runs and of the checkpoint
 checks. The C planner is untouched and its self-check still compares like with
 like. With gradient_as_bucket_view=True the gradients are views into the
 buckets: nothing is added.
@@ -32,6 +32,11 @@ STRATEGIES = ("ddp", "fsdp")
 MIB = 1 << 20
 DDP_BUCKET_CAP_BYTES = 25 * MIB  # DistributedDataParallel(bucket_cap_mb=25): torch/nn/parallel/distributed.py
 DDP_FIRST_BUCKET_BYTES = 1 * MIB  # dist._DEFAULT_FIRST_BUCKET_BYTES (c10d reducer kDefaultFirstBucketBytes)
+
+
+# A setting's optional runs (PROFILE.md): every layer checkpointed, every layer
+# selectively checkpointed. Each is transformed like the setting itself.
+RUNS = ("checkpointed", "selective")
 
 
 def _round_up(n: int, to: int) -> int:
@@ -120,8 +125,9 @@ def shift_profile(profile: Dict[str, Any], by: int) -> Dict[str, Any]:
     for s in profile["settings"]:
         s = {k: v for k, v in s.items() if k != "timeline"}
         shifted = _shift_run(s, by)
-        if isinstance(s.get("checkpointed"), dict):
-            shifted["checkpointed"] = _shift_run(s["checkpointed"], by)
+        for key in RUNS:
+            if isinstance(s.get(key), dict):
+                shifted[key] = _shift_run(s[key], by)
         settings.append(shifted)
     data["settings"] = settings
     if isinstance(profile.get("checkpoint_checks"), list):
@@ -344,6 +350,7 @@ def fsdp_backend(profile: Dict[str, Any]) -> str:
 
 
 _RUN_VALUES = ("fixed_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "peak_requested_bytes")
+_LAYER_VALUES = ("output_allocated_bytes", "output_held_bytes")
 
 
 def _run_paths(run: Dict[str, Any]) -> List[tuple]:
@@ -356,6 +363,7 @@ def _run_paths(run: Dict[str, Any]) -> List[tuple]:
         for key in ("forward", "backward"):
             if isinstance(layer.get(key), dict):
                 paths += [("layers", i, key, v) for v in ("start", "peak", "end") if isinstance(layer[key].get(v), int)]
+        paths += [("layers", i, k) for k in _LAYER_VALUES if isinstance(layer.get(k), int)]
     return paths
 
 
@@ -393,11 +401,12 @@ def scale_batch_part(settings: List[Dict[str, Any]], factor: float) -> Optional[
                 parent = _get(r, path[:-1]) if len(path) > 1 else r
                 parent[path[-1]] = int(round(intercept + factor * (v - intercept)))
 
-    scale([{k: v for k, v in s.items() if k != "checkpointed"} for s in settings], out)
-    if all(isinstance(s.get("checkpointed"), dict) for s in settings):
-        scale([s["checkpointed"] for s in settings], [s["checkpointed"] for s in out])
+    scale([{k: v for k, v in s.items() if k not in RUNS} for s in settings], out)
+    for key in RUNS:
+        if all(isinstance(s.get(key), dict) for s in settings):
+            scale([s[key] for s in settings], [s[key] for s in out])
     for s in out:  # a window's peak is never below its start or end
-        for run in [s] + ([s["checkpointed"]] if isinstance(s.get("checkpointed"), dict) else []):
+        for run in [s] + [s[key] for key in RUNS if isinstance(s.get(key), dict)]:
             for w in [run.get(k) for k in ("loss", "loss_backward", "optimizer")] + \
                     [layer.get(k) for layer in run.get("layers") or [] for k in ("forward", "backward")]:
                 if isinstance(w, dict) and all(isinstance(w.get(k), int) for k in ("start", "peak", "end")):
@@ -426,8 +435,9 @@ def fsdp_profile(profile: Dict[str, Any], world_size: int, param_dtype: Optional
         units = fsdp_units(s, world_size, rounding, param_dtype)
         s = {k: v for k, v in s.items() if k != "timeline"}
         t = _fsdp_run(s, units, world_size, temporaries)
-        if isinstance(s.get("checkpointed"), dict):
-            t["checkpointed"] = _fsdp_run(s["checkpointed"], units, world_size, temporaries)
+        for key in RUNS:
+            if isinstance(s.get(key), dict):
+                t[key] = _fsdp_run(s[key], units, world_size, temporaries)
         deltas[(s["batch_size"], s["precision"])] = t["peak_allocated_bytes"] - s["peak_allocated_bytes"]
         settings.append(t)
     data["settings"] = settings
