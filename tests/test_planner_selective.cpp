@@ -38,6 +38,19 @@ mfp_plan_result *plan_at(const mfp_profile *p, uint64_t budget, bool selective) 
   return s == MFP_OK ? r : nullptr;
 }
 
+// The plan of `profile` at a budget that fits it, as JSON ("" and a failure if none).
+std::string plan_json(const Json &profile) {
+  Profile p = parse(profile.str());
+  if (!p) return "";
+  Plan plan(plan_at(p.get(), 64u << 20, true));
+  EXPECT_TRUE(plan) << mfp_last_error();
+  char *json = nullptr;
+  if (!plan || mfp_plan_to_json(plan.get(), &json) != MFP_OK) return "";
+  std::string text(json);
+  free(json);
+  return text;
+}
+
 size_t selective_layers(const mfp_plan_result *r) {
   size_t k = 0;
   for (size_t i = 0; i < mfp_plan_layer_count(r); i++) {
@@ -69,16 +82,7 @@ TEST(PlannerSelective, SimulatorReproducesTheSelectiveRun) {
 }
 
 TEST(PlannerSelective, SelfCheckCoversTheSelectiveRuns) {
-  Synth synth = selective_synth(5);
-  Profile p = parse(synth_profile(synth).str());
-  ASSERT_TRUE(p);
-  mfp_plan_result *raw = plan_at(p.get(), 64u << 20, true);
-  ASSERT_TRUE(raw) << mfp_last_error();
-  Plan plan(raw);
-  char *json = nullptr;
-  ASSERT_EQ(mfp_plan_to_json(plan.get(), &json), MFP_OK);
-  std::string all(json);
-  free(json);
+  std::string all = plan_json(synth_profile(selective_synth(5)));
   size_t from = all.find("\"self_check\"");
   ASSERT_NE(from, std::string::npos);
   std::string text = all.substr(from, all.find("\"lr_scale\"") - from);
@@ -86,9 +90,7 @@ TEST(PlannerSelective, SelfCheckCoversTheSelectiveRuns) {
   size_t runs = 0, at = 0;
   while ((at = text.find("\"selective\": true", at)) != std::string::npos) runs++, at++;
   EXPECT_EQ(runs, 2u) << text;
-  mfp_plan_summary sm;
-  ASSERT_EQ(mfp_plan_get_summary(plan.get(), &sm), MFP_OK);
-  EXPECT_EQ(sm.model_error, 0.0);
+  EXPECT_NE(all.find("\"model_error\": 0.0,"), std::string::npos) << all.substr(0, 1500);
 }
 
 TEST(PlannerSelective, ChosenWhereItIsFasterAndOffWhenAsked) {
@@ -191,15 +193,7 @@ TEST(PlannerSelective, ChecksNameTheirSelectiveLayers) {
   check.set("checkpointed_layers", full).set("selective_layers", sel);
   j.set("checkpoint_checks", Json::array());
   j["checkpoint_checks"].push(check);
-  Profile p = parse(j.str());
-  ASSERT_TRUE(p);
-  mfp_plan_result *raw = plan_at(p.get(), 64u << 20, true);
-  ASSERT_TRUE(raw) << mfp_last_error();
-  Plan plan(raw);
-  char *json = nullptr;
-  ASSERT_EQ(mfp_plan_to_json(plan.get(), &json), MFP_OK);
-  std::string text(json);
-  free(json);
+  std::string text = plan_json(j);
   EXPECT_NE(text.find("\"checkpointed_layers\": 3"), std::string::npos) << text.substr(0, 2000);
   EXPECT_NE(text.find("\"selective_layers\": 2"), std::string::npos);
   // A layer in both lists is refused.

@@ -111,7 +111,6 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
         check = runner.trial(job, d["batch_size"], budget, compare.memfit_plan_policy(the_plan), warmup=1, steps=2)
         hf = compare.fixed_policy_search(runner, job, budget, hf_gradient_checkpointing, upper)
         sq = compare.fixed_policy_search(runner, job, budget, sqrt_segments, upper)
-        equal_batch = hf["batch"]
         row: Dict[str, Any] = {
             "budget_bytes": budget,
             "memfit": {"batch": d["batch_size"], "fits": check["ok"], "oom": check["oom"],
@@ -124,22 +123,26 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
             "hf_gradient_checkpointing": {"batch": hf["batch"], "trials": hf["trials"], "bound_hit": hf["bound_hit"]},
             "sqrt_segments": {"batch": sq["batch"], "trials": sq["trials"], "bound_hit": sq["bound_hit"]},
         }
-        if equal_batch >= 1:
+        # Equal batches: HF's largest (where every block must be recomputed) and
+        # three quarters of it (where a plan may recompute less than HF's every block).
+        row["equal_batch"] = []
+        for equal_batch in sorted({hf["batch"], (3 * hf["batch"]) // 4} - {0}, reverse=True):
             at = plan(prof, budget=budget, max_batch=equal_batch)
             policies = {"none": None, "hf": hf_gradient_checkpointing, "memfit": compare.memfit_plan_policy(at)}
             times = _steps(runner, job, equal_batch, policies, rounds)
             medians = {k: statistics.median(v) if v else None for k, v in times.items()}
             none = medians["none"]
-            row["equal_batch"] = {
+            row["equal_batch"].append({
                 "batch": equal_batch,
                 "memfit_batch": at.batch_size,
                 "memfit_checkpointed": [layer["name"] for layer in at.layers if layer["checkpoint"]],
                 "memfit_selective": [layer["name"] for layer in at.layers if layer.get("selective")],
+                "memfit_predicted_recompute_seconds": at.data["predicted_recompute_seconds"],
                 "step_seconds": medians,
                 "recompute_overhead": {k: (medians[k] / none - 1) if none and medians[k] else None
                                        for k in ("hf", "memfit")},
                 "rounds": rounds,
-            }
+            })
         out["budgets"].append(row)
         print(json.dumps({"model": name, **row}), flush=True)
     return out
@@ -168,20 +171,19 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
             lines.append(f"| {m['model']} | {r['budget_bytes'] // MiB} MiB | {mf['batch']} ({fits}) | {hf['batch']}"
                          f"{' (bound)' if hf['bound_hit'] else ''} | {sq['batch']}"
                          f"{' (bound)' if sq['bound_hit'] else ''} | {ratio} | {peak} | {step} |")
-    lines += ["", "At HF's largest batch: step time against no checkpointing at that batch (no cap), medians "
-              "of interleaved rounds in this run.", "",
+    lines += ["", "At HF's largest batch and at three quarters of it: step time against no checkpointing at that "
+              "batch (no cap), medians of interleaved rounds in this run. HF checkpoints every decoder layer at "
+              "both; memfit's plan is its fastest that fits at that batch.", "",
               "| model | budget | batch | HF gc recompute | memfit recompute | memfit checkpoints |",
               "|---|---|---|---|---|---|"]
     for m in res["models"]:
         for r in m["budgets"]:
-            e = r.get("equal_batch")
-            if not e:
-                continue
-            o = e["recompute_overhead"]
-            fmt = lambda x: f"{100 * x:+.1f}%" if x is not None else "-"  # noqa: E731
-            lines.append(f"| {m['model']} | {r['budget_bytes'] // MiB} MiB | {e['batch']} | {fmt(o['hf'])} | "
-                         f"{fmt(o['memfit'])} | {len(e['memfit_checkpointed'])} of {len(m['layers'])} units"
-                         f"{' (%d selectively)' % len(e['memfit_selective']) if e.get('memfit_selective') else ''} |")
+            for e in r.get("equal_batch") or []:
+                o = e["recompute_overhead"]
+                fmt = lambda x: f"{100 * x:+.1f}%" if x is not None else "-"  # noqa: E731
+                lines.append(f"| {m['model']} | {r['budget_bytes'] // MiB} MiB | {e['batch']} | {fmt(o['hf'])} | "
+                             f"{fmt(o['memfit'])} | {len(e['memfit_checkpointed'])} of {len(m['layers'])} units"
+                             f"{' (%d selectively)' % len(e['memfit_selective']) if e.get('memfit_selective') else ''} |")
     path.write_text("\n".join(lines) + "\n")
 
 
