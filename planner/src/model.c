@@ -111,7 +111,7 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
   *m = (_mfp_model){.batch = batch, .n_layers = p->n_layers, .in_range = true};
   for (int k = 0; k < p->n_precisions; k++) {
     mfp_precision prec = p->precisions[k];
-    _mfp_layer_terms *terms = malloc(p->n_layers * sizeof *terms);
+    _mfp_layer_terms *terms = calloc(p->n_layers, sizeof *terms); /* terms a profile lacks stay 0 */
     if (!terms) {
       _mfp_model_free(m);
       return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory evaluating the model");
