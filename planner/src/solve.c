@@ -447,8 +447,8 @@ static mfp_status solve_once(const _mfp_solve_request *req, double time_bound, _
     if ((s = grow(&w, front_len * (size_t)n_options)) != MFP_OK) break;
     /* Option by option and source group by source group, so that each segment
      * of candidates is sorted by time like the group it comes from (float
-     * addition is monotone); the segments of each mode together, in mode order
-     * (Note [Boundary groups]). */
+     * addition is monotone); the segments of each option (the candidates' new
+     * group) together, in option order (Note [Boundary groups]). */
     size_t len = 0;
     int segments = 0;
     for (int here = 0; here < n_groups; here++) {
