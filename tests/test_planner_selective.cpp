@@ -224,3 +224,44 @@ TEST(PlannerSelective, SimulateRefusesBadDecisions) {
             std::string::npos)
       << mfp_last_error();
 }
+
+// The boundary term (PLAN.md): before layer i's forward, a plan whose layers i - 1
+// and i run in different modes holds what layer i - 1 holds of its output in its
+// own mode and not in layer i's, to the end of the step; nothing for equal modes,
+// nothing when the other mode holds more. With every mode's terms made equal,
+// the end of the step differs between plans by exactly those charges.
+TEST(PlannerSelective, BoundariesChargeWhatTheModelWouldFreeTwice) {
+  Synth synth = selective_synth(13, 3);
+  SynthPrecision &sp = synth.precisions[0];
+  for (SynthLayer &l : sp.layers) {
+    l.cfpk = l.sfpk = l.fpk;
+    l.ckept = l.skept = l.kept;
+    l.cbpk = l.sbpk = l.bpk;
+    l.cbd = l.sbd = l.bd;
+  }
+  sp.cld = sp.sld = sp.ld;
+  SynthLayer &first = sp.layers[0];
+  first.out = {4096, 1024};
+  first.held[0] = {4096, 1024};  // kept as it is, it holds its whole output (a ReLU)
+  first.held[1] = {0, 0};        // checkpointed, none
+  first.held[2] = {1024, 256};   // selectively, a part
+  Profile p = parse(synth_profile(synth).str());
+  ASSERT_TRUE(p);
+  mfp_precision prec = synth.precisions[0].precision;
+  const mfp_decision K{false, prec, false}, C{true, prec, false}, S{true, prec, true};
+  for (int64_t b : {2, 16}) {
+    auto end = [&](std::vector<mfp_decision> d) {
+      mfp_simulation sim;
+      EXPECT_EQ(mfp_simulate(p.get(), b, d.data(), d.size(), &sim), MFP_OK) << mfp_last_error();
+      return sim.end_bytes;
+    };
+    int64_t base = end({K, K, K});
+    EXPECT_EQ(end({C, C, C}), base);
+    EXPECT_EQ(end({S, S, S}), base);
+    EXPECT_EQ(end({K, C, C}) - base, 4096 + 1024 * b) << "K -> C: all it holds, batch " << b;
+    EXPECT_EQ(end({K, S, S}) - base, 3072 + 768 * b) << "K -> S: what S does not hold, batch " << b;
+    EXPECT_EQ(end({S, C, C}) - base, 1024 + 256 * b) << "S -> C, batch " << b;
+    EXPECT_EQ(end({C, K, K}), base) << "C -> K: C holds nothing";
+    EXPECT_EQ(end({S, K, K}), base) << "S -> K: K holds more";
+  }
+}
