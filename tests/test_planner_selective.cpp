@@ -265,3 +265,25 @@ TEST(PlannerSelective, BoundariesChargeWhatTheModelWouldFreeTwice) {
     EXPECT_EQ(end({S, K, K}), base) << "S -> K: K holds more";
   }
 }
+
+// A boundary term that falls with the batch (what a layer holds in one mode
+// shrinking against another) would let a larger batch need less: the plan then
+// does not claim that feasibility is monotone.
+TEST(PlannerSelective, AFallingBoundaryTermIsNotMonotone) {
+  for (bool falling : {false, true}) {
+    Synth synth = selective_synth(17, 3);
+    for (SynthLayer &l : synth.precisions[0].layers)
+      for (auto &h : l.held) h = l.out;
+    SynthLayer &first = synth.precisions[0].layers[0];
+    first.out = {8192, 1024};
+    first.held[0] = falling ? ByteLine{8192, 0} : ByteLine{8192, 1024};
+    first.held[1] = falling ? ByteLine{0, 1024} : ByteLine{0, 0};
+    Profile p = parse(synth_profile(synth).str());
+    ASSERT_TRUE(p);
+    Plan plan(plan_at(p.get(), 64u << 20, true));
+    ASSERT_TRUE(plan) << mfp_last_error();
+    mfp_plan_summary sm;
+    ASSERT_EQ(mfp_plan_get_summary(plan.get(), &sm), MFP_OK);
+    EXPECT_EQ(sm.monotone, !falling) << (falling ? "falling" : "steady");
+  }
+}

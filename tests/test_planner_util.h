@@ -199,7 +199,12 @@ inline Synth make_synth(std::mt19937_64 &rng, const SynthOptions &o) {
         l.stf = {l.tf.a * real(0.9, 1.2), l.tf.s * real(0.9, 1.2)};
         l.stb = {l.tb.a * real(0.9, 1.5), l.tb.s * real(0.9, 1.5)};
         l.held_measured = true;
-        for (auto &h : l.held) h = uni(0, 1) ? l.out : ByteLine{uni(0, l.out.a), uni(0, l.out.s)};
+        // Quarters of the output (so that each difference keeps its sign across batches, as a
+        // tensor's share does): a falling boundary term would make feasibility not monotone.
+        for (auto &h : l.held) {
+          int64_t q = uni(0, 4);
+          h = {l.out.a * q / 4, l.out.s * q / 4};
+        }
         l.held[1] = uni(0, 3) ? ByteLine{} : l.held[1];  // a checkpointed layer rarely holds its output
       }
       p.layers.push_back(l);

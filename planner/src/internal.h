@@ -104,7 +104,7 @@ typedef struct _mfp_checkpoint_check {
   int64_t measured, predicted;
   bool *checkpointed; /* per layer: the plan that ran (every layer when the profile does not say);
                         NULL in a plan's copy */
-  bool *selective;    /* per layer, of those checkpointed: selectively (NULL: none) */
+  bool *selective;    /* per layer, of those checkpointed: selectively; NULL in a plan's copy */
   size_t n_checkpointed, n_selective;
 } _mfp_checkpoint_check;
 
@@ -166,8 +166,8 @@ typedef struct _mfp_layer_terms {
    * and the part of it that is recomputation. */
   int64_t sfpk, skept, sbpk, sbd;
   double st, srt;
-  /* By mode: what of its output the layer holds until its own backward (out
-   * when not measured). */
+  /* By mode: what of its output the layer holds until its own backward (0
+   * when the profile does not say: _mfp_boundary then charges all of out). */
   int64_t held[MFP_MODE_COUNT];
 } _mfp_layer_terms;
 

@@ -275,6 +275,19 @@ bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int
     }
   }
   if (loss_only < 0) return false; /* the suffix of the last layer's backward */
+  /* A boundary term max(0, held_a - held_b) that is positive at batch 1 and
+   * falls with the batch would make a larger batch need less. */
+  static const int held_term[MFP_MODE_COUNT] = {MFP_T_HELD, MFP_T_CHELD, MFP_T_SHELD};
+  int modes = p->measured_selective ? MFP_MODE_COUNT : MFP_MODE_SELECTIVE;
+  for (size_t i = 0; p->measured_checkpoint && p->measured_held && i + 1 < n; i++)
+    for (int k = 0; k < n_allowed; k++) {
+      const _mfp_line *f = p->layer_fit[allowed[k]] + i * MFP_LAYER_TERMS;
+      for (int a = 0; a < modes; a++)
+        for (int b = 0; b < modes; b++) {
+          const _mfp_line *ha = &f[held_term[a]], *hb = &f[held_term[b]];
+          if (ha->slope < hb->slope && _mfp_line_at(ha, 1) > _mfp_line_at(hb, 1)) return false;
+        }
+    }
   for (size_t i = n; i-- > 0;) {
     double smallest_add = INFINITY;
     for (int k = 0; k < n_allowed; k++) {
