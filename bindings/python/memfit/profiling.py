@@ -228,7 +228,7 @@ def profile(
     progress: called with a line for each thing measured (the command line
     prints them on stderr). selective: also measure every layer selectively
     checkpointed (memfit.selective), so that plans may choose it; False
-    skips those runs (a third fewer runs)."""
+    skips those runs (one traced run per setting fewer)."""
     say = progress or (lambda message: None)
     if device not in ("cpu", "cuda"):
         raise MemfitError(f"memfit.profile: device must be 'cpu' or 'cuda', not {device!r}")
