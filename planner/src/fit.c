@@ -1,6 +1,7 @@
 /* fit.c — fits every term of the model as intercept + slope * batch from the
  * settings of one precision: the line through the points with two batch
- * sizes, least squares with more. Lines are kept centred on the mean batch. */
+ * sizes, least squares with more. Lines are kept centred on the mean batch.
+ * With timing points, also each time term's share of its setting's step. */
 #include <stdlib.h>
 
 #include "internal.h"
@@ -78,4 +79,54 @@ mfp_status _mfp_fit_profile(mfp_profile *p) {
   }
   free(idx);
   return s;
+}
+
+/* The time terms: PLAN.md, "Step times". */
+static const size_t layer_times[] = {MFP_T_TF, MFP_T_TB, MFP_T_CTF, MFP_T_CTB, MFP_T_STF, MFP_T_STB};
+
+/* A setting's traced step by its own terms, every layer as it is: what its
+ * time terms are shares of. */
+static double traced_step(const mfp_profile *p, const _mfp_setting *st) {
+  double step = 0;
+  for (size_t i = 0; i < p->n_layers; i++)
+    step += st->layer_values[i * MFP_LAYER_TERMS + MFP_T_TF] + st->layer_values[i * MFP_LAYER_TERMS + MFP_T_TB];
+  return step + st->step_values[MFP_MODE_KEEP][MFP_S_TL] + st->step_values[MFP_MODE_KEEP][MFP_S_TLB] +
+         st->global_values[MFP_G_TO];
+}
+
+mfp_status _mfp_fit_time_shares(mfp_profile *p) {
+  const size_t n_layer_times = sizeof layer_times / sizeof layer_times[0];
+  for (int k = 0; k < p->n_precisions; k++) {
+    mfp_precision prec = p->precisions[k];
+    bool points = false;
+    for (size_t j = 0; j < p->n_timing; j++) points |= p->timing[j].precision == prec;
+    if (!points) continue;
+    double *share = calloc(p->n_layers * MFP_LAYER_TERMS, sizeof *share);
+    if (!share) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory fitting the profile");
+    p->layer_share[prec] = share;
+    double *step = &p->step_share[prec][0][0];
+    size_t n = 0;
+    for (size_t s = 0; s < p->n_settings; s++) {
+      const _mfp_setting *st = &p->settings[s];
+      double traced = traced_step(p, st);
+      if (st->precision != prec || !(traced > 0)) continue;
+      n++;
+      for (size_t i = 0; i < p->n_layers; i++)
+        for (size_t t = 0; t < n_layer_times; t++) {
+          size_t at = i * MFP_LAYER_TERMS + layer_times[t];
+          share[at] += st->layer_values[at] / traced;
+        }
+      for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
+        step[mode * MFP_STEP_TERMS + MFP_S_TL] += st->step_values[mode][MFP_S_TL] / traced;
+        step[mode * MFP_STEP_TERMS + MFP_S_TLB] += st->step_values[mode][MFP_S_TLB] / traced;
+      }
+      if (prec == p->first_precision) p->global_share[MFP_G_TO] += st->global_values[MFP_G_TO] / traced;
+    }
+    if (!n) continue; /* no setting took time: the fits stand */
+    for (size_t at = 0; at < p->n_layers * MFP_LAYER_TERMS; at++) share[at] /= (double)n;
+    for (size_t t = 0; t < MFP_MODE_COUNT * MFP_STEP_TERMS; t++) step[t] /= (double)n;
+    if (prec == p->first_precision) p->global_share[MFP_G_TO] /= (double)n;
+    p->timed[prec] = true;
+  }
+  return MFP_OK;
 }

@@ -108,6 +108,17 @@ typedef struct _mfp_checkpoint_check {
   size_t n_checkpointed, n_selective;
 } _mfp_checkpoint_check;
 
+/* A step time measured without the tracer (the profile's optional "timing"):
+ * every layer as it is, in one precision, at one batch; what the traced
+ * per-layer times are calibrated to (PLAN.md, "Step times"). */
+typedef struct _mfp_timing_point {
+  mfp_precision precision;
+  int64_t batch;
+  double seconds;       /* measured (the mean of a profile's entries for this precision and batch) */
+  double model_seconds; /* the uncalibrated model's step for it: the traced times' fits */
+} _mfp_timing_point;
+#define MFP_MAX_TIMING_POINTS 4096
+
 /* value(b) = center_value + slope * (b - center_batch): centred, so that the
  * fit reproduces a two-batch profile exactly. */
 typedef struct _mfp_line {
@@ -133,6 +144,18 @@ struct mfp_profile {
   _mfp_checkpoint_check *checks; /* measured plans with every layer checkpointed (optional) */
   size_t n_checks;
   double check_intercept, check_slope; /* their measured - predicted peak, fitted over the batch */
+  _mfp_timing_point *timing; /* sorted by precision, then batch; one per pair (optional) */
+  size_t n_timing;
+  bool timing_ready;         /* model_seconds filled in: _mfp_model_eval calibrates the times */
+  /* With timing points, each time term of a precision is its share of the
+   * setting's traced step (the mean over the precision's settings) times the
+   * measured untraced step (PLAN.md, "Step times"); timed[prec] says which
+   * precisions have points. Indexed like layer_values, step_values and
+   * global_values; only the time terms are filled. */
+  bool timed[MFP_PRECISION_COUNT];
+  double *layer_share[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
+  double step_share[MFP_PRECISION_COUNT][MFP_MODE_COUNT][MFP_STEP_TERMS];
+  double global_share[MFP_GLOBAL_TERMS];    /* of the first precision's settings */
   bool fitted[MFP_PRECISION_COUNT];
   _mfp_line *layer_fit[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
   _mfp_line step_fit[MFP_PRECISION_COUNT][MFP_MODE_COUNT][MFP_STEP_TERMS]; /* by the last layer's precision and mode */
@@ -144,6 +167,9 @@ struct mfp_profile {
 /* Fits every term of every precision; MFP_ERR_PROFILE when a precision has
  * fewer than two distinct batch sizes. */
 mfp_status _mfp_fit_profile(mfp_profile *p);
+/* The time terms' shares of their setting's traced step, for each precision
+ * the profile has timing points of (PLAN.md, "Step times"). */
+mfp_status _mfp_fit_time_shares(mfp_profile *p);
 double _mfp_line_at(const _mfp_line *line, int64_t batch);
 
 /* ----------------------------------------------------------------- model.c */
@@ -190,6 +216,11 @@ typedef struct _mfp_model {
   bool boundaries;
   bool held_measured; /* the profile says what each layer holds; else every boundary is charged the whole output */
   bool in_range; /* every term within +-MFP_MAX_BYTES; else the batch does not fit */
+  /* Per precision: the step of every layer as it is by the traced times' fits,
+   * and the measured untraced step its times are shares of (0: the precision
+   * has no timing points and its times are the fits'; PLAN.md, "Step times"). */
+  double plain_seconds[MFP_PRECISION_COUNT];
+  double measured_step_seconds[MFP_PRECISION_COUNT];
 } _mfp_model;
 
 /* The boundary term charged before layer i's forward (i >= 1): what of layer
@@ -281,6 +312,9 @@ struct mfp_plan_result {
   _mfp_self_check *checks;
   _mfp_checkpoint_check *profile_checks; /* a copy of the profile's checkpoint checks */
   size_t profile_checks_n;
+  _mfp_timing_point *timing; /* a copy of the profile's timing points */
+  size_t n_timing;
+  double measured_step_seconds[MFP_PRECISION_COUNT]; /* at the plan's batch (the model's) */
 };
 
 /* ------------------------------------------------------------- options.c */

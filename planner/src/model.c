@@ -55,6 +55,18 @@ static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
   if (m->in_range && held + least_ld < 0) m->in_range = false;
 }
 
+/* Where a precision's times come from: its fits (share NULL), or, with
+ * timing points, each term's share of the measured untraced step `step`
+ * (PLAN.md, "Step times"); share is indexed like the fits. */
+typedef struct times {
+  const double *share;
+  double step;
+} times;
+
+static double time_at(const times *tm, const _mfp_line *f, size_t term, int64_t batch) {
+  return tm->share ? tm->share[term] * tm->step : seconds_at(&f[term], batch);
+}
+
 /* A checkpointed layer's terms (PLAN.md, "What a checkpointed layer keeps").
  * Measured: the profile's every-layer-checkpointed runs, fitted like the other
  * terms; the backward window holds the recomputation, so crpk is that window's
@@ -63,8 +75,8 @@ static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
  * noise, and would make checkpointing look free). Derived
  * (older profiles): the layer keeps only its output, and its recomputation
  * restores what it kept on top of that output. */
-static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, int64_t batch, _mfp_layer_terms *t,
-                               bool *in_range) {
+static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, const times *tm, int64_t batch,
+                               _mfp_layer_terms *t, bool *in_range) {
   double plain = t->tf + t->tb;
   if (p->measured_checkpoint) {
     t->cfpk = bytes_at(&f[MFP_T_CFPK], batch, true, in_range);
@@ -72,8 +84,8 @@ static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, int64_t
     t->cbpk = t->crpk = bytes_at(&f[MFP_T_CBPK], batch, true, in_range);
     t->crd = 0;
     t->cbd = bytes_at(&f[MFP_T_CBD], batch, false, in_range);
-    double measured = seconds_at(&f[MFP_T_CTF], batch);
-    measured += seconds_at(&f[MFP_T_CTB], batch);
+    double measured = time_at(tm, f, MFP_T_CTF, batch);
+    measured += time_at(tm, f, MFP_T_CTB, batch);
     double floor = plain + t->tf; /* the recomputation repeats the layer's forward */
     t->ct = measured > floor ? measured : floor;
     t->crt = t->ct - plain;
@@ -93,18 +105,66 @@ static void checkpointed_terms(const mfp_profile *p, const _mfp_line *f, int64_t
  * checkpointing"): the profile's every-layer-selective runs, fitted; the
  * backward window holds the recomputation of the operations it did not keep.
  * Its time is at least the layer's own: recomputing more is never faster. */
-static void selective_terms(const mfp_profile *p, const _mfp_line *f, int64_t batch, _mfp_layer_terms *t,
-                            bool *in_range) {
+static void selective_terms(const mfp_profile *p, const _mfp_line *f, const times *tm, int64_t batch,
+                            _mfp_layer_terms *t, bool *in_range) {
   if (!p->measured_selective) return;
   double plain = t->tf + t->tb;
   t->sfpk = bytes_at(&f[MFP_T_SFPK], batch, true, in_range);
   t->skept = bytes_at(&f[MFP_T_SKEPT], batch, false, in_range);
   t->sbpk = bytes_at(&f[MFP_T_SBPK], batch, true, in_range);
   t->sbd = bytes_at(&f[MFP_T_SBD], batch, false, in_range);
-  double measured = seconds_at(&f[MFP_T_STF], batch);
-  measured += seconds_at(&f[MFP_T_STB], batch);
+  double measured = time_at(tm, f, MFP_T_STF, batch);
+  measured += time_at(tm, f, MFP_T_STB, batch);
   t->st = measured > plain ? measured : plain;
   t->srt = t->st - plain;
+}
+
+/* The step of every layer as it is in precision prec at batch b, by the
+ * traced times' fits (the optimizer's from the first precision). */
+static double fitted_plain_seconds(const mfp_profile *p, mfp_precision prec, int64_t batch) {
+  const _mfp_line *f = p->layer_fit[prec];
+  double plain = 0;
+  for (size_t i = 0; i < p->n_layers; i++) {
+    plain += seconds_at(&f[i * MFP_LAYER_TERMS + MFP_T_TF], batch);
+    plain += seconds_at(&f[i * MFP_LAYER_TERMS + MFP_T_TB], batch);
+  }
+  plain += seconds_at(&p->step_fit[prec][MFP_MODE_KEEP][MFP_S_TL], batch);
+  plain += seconds_at(&p->step_fit[prec][MFP_MODE_KEEP][MFP_S_TLB], batch);
+  return plain + seconds_at(&p->global_fit[MFP_G_TO], batch);
+}
+
+/* The untraced step of every layer as it is, in precision prec at batch b,
+ * from the profile's timing points (PLAN.md, "Step times"): interpolated
+ * between the two around b; above the last, along the last two but not below
+ * the last point's; below the first, along the first two, between the first
+ * point's time and its time per sample times b. A single point scales with
+ * the fitted step (`fitted` at b), within the same bounds. */
+static double measured_step(const mfp_profile *p, mfp_precision prec, int64_t batch, double fitted) {
+  const _mfp_timing_point *q = NULL;
+  size_t k = 0;
+  for (size_t j = 0; j < p->n_timing; j++)
+    if (p->timing[j].precision == prec) {
+      if (!q) q = &p->timing[j];
+      k++;
+    }
+  const _mfp_timing_point *first = &q[0], *last = &q[k - 1];
+  double b = (double)batch, t;
+  if (k == 1) {
+    t = first->model_seconds > 0 ? first->seconds * fitted / first->model_seconds : first->seconds;
+  } else {
+    size_t hi = 1; /* the first point at or above batch, within [1, k - 1] */
+    while (hi < k - 1 && q[hi].batch < batch) hi++;
+    const _mfp_timing_point *lo = &q[hi - 1], *up = &q[hi];
+    double x = (b - (double)lo->batch) / (double)(up->batch - lo->batch);
+    t = lo->seconds + x * (up->seconds - lo->seconds);
+  }
+  if (batch > last->batch && t < last->seconds) t = last->seconds;
+  if (batch < first->batch) {
+    double proportional = first->seconds * b / (double)first->batch;
+    if (t > first->seconds) t = first->seconds;
+    if (t < proportional) t = proportional;
+  }
+  return t;
 }
 
 mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
@@ -117,30 +177,35 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
       return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory evaluating the model");
     }
     m->layer[prec] = terms;
+    m->plain_seconds[prec] = fitted_plain_seconds(p, prec, batch);
+    bool timed = p->timing_ready && p->timed[prec];
+    if (timed) m->measured_step_seconds[prec] = measured_step(p, prec, batch, m->plain_seconds[prec]);
     for (size_t i = 0; i < p->n_layers; i++) {
       const _mfp_line *f = p->layer_fit[prec] + i * MFP_LAYER_TERMS;
+      const times tm = {timed ? p->layer_share[prec] + i * MFP_LAYER_TERMS : NULL, m->measured_step_seconds[prec]};
       terms[i].fpk = bytes_at(&f[MFP_T_FPK], batch, true, &m->in_range);
       terms[i].kept = bytes_at(&f[MFP_T_KEPT], batch, false, &m->in_range);
       terms[i].out = bytes_at(&f[MFP_T_OUT], batch, true, &m->in_range);
       terms[i].bpk = bytes_at(&f[MFP_T_BPK], batch, true, &m->in_range);
       terms[i].bd = bytes_at(&f[MFP_T_BD], batch, false, &m->in_range);
-      terms[i].tf = seconds_at(&f[MFP_T_TF], batch);
-      terms[i].tb = seconds_at(&f[MFP_T_TB], batch);
-      checkpointed_terms(p, f, batch, &terms[i], &m->in_range);
-      selective_terms(p, f, batch, &terms[i], &m->in_range);
+      terms[i].tf = time_at(&tm, f, MFP_T_TF, batch);
+      terms[i].tb = time_at(&tm, f, MFP_T_TB, batch);
+      checkpointed_terms(p, f, &tm, batch, &terms[i], &m->in_range);
+      selective_terms(p, f, &tm, batch, &terms[i], &m->in_range);
       static const int held_term[MFP_MODE_COUNT] = {MFP_T_HELD, MFP_T_CHELD, MFP_T_SHELD};
       for (int mode = 0; mode < MFP_MODE_COUNT && p->measured_held; mode++)
         terms[i].held[mode] = bytes_at(&f[held_term[mode]], batch, true, &m->in_range);
     }
     for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
       const _mfp_line *s = p->step_fit[prec][mode];
+      const times tm = {timed ? p->step_share[prec][mode] : NULL, m->measured_step_seconds[prec]};
       _mfp_step_terms *st = &m->step[prec][mode];
       st->lpk = bytes_at(&s[MFP_S_LPK], batch, true, &m->in_range);
       st->ld = bytes_at(&s[MFP_S_LD], batch, false, &m->in_range);
       st->lbpk = bytes_at(&s[MFP_S_LBPK], batch, true, &m->in_range);
       st->lbd = bytes_at(&s[MFP_S_LBD], batch, false, &m->in_range);
-      st->tl = seconds_at(&s[MFP_S_TL], batch);
-      st->tlb = seconds_at(&s[MFP_S_TLB], batch);
+      st->tl = time_at(&tm, s, MFP_S_TL, batch);
+      st->tlb = time_at(&tm, s, MFP_S_TLB, batch);
     }
   }
   m->boundaries = p->measured_checkpoint;
@@ -148,7 +213,9 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
   m->fixed = bytes_at(&p->global_fit[MFP_G_FIXED], batch, true, &m->in_range);
   m->opk = bytes_at(&p->global_fit[MFP_G_OPK], batch, true, &m->in_range);
   m->od = bytes_at(&p->global_fit[MFP_G_OD], batch, false, &m->in_range);
-  m->to = seconds_at(&p->global_fit[MFP_G_TO], batch);
+  const times optimizer = {p->timing_ready && p->timed[p->first_precision] ? p->global_share : NULL,
+                           m->measured_step_seconds[p->first_precision]};
+  m->to = time_at(&optimizer, p->global_fit, MFP_G_TO, batch);
   extrapolation_check(p, m);
   return MFP_OK;
 }

@@ -126,6 +126,33 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
     if (!item || json_array_append_new(checks, item) != 0) *ok = false;
   }
   put(root, "self_check", checks, ok);
+  if (r->n_timing) { /* PLAN.md, "Step times" */
+    json_t *timing = json_object();
+    json_t *points = json_array();
+    for (size_t k = 0; points && k < r->n_timing; k++) {
+      const _mfp_timing_point *t = &r->timing[k];
+      json_t *item = json_object();
+      if (item) {
+        put(item, "batch_size", json_integer(t->batch), ok);
+        put(item, "precision", json_string(mfp_precision_name(t->precision)), ok);
+        put(item, "measured_step_seconds", json_real(t->seconds), ok);
+        put(item, "traced_model_step_seconds", json_real(t->model_seconds), ok);
+      }
+      if (!item || json_array_append_new(points, item) != 0) *ok = false;
+    }
+    json_t *steps = json_object(); /* at the plan's batch, per allowed precision with points */
+    for (int k = 0; steps && k < o->precision_count; k++)
+      if (r->measured_step_seconds[o->precisions[k]] > 0)
+        put(steps, mfp_precision_name(o->precisions[k]), json_real(r->measured_step_seconds[o->precisions[k]]), ok);
+    if (timing) {
+      put(timing, "points", points, ok);
+      put(timing, "plain_step_seconds", steps, ok);
+    } else {
+      json_decref(points);
+      json_decref(steps);
+    }
+    put(root, "time_calibration", timing, ok);
+  }
 
   json_t *lr = json_object();
   if (lr) {

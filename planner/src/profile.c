@@ -546,6 +546,70 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
   return MFP_OK;
 }
 
+static int timing_order(const void *x, const void *y) {
+  const _mfp_timing_point *a = x, *b = y;
+  if (a->precision != b->precision) return a->precision < b->precision ? -1 : 1;
+  return a->batch < b->batch ? -1 : a->batch > b->batch;
+}
+
+/* The optional "timing": step times measured without the tracer, every layer
+ * as it is (PROFILE.md), which the model's times are calibrated to (PLAN.md,
+ * "Step times"). Sorted by precision and batch; repeated pairs averaged; each
+ * point's uncalibrated model step computed here (the profile is fitted). */
+static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
+  const json_t *list = json_object_get(root, "timing");
+  if (!list) return MFP_OK;
+  if (!json_is_array(list))
+    return _mfp_error(MFP_ERR_PROFILE, "timing: expected a list, got %s", _mfp_json_type_name(list));
+  size_t n = json_array_size(list);
+  if (n > MFP_MAX_TIMING_POINTS)
+    return _mfp_error(MFP_ERR_PROFILE, "timing: %zu entries (at most %d)", n, MFP_MAX_TIMING_POINTS);
+  if (!n) return MFP_OK;
+  _mfp_timing_point *t = calloc(n, sizeof *t);
+  if (!t) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
+  p->timing = t;
+  mfp_status s;
+  for (size_t k = 0; k < n; k++) {
+    char path[PATH_LEN];
+    snprintf(path, sizeof path, "timing[%zu]", k);
+    const json_t *e = json_array_get(list, k);
+    if (!json_is_object(e))
+      return _mfp_error(MFP_ERR_PROFILE, "%s: expected an object, got %s", path, _mfp_json_type_name(e));
+    if ((s = get_int(e, path, "batch_size", 1, &t[k].batch)) != MFP_OK) return s;
+    if (t[k].batch > MFP_MAX_BATCH_LIMIT)
+      return _mfp_error(MFP_ERR_PROFILE, "%s.batch_size: %" PRId64 " is too large (the limit is 2^30)", path,
+                        t[k].batch);
+    if ((s = parse_precision(e, path, &t[k].precision)) != MFP_OK) return s;
+    if (!p->fitted[t[k].precision])
+      return _mfp_error(MFP_ERR_PROFILE, "%s.precision: %s has no settings", path,
+                        mfp_precision_name(t[k].precision));
+    if ((s = get_seconds(e, path, "step_seconds", &t[k].seconds)) != MFP_OK) return s;
+    if (!(t[k].seconds > 0))
+      return _mfp_error(MFP_ERR_PROFILE, "%s.step_seconds: must be > 0 (a measured step), got %g", path,
+                        t[k].seconds);
+  }
+  qsort(t, n, sizeof *t, timing_order);
+  size_t kept = 0;
+  for (size_t k = 0; k < n;) {
+    size_t j = k;
+    double sum = 0;
+    while (j < n && timing_order(&t[j], &t[k]) == 0) sum += t[j++].seconds;
+    t[kept] = t[k];
+    t[kept++].seconds = sum / (double)(j - k);
+    k = j;
+  }
+  p->n_timing = kept;
+  if ((s = _mfp_fit_time_shares(p)) != MFP_OK) return s;
+  for (size_t k = 0; k < kept; k++) {
+    _mfp_model m;
+    if ((s = _mfp_model_eval(p, t[k].batch, &m)) != MFP_OK) return s;
+    t[k].model_seconds = m.plain_seconds[t[k].precision];
+    _mfp_model_free(&m);
+  }
+  p->timing_ready = true;
+  return MFP_OK;
+}
+
 int64_t _mfp_checkpoint_correction(const mfp_profile *p, int64_t batch) {
   if (!p->n_checks) return 0;
   double e = ceil(p->check_intercept + p->check_slope * (double)batch);
@@ -625,6 +689,7 @@ static mfp_status parse_root(mfp_profile *p, const json_t *root) {
   p->first_precision = p->settings[0].precision;
   if ((s = check_unique_names(p)) != MFP_OK) return s;
   if ((s = _mfp_fit_profile(p)) != MFP_OK) return s;
+  if ((s = parse_timing(p, root)) != MFP_OK) return s;
   return parse_checkpoint_checks(p, root);
 }
 
@@ -717,7 +782,7 @@ MFP_API void mfp_profile_free(mfp_profile *p) {
   if (p->settings)
     for (size_t i = 0; i < p->n_settings; i++) free(p->settings[i].layer_values);
   free(p->settings);
-  for (int k = 0; k < MFP_PRECISION_COUNT; k++) free(p->layer_fit[k]);
+  for (int k = 0; k < MFP_PRECISION_COUNT; k++) free(p->layer_fit[k]), free(p->layer_share[k]);
   free(p->job);
   free(p->device_name);
   for (size_t k = 0; p->checks && k < p->n_checks; k++) {
@@ -725,6 +790,7 @@ MFP_API void mfp_profile_free(mfp_profile *p) {
     free(p->checks[k].selective);
   }
   free(p->checks);
+  free(p->timing);
   free(p);
 }
 

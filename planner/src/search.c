@@ -296,6 +296,7 @@ static void plan_result_free(mfp_plan_result *r) {
   free(r->job);
   free(r->checks);
   free(r->profile_checks);
+  free(r->timing);
   free(r);
 }
 
@@ -314,6 +315,7 @@ static mfp_status finish(const mfp_profile *p, mfp_plan_result *r, int64_t batch
   mfp_status s = _mfp_model_eval(p, batch, &m);
   if (s != MFP_OK) return s;
   _mfp_model_simulate(&m, r->decisions, &r->sim);
+  for (int k = 0; k < MFP_PRECISION_COUNT; k++) r->measured_step_seconds[k] = m.measured_step_seconds[k];
   for (size_t i = 0; i < p->n_layers; i++) {
     const _mfp_layer_terms *t = &m.layer[r->decisions[i].precision][i];
     switch (_mfp_decision_mode(&r->decisions[i])) {
@@ -433,6 +435,10 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
     for (size_t k = 0; k < profile->n_checks; k++) /* the profile's */
       r->profile_checks[k].checkpointed = r->profile_checks[k].selective = NULL;
     r->profile_checks_n = profile->n_checks;
+  }
+  if (profile->n_timing && (r->timing = malloc(profile->n_timing * sizeof *r->timing))) {
+    memcpy(r->timing, profile->timing, profile->n_timing * sizeof *r->timing);
+    r->n_timing = profile->n_timing;
   }
   for (size_t k = 0; k < profile->n_checks; k++) {
     const _mfp_checkpoint_check *c = &profile->checks[k];
