@@ -237,14 +237,17 @@ def test_progress_goes_to_stderr_and_q_silences_it(workdir):
     lines = loud.stderr.strip().splitlines()
     assert lines[0].startswith("memfit: profiling ") and "3 units: fc1 (Linear), act (ReLU), fc2 (Linear)" in lines[0]
     # 2 settings, each also checkpointed and selectively checkpointed, and a checkpoint check per
-    # batch size: 8 runs, numbered.
-    assert [line.split("]")[0] for line in lines[1:]] == [f"memfit: [{k}/8" for k in range(1, 9)], lines
+    # batch size: 8 runs, numbered; then the untraced timing ladder, from the profiled sizes up.
+    assert [line.split("]")[0] for line in lines[1:9]] == [f"memfit: [{k}/8" for k in range(1, 9)], lines
     assert "every layer checkpointed" in lines[2] and "every layer selectively checkpointed" in lines[3]
     assert "checkpoint check at batch 1" in lines[7]
+    timed = [int(line.split("batch ")[1].split(":")[0]) for line in lines[9:]]
+    assert timed[:2] == [1, 2] and all(line.startswith("memfit: timing fp32: batch ") for line in lines[9:]), lines
+    assert timed == sorted(timed) and len(timed) >= 2, lines
     # --no-selective: the selective runs are not measured.
     lean = finish_python(start_python(args + ["--out", str(workdir / "lean.json"), "--no-selective"]))
     assert lean.returncode == 0, describe(lean)
-    assert [line.split("]")[0] for line in lean.stderr.strip().splitlines()[1:]] == \
+    assert [line.split("]")[0] for line in lean.stderr.strip().splitlines()[1:7]] == \
         [f"memfit: [{k}/6" for k in range(1, 7)], lean.stderr
     assert all("selective" not in s for s in json.loads((workdir / "lean.json").read_text())["settings"])
     quiet = finish_python(start_python(args + ["--out", str(workdir / "quiet.json"), "-q"]))

@@ -12,14 +12,22 @@ from typing import List, Optional, Sequence, Union
 from ._lib import MemfitError, NothingFitsError, is_out_of_memory, parse_size
 
 
-def _batch_sizes(text: str) -> List[int]:
+def _batch_sizes(text: str, flag: str = "--batch-sizes") -> List[int]:
     try:
         sizes = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch-sizes {text!r}: expected integers such as 4,8") from None
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected integers such as 4,8") from None
     if not sizes or any(b < 1 for b in sizes):
-        raise argparse.ArgumentTypeError(f"--batch-sizes {text!r}: expected positive integers such as 4,8")
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected positive integers such as 4,8")
     return sizes
+
+
+def _timing_batches(text: str) -> Optional[List[int]]:
+    if text == "auto":
+        return None
+    if text == "none":
+        return []
+    return _batch_sizes(text, "--timing-batches")
 
 
 def _precisions(text: str) -> List[str]:
@@ -92,6 +100,10 @@ def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str, job_requir
     p.add_argument("--capacity", type=_size, help="memfit's capacity while profiling (e.g. 8GiB)")
     p.add_argument("--no-selective", dest="selective", action="store_false",
                    help="no selective activation checkpointing: profile does not measure it, plan does not choose it")
+    p.add_argument("--timing-batches", type=_timing_batches, default=None, metavar="auto|none|B,B,...",
+                   help="batch sizes timed without the tracer, which the plan's step times are calibrated to "
+                        "(default auto: the profiled sizes, then doublings of the largest until a step takes "
+                        "0.25 s; none: no calibration)")
     p.add_argument("--blocks", metavar="REGEX",
                    help="the modules the plan decides on: a regular expression matched against whole module "
                         "paths, e.g. 'model\\.layers\\.\\d+' (default: the model's repeated blocks)")
@@ -314,7 +326,8 @@ def _profile(args: argparse.Namespace) -> int:
     _writable(args.snapshot, "--snapshot")
     prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions or ["fp32"],
                    steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
-                   snapshot=args.snapshot, blocks=args.blocks, progress=_progress(args), selective=args.selective)
+                   snapshot=args.snapshot, blocks=args.blocks, progress=_progress(args), selective=args.selective,
+                   timing_batches=args.timing_batches)
     prof.save(args.out)
     if not args.quiet:
         print(report(prof))
@@ -407,7 +420,8 @@ def _plan(args: argparse.Namespace) -> int:
 
         prof = profile(args.job, device=args.device, batch_sizes=args.batch_sizes, precisions=args.precisions or ["fp32"],
                        steps=args.steps, warmup_steps=args.warmup_steps, capacity=args.capacity,
-                       blocks=args.blocks, progress=_progress(args), selective=args.selective)
+                       blocks=args.blocks, progress=_progress(args), selective=args.selective,
+                       timing_batches=args.timing_batches)
         if args.profile_out:
             prof.save(args.profile_out)
     say = _progress(args)

@@ -51,6 +51,15 @@ def _slim(data: Dict[str, Any]) -> Dict[str, Any]:
                                 for s in settings])
 
 
+def _time_source(plan: Dict[str, Any]) -> str:
+    """Where the plan's times come from (planner/PLAN.md, "Step times")."""
+    points = (plan.get("time_calibration") or {}).get("points") or []
+    if not points:
+        return "; times from the traced steps"
+    batches = sorted({p["batch_size"] for p in points})
+    return f"; times scaled to untraced steps at batch {batches[0]}..{batches[-1]}"
+
+
 def check_profile(data: Dict[str, Any], what: str = "memfit") -> None:
     """Raise MemfitError naming the JSON path of what is wrong, by the planner's
     own parser: whatever reads a profile (report, plan) accepts the same ones."""
@@ -122,7 +131,8 @@ class Plan:
             f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
             + (f"{d['throughput_samples_per_second']:.1f} samples/s predicted"
                if d.get("throughput_samples_per_second") is not None  # null: a predicted step of 0 s
-               else "throughput not predicted (the profile's step times give a step of 0 s)"),
+               else "throughput not predicted (the profile's step times give a step of 0 s)")
+            + _time_source(d),
             f"  model self-check error {100 * d['model_error']:.2f}% allocated, "
             f"{100 * d['model_error_reserved']:.2f}% reserved, "
             f"{100 * d.get('model_error_checkpoint', 0):.2f}% checkpointed   "

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _lib
+from . import _lib, timing
 from ._lib import MemfitError, categories
 from .allocator import Allocator, tag
 from .blocks import describe, find_units
@@ -75,6 +75,7 @@ class _Profiler:
         self.reused: Dict[int, int] = {}
         self.scaler: Optional[Any] = None  # fp16 settings train with a GradScaler, as fp16 training must
         self.skipped = False  # the last step's optimizer step was skipped by the scaler (inf/nan gradients)
+        self.seconds = 0.0  # the last step's wall time, batch creation excluded
         self._handles = []
         for i, (_, m) in enumerate(self.blocks):
             self._handles.append(m.register_forward_pre_hook(self._forward_pre(i)))
@@ -141,6 +142,8 @@ class _Profiler:
         self.optimizer.zero_grad(set_to_none=True)
         with tag("", "none", "input"):
             batch = to_device(self.job.make_batch(batch_size), self.device)
+        if self.device == "cuda" and self.record is None:
+            torch.cuda.synchronize()  # traced steps synchronize at every mark
         t0 = time.perf_counter()
         self.mark(STEP_START)
         # The precision is the layers' own (memfit.apply wraps each in autocast,
@@ -169,8 +172,11 @@ class _Profiler:
         if scaler is None:
             self.optimizer.step()
         self.mark(STEP_END)
+        if self.device == "cuda" and self.record is None:
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - t0
         if self.record is not None:
-            self.record.seconds = time.perf_counter() - t0
+            self.record.seconds = self.seconds
         del loss, batch
 
 
@@ -217,6 +223,8 @@ def profile(
     blocks: Union[None, str, Sequence[str]] = None,
     progress: Optional[Callable[[str], None]] = None,
     selective: bool = True,
+    timing_batches: Optional[Sequence[int]] = None,
+    timing_max_batch: Optional[int] = None,
 ) -> Profile:
     """Measure `job` (a memfit.Job or 'FILE.py:FUNC') on `device` at each batch
     size and precision; see planner/PROFILE.md for what the result holds.
@@ -228,7 +236,12 @@ def profile(
     progress: called with a line for each thing measured (the command line
     prints them on stderr). selective: also measure every layer selectively
     checkpointed (memfit.selective), so that plans may choose it; False
-    skips those runs (one traced run per setting fewer)."""
+    skips those runs (one traced run per setting fewer). timing_batches: the
+    batch sizes whose untraced steps the planner calibrates its times to
+    (memfit.timing; PROFILE.md, "timing"); None: the profiled sizes and
+    doublings of the largest until a step takes 0.25 s, the memory would
+    exceed half the device's or 32x the largest, and at most
+    timing_max_batch (the largest batch the job can make); () measures none."""
     say = progress or (lambda message: None)
     if device not in ("cpu", "cuda"):
         raise MemfitError(f"memfit.profile: device must be 'cpu' or 'cuda', not {device!r}")
@@ -240,6 +253,7 @@ def profile(
             raise MemfitError(f"memfit.profile: unknown precision {p!r} (known: {', '.join(PRECISIONS)})")
     if steps < 1 or warmup_steps < 1:
         raise MemfitError("memfit.profile: steps and warmup_steps must be at least 1 (the warm-up creates optimizer state)")
+    timed = timing.ladder(sizes, timing_batches, timing_max_batch)
     alloc = _ensure_allocator(device, capacity)
     # Garbage of earlier work in this process (a model and optimizer held only by
     # reference cycles) would count as this job's fixed bytes until collected.
@@ -262,7 +276,7 @@ def profile(
         nonlocal done
         done += 1
         say(f"[{done}/{runs}] {what}: {warmup_steps} warm-up + {steps} measured steps")
-    settings, checks = [], []
+    settings, checks, timed_steps = [], [], []
     try:
         for precision in precisions:
             for b in sizes:
@@ -288,6 +302,12 @@ def profile(
         for b in sizes:
             started(f"checkpoint check at batch {b}, {precisions[0]}, {what}")
             checks.append(_measure_check(prof, b, precisions[0], steps, warmup_steps, full, partial))
+        for precision in precisions:
+            with _applied(prof, precision, ()):
+                timed_steps += timing.measure_ladder(
+                    timed, timing_batches is None, max(sizes), alloc.capacity(),
+                    lambda b, prof=prof, precision=precision: _time_steps(prof, b, precision, steps, 1),
+                    say, alloc.empty_cache, precision)
     finally:
         prof_blocks, reused = prof.blocks, dict(prof.reused)
         prof.close()
@@ -312,6 +332,7 @@ def profile(
         "steps": steps,
         "settings": settings,
         "checkpoint_checks": checks,
+        "timing": timed_steps,
         # Units the planner does not decide on, and why (PROFILE.md).
         "units_not_planned": _units_not_planned(prof_blocks, reused, settings[0]["layers"]),
     }
@@ -479,6 +500,19 @@ def _measure(prof: _Profiler, batch_size: int, precision: str, steps: int, warmu
         "timeline": last["timeline"],
     }
     return setting
+
+
+def _time_steps(prof: _Profiler, batch_size: int, precision: str, steps: int, warmup: int) -> Dict[str, float]:
+    """The median wall time of `steps` untraced steps after the warm-up (one
+    step: the allocator's cache and the kernels' for the new shape), every layer
+    as it is (timing.py), and their peak allocated bytes."""
+    _warm_up(prof, batch_size, precision, warmup)
+    prof.alloc.reset_peaks()
+    seconds = []
+    for _ in range(steps):
+        prof.step(batch_size, precision, traced=False)
+        seconds.append(prof.seconds)
+    return {"step_seconds": statistics.median(seconds), "peak_bytes": prof.alloc.stats()["allocated_bytes"]["peak"]}
 
 
 def _warm_up(prof: _Profiler, batch_size: int, precision: str, warmup: int) -> None:

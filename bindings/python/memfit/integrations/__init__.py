@@ -282,9 +282,12 @@ def model_device(model: Any, where: str) -> str:
 
 def fit(job: Any, device: str, budget: int, where: str, batch_sizes: Sequence[int], precisions: Sequence[str],
         objective: str, global_batch: Optional[int], max_batch: Optional[int], headroom: Optional[Union[float, str]],
-        steps: int, warmup_steps: int, progress: Optional[Callable[[str], None]]) -> Tuple[Any, Any]:
+        steps: int, warmup_steps: int, progress: Optional[Callable[[str], None]],
+        timing_max_batch: Optional[int] = None) -> Tuple[Any, Any]:
     """Profile `job` with its model left as it was (preserved), then plan for
-    `budget`: (Profile, Plan). Nothing is applied here."""
+    `budget`: (Profile, Plan). Nothing is applied here. timing_max_batch: the
+    largest batch job.make_batch can make (the profile's timing ladder stops
+    there)."""
     from ..install import current
     from ..planning import plan, unapply
     from ..profiling import profile
@@ -292,7 +295,7 @@ def fit(job: Any, device: str, budget: int, where: str, batch_sizes: Sequence[in
     unapply(job.model)  # a plan applied earlier is replaced, not profiled
     with preserved(job.model):
         prof = profile(job, device=device, batch_sizes=tuple(batch_sizes), precisions=tuple(precisions),
-                       steps=steps, warmup_steps=warmup_steps, progress=progress)
+                       steps=steps, warmup_steps=warmup_steps, progress=progress, timing_max_batch=timing_max_batch)
     gc.collect()
     alloc = current()
     if alloc is not None:

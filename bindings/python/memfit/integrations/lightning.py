@@ -192,7 +192,11 @@ def _fit(trainer: Any, pl_module: Any, budget: int, where: str, batch_arg_name: 
     to_device = getattr(pl_module, "_on_before_batch_transfer", None)
 
     def make_batch(batch_size: int) -> Any:
-        # As the fit loop hands a batch to training_step.
+        # As the fit loop hands a batch to training_step. A size not fetched yet
+        # (the profile's timing ladder) is fetched from the dataloader as the others.
+        if batch_size not in stashed:
+            with kept_rng(cuda_devices_of(pl_module)):
+                stashed.update(_batches(trainer, pl_module, batch_arg_name, [batch_size], where)[0])
         batch = unstash(stashed[batch_size])
         batch = trainer.precision_plugin.convert_input(batch)
         if to_device is not None:
@@ -206,8 +210,9 @@ def _fit(trainer: Any, pl_module: Any, budget: int, where: str, batch_arg_name: 
         max_batch = max(length, max(batch_sizes))
     with _quiet(pl_module):
         prof, the_plan = fit(job, device, budget, where, batch_sizes, precisions, objective, global_batch,
-                             max_batch, headroom, steps, warmup_steps, progress)
-    del job, stashed
+                             max_batch, headroom, steps, warmup_steps, progress, timing_max_batch=length)
+    stashed.clear()  # the host copies of the batches go now
+    del job
     the_plan = _unprefixed(the_plan)
     apply(pl_module, the_plan)
     parsing.lightning_setattr(pl_module, batch_arg_name, the_plan.batch_size)

@@ -1,0 +1,74 @@
+# timing.py — the profile's "timing" ladder: step times measured without the
+# tracer, every layer as it is, at the profiled batch sizes and at doublings of
+# the largest, which the planner calibrates its per-layer times to (PROFILE.md,
+# "timing"; PLAN.md, "Step times").
+"""Untraced step times for the planner's time model.
+
+The traced runs time every layer, but the tracer costs time of its own, and two
+small batches extrapolate poorly: on a CPU a GPT-2 step at batch 2 and 4 is
+mostly fixed cost, and a line through them was 3.3x the measured step at batch
+97 (benchmarks/results/hf-2026-12-02.md). So the profile also times whole steps
+untraced on a ladder of batch sizes that reaches where the step's cost grows
+with the batch, and the planner scales its per-layer times to those steps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ._lib import MemfitError, is_out_of_memory
+
+LADDER_FACTOR = 32          # the automatic ladder ends at 32x the largest profiled batch,
+LADDER_STEP_SECONDS = 0.25  # or after the first batch whose step takes this long (its cost then grows with the batch),
+LADDER_MEMORY_SHARE = 0.5   # or before a batch whose step would need more than this share of the device's memory
+
+
+def ladder(sizes: Sequence[int], requested: Optional[Sequence[int]], max_batch: Optional[int] = None) -> List[int]:
+    """The batch sizes to time: `requested` as given (sorted, each once), or by
+    default the profiled sizes and then doublings of the largest up to
+    LADDER_FACTOR times it and `max_batch` (the largest batch the job can make;
+    measure_ladder may stop earlier)."""
+    if requested is not None:
+        batches = list(requested)
+        if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in batches):
+            raise MemfitError(f"memfit.profile: timing_batches must be positive integers, got {requested!r}")
+        return sorted(set(batches))
+    out = sorted(set(sizes))
+    largest = out[-1]
+    b = largest * 2
+    while b <= largest * LADDER_FACTOR and (max_batch is None or b <= max_batch):
+        out.append(b)
+        b *= 2
+    return out
+
+
+def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: int, capacity: int,
+                   time_steps: Callable[[int], Dict[str, float]], say: Callable[[str], None],
+                   release: Callable[[], None], precision: str) -> List[Dict[str, object]]:
+    """Times each batch with time_steps(batch) -> {"step_seconds", "peak_bytes"}
+    and returns the profile's timing entries. A batch that runs out of memory
+    ends the ladder (release() gives the cache back first); so, on the
+    automatic ladder beyond the profiled sizes, does a step of
+    LADDER_STEP_SECONDS or more, or a next batch whose step would need more than
+    LADDER_MEMORY_SHARE of `capacity` (twice this one's peak)."""
+    out: List[Dict[str, object]] = []
+    for b in batches:
+        try:
+            measured = time_steps(b)
+        except Exception as e:  # noqa: BLE001 — only an out-of-memory ends the ladder
+            if not is_out_of_memory(e):
+                raise
+            release()
+            say(f"timing {precision}: batch {b} does not fit the device; the ladder ends at "
+                f"{out[-1]['batch_size'] if out else 'no batch'}")
+            break
+        seconds = measured["step_seconds"]
+        out.append({"precision": precision, "batch_size": b, "step_seconds": seconds})
+        say(f"timing {precision}: batch {b}: {seconds * 1e3:.1f} ms per step (untraced)")
+        if not automatic or b < largest_profiled:
+            continue
+        if seconds >= LADDER_STEP_SECONDS:
+            break
+        if capacity > 0 and 2 * measured["peak_bytes"] > LADDER_MEMORY_SHARE * capacity:
+            break
+    return out

@@ -1,0 +1,124 @@
+"""The profile's untraced timing ladder (memfit.timing; planner/PROFILE.md,
+"timing") and the plan's calibration to it (planner/PLAN.md, "Step times"):
+which batches the ladder times and where it stops, that an out-of-memory ends it
+with the cache given back, and that the command line writes the points and the
+planner reports them. No test here asserts a measured time against another:
+those are the benchmark's (benchmarks/planner/step_times.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_memfit
+
+from memfit import timing
+from memfit._lib import MemfitError, MemfitOutOfMemoryError
+
+JOB = f"{Path(__file__).resolve().parent / 'jobs' / 'tiny_mlp.py'}:make"
+
+
+def test_the_default_ladder_doubles_the_largest_profiled_batch():
+    assert timing.ladder([4, 2], None) == [2, 4, 8, 16, 32, 64, 128]
+    assert timing.ladder([3], None) == [3, 6, 12, 24, 48, 96]
+    assert timing.ladder([2, 4], [16, 8, 16]) == [8, 16]  # as given: sorted, each once
+    assert timing.ladder([2, 4], []) == []
+    for bad in ([0], [2, -1], [1.5], [True]):
+        with pytest.raises(MemfitError, match="timing_batches must be positive integers"):
+            timing.ladder([2, 4], bad)
+
+
+def _run(batches, seconds, automatic=True, largest=4, capacity=0, peak=lambda b: 0, fail=None):
+    said, released, timed = [], [], []
+
+    def time_steps(b):
+        timed.append(b)
+        if fail is not None and b >= fail[0]:
+            raise fail[1]
+        return {"step_seconds": seconds(b), "peak_bytes": peak(b)}
+
+    out = timing.measure_ladder(batches, automatic, largest, capacity, time_steps, said.append,
+                                lambda: released.append(True), "fp32")
+    return out, timed, said, released
+
+
+def test_the_automatic_ladder_stops_after_a_slow_step_beyond_the_profiled_sizes():
+    slow = timing.LADDER_STEP_SECONDS
+    # A slow step at a profiled size does not stop it; the first slow one above does.
+    out, timed, said, _ = _run([2, 4, 8, 16, 32], lambda b: slow * b / 8)
+    assert timed == [2, 4, 8] and [e["batch_size"] for e in out] == [2, 4, 8]
+    assert all(e["precision"] == "fp32" and e["step_seconds"] > 0 for e in out)
+    assert len(said) == 3 and "batch 8" in said[-1]
+    # Explicit batches are all timed, however slow.
+    out, timed, _, _ = _run([8, 16, 32], lambda b: 10.0, automatic=False)
+    assert timed == [8, 16, 32]
+
+
+def test_the_automatic_ladder_stops_before_a_batch_that_would_need_half_the_memory():
+    capacity = 1000
+    # Batch 8 peaks at 260 bytes: twice that is more than half of 1000, so 16 is not tried.
+    out, timed, _, _ = _run([2, 4, 8, 16], lambda b: 0.01, capacity=capacity, peak=lambda b: 30 * b + 20)
+    assert timed == [2, 4, 8]
+
+
+def test_an_out_of_memory_ends_the_ladder_and_gives_the_cache_back():
+    oom = MemfitOutOfMemoryError("memfit: CPU out of memory. Tried to allocate 1 GiB")
+    out, timed, said, released = _run([2, 4, 8, 16], lambda b: 0.01, fail=(8, oom))
+    assert [e["batch_size"] for e in out] == [2, 4] and timed == [2, 4, 8]
+    assert released == [True] and "batch 8 does not fit" in said[-1] and "ends at 4" in said[-1]
+    # Any other error is the caller's.
+    with pytest.raises(ValueError):
+        _run([2, 4], lambda b: 0.01, fail=(4, ValueError("not an OOM")))
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """One profile of the tiny MLP with two timing batches (in its own process,
+    as a user runs it), its plan and a profile without timing."""
+    d = tmp_path_factory.mktemp("timing")
+    common = ["--job", JOB, "--batch-sizes", "2,4", "--steps", "2", "--warmup-steps", "1", "--no-selective"]
+    done = run_memfit("profile", *common, "--timing-batches", "16,8", "--out", str(d / "p.json"))
+    assert done.returncode == 0, done.stderr
+    none = run_memfit("profile", *common, "--timing-batches", "none", "--out", str(d / "none.json"), "-q")
+    assert none.returncode == 0, none.stderr
+    return d, done.stderr
+
+
+def test_the_profile_holds_the_timed_batches_and_the_plan_reports_them(profiled):
+    d, stderr = profiled
+    prof = json.loads((d / "p.json").read_text())
+    assert [(e["precision"], e["batch_size"]) for e in prof["timing"]] == [("fp32", 8), ("fp32", 16)]
+    assert all(e["step_seconds"] > 0 for e in prof["timing"])
+    assert "timing fp32: batch 8:" in stderr and "timing fp32: batch 16:" in stderr
+    done = run_memfit("plan", "--profile", str(d / "p.json"), "--budget", "64MiB", "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    cal = json.loads(done.stdout)["time_calibration"]
+    assert [p["batch_size"] for p in cal["points"]] == [e["batch_size"] for e in prof["timing"]]
+    assert [p["measured_step_seconds"] for p in cal["points"]] == \
+        pytest.approx([e["step_seconds"] for e in prof["timing"]], rel=1e-12)
+    assert all(p["traced_model_step_seconds"] >= 0 for p in cal["points"])
+    assert cal["plain_step_seconds"]["fp32"] > 0
+
+
+def test_timing_none_measures_nothing_and_the_plan_keeps_the_fitted_times(profiled):
+    d, _ = profiled
+    prof = json.loads((d / "none.json").read_text())
+    assert prof["timing"] == []
+    done = run_memfit("plan", "--profile", str(d / "none.json"), "--budget", "64MiB", "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "time_calibration" not in json.loads(done.stdout)
+
+
+def test_a_timing_batch_that_does_not_fit_ends_the_ladder_and_the_profile_is_written(tmp_path):
+    out = tmp_path / "p.json"
+    done = run_memfit("profile", "--job", JOB, "--batch-sizes", "2,4", "--steps", "1", "--warmup-steps", "1",
+                      "--no-selective", "--capacity", "64MiB", "--timing-batches", "8,100000000", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "batch 100000000 does not fit the device; the ladder ends at 8" in done.stderr
+    assert [e["batch_size"] for e in json.loads(out.read_text())["timing"]] == [8]
+
+
+def test_bad_timing_batches_are_refused_by_name(tmp_path):
+    done = run_memfit("profile", "--job", JOB, "--timing-batches", "8,x", "--out", str(tmp_path / "p.json"))
+    assert done.returncode == 2 and "--timing-batches '8,x'" in done.stderr, done.stderr
