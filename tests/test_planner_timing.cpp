@@ -212,6 +212,50 @@ TEST(PlannerTiming, CheckpointedTimesAreSharesOfTheMeasuredStep) {
   }
 }
 
+// With points of the every-layer-checkpointed step, the checkpointed layers'
+// times split that step, less the loss and the optimizer (at their plain
+// shares), in their traced proportions; between its points the ratio to the
+// plain step is interpolated, beyond them held.
+TEST(PlannerTiming, CheckpointedPointsSetTheCheckpointedStep) {
+  for (uint64_t seed = 21; seed <= 24; seed++) {
+    Synth s = timing_synth(seed);
+    const char *prec = mfp_precision_name(s.precisions[0].precision);
+    Json profile = with_timing(s, {{8, 0.05}, {32, 0.11}});
+    profile["timing"].push(point(prec, 8, 0.20).set("mode", "checkpointed"));
+    profile["timing"].push(point(prec, 32, 0.33).set("mode", "checkpointed"));
+    Profile p = parse(profile.str());
+    ASSERT_TRUE(p);
+    Json &settings = profile["settings"];
+    size_t n = s.names.size(), ns = settings.items.size();
+    std::vector<double> fs(n, 0), bs(n, 0), cs(n, 0);
+    double rest_share = 0;
+    for (size_t k = 0; k < ns; k++) {
+      Json &st = settings[k];
+      double traced = num(st["loss_seconds"]) + num(st["loss_backward_seconds"]) + num(st["optimizer_seconds"]);
+      for (size_t i = 0; i < n; i++)
+        traced += num(st["layers"][i]["forward_seconds"]) + num(st["layers"][i]["backward_seconds"]);
+      for (size_t i = 0; i < n; i++) {
+        fs[i] += num(st["layers"][i]["forward_seconds"]) / traced / ns;
+        bs[i] += num(st["layers"][i]["backward_seconds"]) / traced / ns;
+        Json &c = st["checkpointed"]["layers"][i];
+        cs[i] += (num(c["forward_seconds"]) + num(c["backward_seconds"])) / traced / ns;
+      }
+      rest_share += (num(st["loss_seconds"]) + num(st["loss_backward_seconds"]) + num(st["optimizer_seconds"])) /
+                    traced / ns;
+    }
+    double sum_cs = 0;
+    for (double c : cs) sum_cs += c;
+    for (int64_t b : {8, 20, 32, 64}) {
+      double T = b == 8 ? 0.05 : b == 20 ? 0.08 : b == 32 ? 0.11 : 0.11 + 32 * (0.06 / 24);
+      double ratio = b == 8 ? 4.0 : b >= 32 ? 3.0 : 4.0 + (3.0 - 4.0) * 12 / 24;
+      double layers = ratio * T - rest_share * T, expect = rest_share * T;
+      for (size_t i = 0; i < n; i++) expect += std::max(cs[i] / sum_cs * layers, (2 * fs[i] + bs[i]) * T);
+      EXPECT_NEAR(step_of(p.get(), b, every(s, true)), expect, 1e-9 * T) << "seed " << seed << " batch " << b;
+      EXPECT_NEAR(step_of(p.get(), b, every(s, false)), T, 1e-12);  // the plain step is unchanged
+    }
+  }
+}
+
 // The measured step decides the throughput objective: with the same memory
 // terms, a ladder whose time per sample keeps falling plans a larger batch
 // than one whose steps grow in proportion from the first point on.
@@ -250,6 +294,15 @@ TEST(PlannerTiming, BadEntriesAreRefusedByName) {
       << mfp_last_error();
   EXPECT_NE(error_of(with(point(prec, 4, -1.0))).find("timing[1].step_seconds"), std::string::npos) << mfp_last_error();
   EXPECT_NE(error_of(with(point(other, 4, 0.01))).find("timing[1].precision: "), std::string::npos) << mfp_last_error();
+  EXPECT_NE(error_of(with(point(prec, 4, 0.01).set("mode", "sometimes"))).find("timing[1].mode: expected"),
+            std::string::npos) << mfp_last_error();
+  EXPECT_NE(error_of(with(point(prec, 4, 0.01).set("mode", "selective"))).find("no \"selective\" runs"),
+            std::string::npos) << mfp_last_error();
+  Json only = synth_profile(s);
+  Json list = Json::array();
+  list.push(point(prec, 4, 0.01).set("mode", "checkpointed"));
+  only.set("timing", list);
+  EXPECT_NE(error_of(only).find("but no plain ones"), std::string::npos) << mfp_last_error();
   Json missing = Json::object().set("precision", prec).set("batch_size", 4);
   EXPECT_NE(error_of(with(missing)).find("timing[1].step_seconds: missing"), std::string::npos) << mfp_last_error();
 }

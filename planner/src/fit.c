@@ -99,7 +99,7 @@ mfp_status _mfp_fit_time_shares(mfp_profile *p) {
   for (int k = 0; k < p->n_precisions; k++) {
     mfp_precision prec = p->precisions[k];
     bool points = false;
-    for (size_t j = 0; j < p->n_timing; j++) points |= p->timing[j].precision == prec;
+    for (size_t j = 0; j < p->n_timing; j++) points |= p->timing[j].precision == prec && p->timing[j].mode == MFP_MODE_KEEP;
     if (!points) continue;
     double *share = calloc(p->n_layers * MFP_LAYER_TERMS, sizeof *share);
     if (!share) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory fitting the profile");
@@ -126,6 +126,11 @@ mfp_status _mfp_fit_time_shares(mfp_profile *p) {
     for (size_t at = 0; at < p->n_layers * MFP_LAYER_TERMS; at++) share[at] /= (double)n;
     for (size_t t = 0; t < MFP_MODE_COUNT * MFP_STEP_TERMS; t++) step[t] /= (double)n;
     if (prec == p->first_precision) p->global_share[MFP_G_TO] /= (double)n;
+    static const size_t run_forward[MFP_MODE_COUNT] = {MFP_T_TF, MFP_T_CTF, MFP_T_STF};
+    for (int mode = 0; mode < MFP_MODE_COUNT; mode++)
+      for (size_t i = 0; i < p->n_layers; i++) /* forward + backward: MFP_RUN_TB follows MFP_RUN_TF */
+        p->mode_share_sum[prec][mode] += share[i * MFP_LAYER_TERMS + run_forward[mode]] +
+                                         share[i * MFP_LAYER_TERMS + run_forward[mode] + 1];
     p->timed[prec] = true;
   }
   return MFP_OK;

@@ -70,6 +70,11 @@ enum { MFP_RUN_FPK, MFP_RUN_KEPT, MFP_RUN_BPK, MFP_RUN_BD, MFP_RUN_TF, MFP_RUN_T
 /* A layer's three ways to run (PLAN.md): as it is, checkpointed, selectively
  * checkpointed. The solver's options are precision x mode. */
 typedef enum { MFP_MODE_KEEP, MFP_MODE_CHECKPOINT, MFP_MODE_SELECTIVE, MFP_MODE_COUNT } _mfp_mode;
+/* A mode's name in a profile's "timing" entries and the plan's time_calibration. */
+static inline const char *_mfp_mode_name(int mode) {
+  static const char *const names[MFP_MODE_COUNT] = {"plain", "checkpointed", "selective"};
+  return mode >= 0 && mode < MFP_MODE_COUNT ? names[mode] : NULL;
+}
 static inline _mfp_mode _mfp_decision_mode(const mfp_decision *d) {
   return !d->checkpoint ? MFP_MODE_KEEP : d->selective ? MFP_MODE_SELECTIVE : MFP_MODE_CHECKPOINT;
 }
@@ -113,9 +118,10 @@ typedef struct _mfp_checkpoint_check {
  * per-layer times are calibrated to (PLAN.md, "Step times"). */
 typedef struct _mfp_timing_point {
   mfp_precision precision;
+  _mfp_mode mode; /* every layer as it is (the ladder), or every layer checkpointed / selectively */
   int64_t batch;
   double seconds;       /* measured (the mean of a profile's entries for this precision and batch) */
-  double model_seconds; /* the uncalibrated model's step for it: the traced times' fits */
+  double model_seconds; /* plain points: the uncalibrated model's step for it (the traced times' fits) */
 } _mfp_timing_point;
 #define MFP_MAX_TIMING_POINTS 4096
 
@@ -156,6 +162,10 @@ struct mfp_profile {
   double *layer_share[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
   double step_share[MFP_PRECISION_COUNT][MFP_MODE_COUNT][MFP_STEP_TERMS];
   double global_share[MFP_GLOBAL_TERMS];    /* of the first precision's settings */
+  /* Per precision and mode, the sum over layers of that mode's time shares
+   * (forward + backward): with points of the mode, its layers' times split the
+   * measured step of the mode less the loss and optimizer in these proportions. */
+  double mode_share_sum[MFP_PRECISION_COUNT][MFP_MODE_COUNT];
   bool fitted[MFP_PRECISION_COUNT];
   _mfp_line *layer_fit[MFP_PRECISION_COUNT]; /* n_layers * MFP_LAYER_TERMS */
   _mfp_line step_fit[MFP_PRECISION_COUNT][MFP_MODE_COUNT][MFP_STEP_TERMS]; /* by the last layer's precision and mode */

@@ -56,15 +56,22 @@ static void extrapolation_check(const mfp_profile *p, _mfp_model *m) {
 }
 
 /* Where a precision's times come from: its fits (share NULL), or, with
- * timing points, each term's share of the measured untraced step `step`
- * (PLAN.md, "Step times"); share is indexed like the fits. */
+ * timing points, each term's share times the basis of its mode: the layer
+ * terms of the checkpointed (MFP_T_C*) and selective (MFP_T_S*) runs take
+ * step[MFP_MODE_CHECKPOINT] and step[MFP_MODE_SELECTIVE], every other term
+ * step[MFP_MODE_KEEP], the measured untraced step (PLAN.md, "Step times");
+ * share is indexed like the fits. */
 typedef struct times {
   const double *share;
-  double step;
+  const double *step; /* MFP_MODE_COUNT bases */
+  bool layer;         /* share and term are a layer's (else a step's or the optimizer's) */
 } times;
 
 static double time_at(const times *tm, const _mfp_line *f, size_t term, int64_t batch) {
-  return tm->share ? tm->share[term] * tm->step : seconds_at(&f[term], batch);
+  if (!tm->share) return seconds_at(&f[term], batch);
+  int mode = !tm->layer ? MFP_MODE_KEEP : term >= MFP_T_SFPK ? MFP_MODE_SELECTIVE
+                                         : term >= MFP_T_CFPK ? MFP_MODE_CHECKPOINT : MFP_MODE_KEEP;
+  return tm->share[term] * tm->step[mode];
 }
 
 /* A checkpointed layer's terms (PLAN.md, "What a checkpointed layer keeps").
@@ -143,7 +150,7 @@ static double measured_step(const mfp_profile *p, mfp_precision prec, int64_t ba
   const _mfp_timing_point *q = NULL;
   size_t k = 0;
   for (size_t j = 0; j < p->n_timing; j++)
-    if (p->timing[j].precision == prec) {
+    if (p->timing[j].precision == prec && p->timing[j].mode == MFP_MODE_KEEP) {
       if (!q) q = &p->timing[j];
       k++;
     }
@@ -167,8 +174,51 @@ static double measured_step(const mfp_profile *p, mfp_precision prec, int64_t ba
   return t;
 }
 
+/* The untraced step with every layer in `mode` (checkpointed or selective),
+ * in precision prec at batch b: the plain step times the ratio the profile's
+ * points of that mode measured to the plain step at their batches, that ratio
+ * interpolated between them and held beyond; 0 without such points. */
+static double mode_step(const mfp_profile *p, mfp_precision prec, int mode, int64_t batch, double plain) {
+  const _mfp_timing_point *prev = NULL; /* points are sorted by precision, mode, batch */
+  double prev_ratio = 0;
+  for (size_t j = 0; j < p->n_timing; j++) {
+    const _mfp_timing_point *q = &p->timing[j];
+    if (q->precision != prec || (int)q->mode != mode) continue;
+    double base = measured_step(p, prec, q->batch, fitted_plain_seconds(p, prec, q->batch));
+    double ratio = base > 0 ? q->seconds / base : 0;
+    if (batch <= q->batch) {
+      if (!prev) return ratio * plain; /* at or below the first point: its ratio */
+      double x = (double)(batch - prev->batch) / (double)(q->batch - prev->batch);
+      return (prev_ratio + x * (ratio - prev_ratio)) * plain;
+    }
+    prev = q, prev_ratio = ratio;
+  }
+  return prev ? prev_ratio * plain : 0.0; /* above every point: the last one's ratio */
+}
+
+/* Each mode's basis (times: step[mode]) in precision prec: the plain step;
+ * with points of a mode, what its every-layer step leaves after the loss and
+ * the optimizer (at their plain shares), split in its layers' shares. */
+static void mode_bases(const mfp_profile *p, const _mfp_model *m, mfp_precision prec, double *basis) {
+  double plain = m->measured_step_seconds[prec];
+  double rest = (p->step_share[prec][MFP_MODE_KEEP][MFP_S_TL] + p->step_share[prec][MFP_MODE_KEEP][MFP_S_TLB]) * plain;
+  if (p->timed[p->first_precision]) rest += p->global_share[MFP_G_TO] * m->measured_step_seconds[p->first_precision];
+  for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
+    basis[mode] = plain;
+    if (mode == MFP_MODE_KEEP) continue;
+    double whole = mode_step(p, prec, mode, m->batch, plain), layers = whole - rest;
+    if (whole > 0 && layers > 0 && p->mode_share_sum[prec][mode] > 0) basis[mode] = layers / p->mode_share_sum[prec][mode];
+  }
+}
+
 mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
   *m = (_mfp_model){.batch = batch, .n_layers = p->n_layers, .in_range = true};
+  for (int k = 0; k < p->n_precisions; k++) { /* the plain steps first: the bases need the first precision's */
+    mfp_precision prec = p->precisions[k];
+    m->plain_seconds[prec] = fitted_plain_seconds(p, prec, batch);
+    if (p->timing_ready && p->timed[prec])
+      m->measured_step_seconds[prec] = measured_step(p, prec, batch, m->plain_seconds[prec]);
+  }
   for (int k = 0; k < p->n_precisions; k++) {
     mfp_precision prec = p->precisions[k];
     _mfp_layer_terms *terms = calloc(p->n_layers, sizeof *terms); /* terms a profile lacks stay 0 */
@@ -177,12 +227,12 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
       return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory evaluating the model");
     }
     m->layer[prec] = terms;
-    m->plain_seconds[prec] = fitted_plain_seconds(p, prec, batch);
     bool timed = p->timing_ready && p->timed[prec];
-    if (timed) m->measured_step_seconds[prec] = measured_step(p, prec, batch, m->plain_seconds[prec]);
+    double basis[MFP_MODE_COUNT] = {0};
+    if (timed) mode_bases(p, m, prec, basis);
     for (size_t i = 0; i < p->n_layers; i++) {
       const _mfp_line *f = p->layer_fit[prec] + i * MFP_LAYER_TERMS;
-      const times tm = {timed ? p->layer_share[prec] + i * MFP_LAYER_TERMS : NULL, m->measured_step_seconds[prec]};
+      const times tm = {timed ? p->layer_share[prec] + i * MFP_LAYER_TERMS : NULL, basis, true};
       terms[i].fpk = bytes_at(&f[MFP_T_FPK], batch, true, &m->in_range);
       terms[i].kept = bytes_at(&f[MFP_T_KEPT], batch, false, &m->in_range);
       terms[i].out = bytes_at(&f[MFP_T_OUT], batch, true, &m->in_range);
@@ -198,7 +248,7 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
     }
     for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
       const _mfp_line *s = p->step_fit[prec][mode];
-      const times tm = {timed ? p->step_share[prec][mode] : NULL, m->measured_step_seconds[prec]};
+      const times tm = {timed ? p->step_share[prec][mode] : NULL, basis, false};
       _mfp_step_terms *st = &m->step[prec][mode];
       st->lpk = bytes_at(&s[MFP_S_LPK], batch, true, &m->in_range);
       st->ld = bytes_at(&s[MFP_S_LD], batch, false, &m->in_range);
@@ -213,8 +263,8 @@ mfp_status _mfp_model_eval(const mfp_profile *p, int64_t batch, _mfp_model *m) {
   m->fixed = bytes_at(&p->global_fit[MFP_G_FIXED], batch, true, &m->in_range);
   m->opk = bytes_at(&p->global_fit[MFP_G_OPK], batch, true, &m->in_range);
   m->od = bytes_at(&p->global_fit[MFP_G_OD], batch, false, &m->in_range);
-  const times optimizer = {p->timing_ready && p->timed[p->first_precision] ? p->global_share : NULL,
-                           m->measured_step_seconds[p->first_precision]};
+  const double first[MFP_MODE_COUNT] = {m->measured_step_seconds[p->first_precision]};
+  const times optimizer = {p->timing_ready && p->timed[p->first_precision] ? p->global_share : NULL, first, false};
   m->to = time_at(&optimizer, p->global_fit, MFP_G_TO, batch);
   extrapolation_check(p, m);
   return MFP_OK;

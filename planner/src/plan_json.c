@@ -135,8 +135,9 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
       if (item) {
         put(item, "batch_size", json_integer(t->batch), ok);
         put(item, "precision", json_string(mfp_precision_name(t->precision)), ok);
+        put(item, "mode", json_string(_mfp_mode_name(t->mode)), ok);
         put(item, "measured_step_seconds", json_real(t->seconds), ok);
-        put(item, "traced_model_step_seconds", json_real(t->model_seconds), ok);
+        if (t->mode == MFP_MODE_KEEP) put(item, "traced_model_step_seconds", json_real(t->model_seconds), ok);
       }
       if (!item || json_array_append_new(points, item) != 0) *ok = false;
     }

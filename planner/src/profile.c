@@ -549,6 +549,7 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
 static int timing_order(const void *x, const void *y) {
   const _mfp_timing_point *a = x, *b = y;
   if (a->precision != b->precision) return a->precision < b->precision ? -1 : 1;
+  if (a->mode != b->mode) return a->mode < b->mode ? -1 : 1;
   return a->batch < b->batch ? -1 : a->batch > b->batch;
 }
 
@@ -584,6 +585,19 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
       return _mfp_error(MFP_ERR_PROFILE, "%s.precision: %s has no settings", path,
                         mfp_precision_name(t[k].precision));
     if ((s = get_seconds(e, path, "step_seconds", &t[k].seconds)) != MFP_OK) return s;
+    const json_t *mode = json_object_get(e, "mode");
+    if (mode) {
+      const char *name = json_string_value(mode);
+      int found = -1;
+      for (int m = 0; name && m < MFP_MODE_COUNT; m++)
+        if (strcmp(name, _mfp_mode_name(m)) == 0) found = m;
+      if (found < 0)
+        return _mfp_error(MFP_ERR_PROFILE, "%s.mode: expected \"plain\", \"checkpointed\" or \"selective\"", path);
+      if ((found == MFP_MODE_CHECKPOINT && !p->measured_checkpoint) ||
+          (found == MFP_MODE_SELECTIVE && !p->measured_selective))
+        return _mfp_error(MFP_ERR_PROFILE, "%s.mode: the profile's settings have no \"%s\" runs", path, _mfp_mode_name(found));
+      t[k].mode = (_mfp_mode)found;
+    }
     if (!(t[k].seconds > 0))
       return _mfp_error(MFP_ERR_PROFILE, "%s.step_seconds: must be > 0 (a measured step), got %g", path,
                         t[k].seconds);
@@ -599,6 +613,13 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
     k = j;
   }
   p->n_timing = kept;
+  for (size_t k = 0; k < kept; k++) {
+    bool plain = false;
+    for (size_t j = 0; j < kept; j++) plain |= t[j].precision == t[k].precision && t[j].mode == MFP_MODE_KEEP;
+    if (!plain)
+      return _mfp_error(MFP_ERR_PROFILE, "timing: %s has checkpointed or selective entries but no plain ones (the "
+                        "others are measured against those)", mfp_precision_name(t[k].precision));
+  }
   if ((s = _mfp_fit_time_shares(p)) != MFP_OK) return s;
   for (size_t k = 0; k < kept; k++) {
     _mfp_model m;

@@ -24,6 +24,10 @@ def test_the_default_ladder_doubles_the_largest_profiled_batch():
     assert timing.ladder([3], None) == [3, 6, 12, 24, 48, 96]
     assert timing.ladder([2, 4], [16, 8, 16]) == [8, 16]  # as given: sorted, each once
     assert timing.ladder([2, 4], []) == []
+    assert timing.ladder([2, 4], None, max_batch=20) == [2, 4, 8, 16]  # the largest batch the job can make
+    # The checkpointed step is timed at the smallest and the two largest of the plain ladder.
+    assert timing.mode_batches([{"batch_size": b} for b in (2, 4, 8, 16, 32)]) == [2, 16, 32]
+    assert timing.mode_batches([{"batch_size": 8}]) == [8] and timing.mode_batches([]) == []
     for bad in ([0], [2, -1], [1.5], [True]):
         with pytest.raises(MemfitError, match="timing_batches must be positive integers"):
             timing.ladder([2, 4], bad)
@@ -88,16 +92,19 @@ def profiled(tmp_path_factory):
 def test_the_profile_holds_the_timed_batches_and_the_plan_reports_them(profiled):
     d, stderr = profiled
     prof = json.loads((d / "p.json").read_text())
-    assert [(e["precision"], e["batch_size"]) for e in prof["timing"]] == [("fp32", 8), ("fp32", 16)]
+    assert [(e["precision"], e.get("mode", "plain"), e["batch_size"]) for e in prof["timing"]] == \
+        [("fp32", "plain", 8), ("fp32", "plain", 16), ("fp32", "checkpointed", 8), ("fp32", "checkpointed", 16)]
     assert all(e["step_seconds"] > 0 for e in prof["timing"])
     assert "timing fp32: batch 8:" in stderr and "timing fp32: batch 16:" in stderr
+    assert "timing fp32, every layer checkpointed: batch 16:" in stderr
     done = run_memfit("plan", "--profile", str(d / "p.json"), "--budget", "64MiB", "--json", "-q")
     assert done.returncode == 0, done.stderr
     cal = json.loads(done.stdout)["time_calibration"]
-    assert [p["batch_size"] for p in cal["points"]] == [e["batch_size"] for e in prof["timing"]]
+    assert [(p["mode"], p["batch_size"]) for p in cal["points"]] == \
+        [(e.get("mode", "plain"), e["batch_size"]) for e in prof["timing"]]
     assert [p["measured_step_seconds"] for p in cal["points"]] == \
         pytest.approx([e["step_seconds"] for e in prof["timing"]], rel=1e-12)
-    assert all(p["traced_model_step_seconds"] >= 0 for p in cal["points"])
+    assert all(p["traced_model_step_seconds"] >= 0 for p in cal["points"] if p["mode"] == "plain")
     assert cal["plain_step_seconds"]["fp32"] > 0
 
 
@@ -116,7 +123,7 @@ def test_a_timing_batch_that_does_not_fit_ends_the_ladder_and_the_profile_is_wri
                       "--no-selective", "--capacity", "64MiB", "--timing-batches", "8,100000000", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "batch 100000000 does not fit the device; the ladder ends at 8" in done.stderr
-    assert [e["batch_size"] for e in json.loads(out.read_text())["timing"]] == [8]
+    assert [e["batch_size"] for e in json.loads(out.read_text())["timing"] if "mode" not in e] == [8]
 
 
 def test_bad_timing_batches_are_refused_by_name(tmp_path):

@@ -303,11 +303,20 @@ def profile(
             started(f"checkpoint check at batch {b}, {precisions[0]}, {what}")
             checks.append(_measure_check(prof, b, precisions[0], steps, warmup_steps, full, partial))
         for precision in precisions:
+            def time_steps(b, prof=prof, precision=precision):
+                return _time_steps(prof, b, precision, steps, 1)
             with _applied(prof, precision, ()):
-                timed_steps += timing.measure_ladder(
-                    timed, timing_batches is None, max(sizes), alloc.capacity(),
-                    lambda b, prof=prof, precision=precision: _time_steps(prof, b, precision, steps, 1),
-                    say, alloc.empty_cache, precision)
+                plain = timing.measure_ladder(timed, timing_batches is None, max(sizes), alloc.capacity(), time_steps,
+                                              say, alloc.empty_cache, precision)
+            timed_steps += plain
+            # Recomputation's share of the step changes with the batch (its fixed costs do not
+            # grow): the every-layer-checkpointed (and selective) step at a few of those batches.
+            for mode in ("checkpointed", "selective") if selective else ("checkpointed",):
+                with _applied(prof, precision, names if mode == "checkpointed" else (),
+                              names if mode == "selective" else ()):
+                    timed_steps += timing.measure_ladder(timing.mode_batches(plain), False, max(sizes),
+                                                         alloc.capacity(), time_steps, say, alloc.empty_cache,
+                                                         precision, mode)
     finally:
         prof_blocks, reused = prof.blocks, dict(prof.reused)
         prof.close()

@@ -42,9 +42,18 @@ def ladder(sizes: Sequence[int], requested: Optional[Sequence[int]], max_batch: 
     return out
 
 
+def mode_batches(plain: Sequence[Dict[str, object]]) -> List[int]:
+    """Where the every-layer-checkpointed (and selective) step is timed: the
+    smallest and the two largest batches of the plain ladder (`plain`, its
+    entries); the planner interpolates their ratio to the plain step between
+    them (PLAN.md, "Step times")."""
+    batches = sorted(int(e["batch_size"]) for e in plain)
+    return sorted(set(batches[:1] + batches[-2:]))
+
+
 def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: int, capacity: int,
                    time_steps: Callable[[int], Dict[str, float]], say: Callable[[str], None],
-                   release: Callable[[], None], precision: str) -> List[Dict[str, object]]:
+                   release: Callable[[], None], precision: str, mode: str = "plain") -> List[Dict[str, object]]:
     """Times each batch with time_steps(batch) -> {"step_seconds", "peak_bytes"}
     and returns the profile's timing entries. A batch that runs out of memory
     ends the ladder (release() gives the cache back first); so, on the
@@ -52,6 +61,7 @@ def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: in
     LADDER_STEP_SECONDS or more, or a next batch whose step would need more than
     LADDER_MEMORY_SHARE of `capacity` (twice this one's peak)."""
     out: List[Dict[str, object]] = []
+    what = "" if mode == "plain" else f", every layer {'selectively ' if mode == 'selective' else ''}checkpointed"
     for b in batches:
         try:
             measured = time_steps(b)
@@ -59,12 +69,13 @@ def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: in
             if not is_out_of_memory(e):
                 raise
             release()
-            say(f"timing {precision}: batch {b} does not fit the device; the ladder ends at "
+            say(f"timing {precision}{what}: batch {b} does not fit the device; the ladder ends at "
                 f"{out[-1]['batch_size'] if out else 'no batch'}")
             break
         seconds = measured["step_seconds"]
-        out.append({"precision": precision, "batch_size": b, "step_seconds": seconds})
-        say(f"timing {precision}: batch {b}: {seconds * 1e3:.1f} ms per step (untraced)")
+        out.append({"precision": precision, "batch_size": b, "step_seconds": seconds}
+                   if mode == "plain" else {"precision": precision, "mode": mode, "batch_size": b, "step_seconds": seconds})
+        say(f"timing {precision}{what}: batch {b}: {seconds * 1e3:.1f} ms per step (untraced)")
         if not automatic or b < largest_profiled:
             continue
         if seconds >= LADDER_STEP_SECONDS:
