@@ -44,6 +44,44 @@ std::vector<mfp_decision> every(const Synth &s, bool checkpoint, bool selective 
   return std::vector<mfp_decision>(s.names.size(), mfp_decision{checkpoint, s.precisions[0].precision, selective});
 }
 
+// Each time term's share of its setting's traced step (every layer as it is:
+// their forward and backward, the loss, loss-backward and optimizer times),
+// the mean over the settings, computed from the profile's JSON (PLAN.md,
+// "Step times"): forward, backward, checkpointed and selective (forward +
+// backward) per layer, and the loss, loss-backward and optimizer ones.
+struct Shares {
+  std::vector<double> fs, bs, cs, ss;
+  double tl = 0, tlb = 0, to = 0;
+};
+
+Shares shares_of(Json &profile, const Synth &s) {
+  Json &settings = profile["settings"];
+  size_t n = s.names.size(), ns = settings.items.size();
+  Shares sh{std::vector<double>(n, 0), std::vector<double>(n, 0), std::vector<double>(n, 0),
+            std::vector<double>(n, 0)};
+  for (size_t k = 0; k < ns; k++) {
+    Json &st = settings[k];
+    double traced = num(st["loss_seconds"]) + num(st["loss_backward_seconds"]) + num(st["optimizer_seconds"]);
+    for (size_t i = 0; i < n; i++)
+      traced += num(st["layers"][i]["forward_seconds"]) + num(st["layers"][i]["backward_seconds"]);
+    for (size_t i = 0; i < n; i++) {
+      sh.fs[i] += num(st["layers"][i]["forward_seconds"]) / traced / ns;
+      sh.bs[i] += num(st["layers"][i]["backward_seconds"]) / traced / ns;
+      Json &c = st["checkpointed"]["layers"][i];
+      sh.cs[i] += (num(c["forward_seconds"]) + num(c["backward_seconds"])) / traced / ns;
+      if (s.measured_selective) {
+        Json &sl = st["selective"]["layers"][i];
+        sh.ss[i] += (num(sl["forward_seconds"]) + num(sl["backward_seconds"])) / traced / ns;
+      }
+    }
+    // The loss windows' times are the setting's own in every mode (PLAN.md).
+    sh.tl += num(st["loss_seconds"]) / traced / ns;
+    sh.tlb += num(st["loss_backward_seconds"]) / traced / ns;
+    sh.to += num(st["optimizer_seconds"]) / traced / ns;
+  }
+  return sh;
+}
+
 std::string error_of(const Json &profile) {
   mfp_profile *p = nullptr;
   EXPECT_EQ(mfp_profile_parse(profile.str().c_str(), &p), MFP_ERR_PROFILE);
@@ -172,30 +210,10 @@ TEST(PlannerTiming, CheckpointedTimesAreSharesOfTheMeasuredStep) {
     Json profile = with_timing(s, {{8, 0.05}, {32, 0.11}});
     Profile p = parse(profile.str());
     ASSERT_TRUE(p);
-    Json &settings = profile["settings"];
-    size_t n = s.names.size(), ns = settings.items.size();
-    std::vector<double> fs(n, 0), bs(n, 0), cs(n, 0), ss(n, 0);
-    double tl = 0, tlb = 0, to = 0;
-    for (size_t k = 0; k < ns; k++) {
-      Json &st = settings[k];
-      double traced = num(st["loss_seconds"]) + num(st["loss_backward_seconds"]) + num(st["optimizer_seconds"]);
-      for (size_t i = 0; i < n; i++)
-        traced += num(st["layers"][i]["forward_seconds"]) + num(st["layers"][i]["backward_seconds"]);
-      for (size_t i = 0; i < n; i++) {
-        fs[i] += num(st["layers"][i]["forward_seconds"]) / traced / ns;
-        bs[i] += num(st["layers"][i]["backward_seconds"]) / traced / ns;
-        Json &c = st["checkpointed"]["layers"][i];
-        cs[i] += (num(c["forward_seconds"]) + num(c["backward_seconds"])) / traced / ns;
-        if (s.measured_selective) {
-          Json &sl = st["selective"]["layers"][i];
-          ss[i] += (num(sl["forward_seconds"]) + num(sl["backward_seconds"])) / traced / ns;
-        }
-      }
-      // The loss windows' times are the setting's own in every mode (PLAN.md).
-      tl += num(st["loss_seconds"]) / traced / ns;
-      tlb += num(st["loss_backward_seconds"]) / traced / ns;
-      to += num(st["optimizer_seconds"]) / traced / ns;
-    }
+    size_t n = s.names.size();
+    Shares sh = shares_of(profile, s);
+    const auto &fs = sh.fs, &bs = sh.bs, &cs = sh.cs, &ss = sh.ss;
+    double tl = sh.tl, tlb = sh.tlb, to = sh.to;
     for (int64_t b : {8, 20, 32}) {
       double T = b == 8 ? 0.05 : b == 32 ? 0.11 : 0.05 + 12 * (0.06 / 24);
       double ckpt = 0, sel = 0;
@@ -225,24 +243,10 @@ TEST(PlannerTiming, CheckpointedPointsSetTheCheckpointedStep) {
     profile["timing"].push(point(prec, 32, 0.33).set("mode", "checkpointed"));
     Profile p = parse(profile.str());
     ASSERT_TRUE(p);
-    Json &settings = profile["settings"];
-    size_t n = s.names.size(), ns = settings.items.size();
-    std::vector<double> fs(n, 0), bs(n, 0), cs(n, 0);
-    double rest_share = 0;
-    for (size_t k = 0; k < ns; k++) {
-      Json &st = settings[k];
-      double traced = num(st["loss_seconds"]) + num(st["loss_backward_seconds"]) + num(st["optimizer_seconds"]);
-      for (size_t i = 0; i < n; i++)
-        traced += num(st["layers"][i]["forward_seconds"]) + num(st["layers"][i]["backward_seconds"]);
-      for (size_t i = 0; i < n; i++) {
-        fs[i] += num(st["layers"][i]["forward_seconds"]) / traced / ns;
-        bs[i] += num(st["layers"][i]["backward_seconds"]) / traced / ns;
-        Json &c = st["checkpointed"]["layers"][i];
-        cs[i] += (num(c["forward_seconds"]) + num(c["backward_seconds"])) / traced / ns;
-      }
-      rest_share += (num(st["loss_seconds"]) + num(st["loss_backward_seconds"]) + num(st["optimizer_seconds"])) /
-                    traced / ns;
-    }
+    size_t n = s.names.size();
+    Shares sh = shares_of(profile, s);
+    const auto &fs = sh.fs, &bs = sh.bs, &cs = sh.cs;
+    double rest_share = sh.tl + sh.tlb + sh.to;
     double sum_cs = 0;
     for (double c : cs) sum_cs += c;
     for (int64_t b : {8, 20, 32, 64}) {

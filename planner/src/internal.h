@@ -114,13 +114,14 @@ typedef struct _mfp_checkpoint_check {
 } _mfp_checkpoint_check;
 
 /* A step time measured without the tracer (the profile's optional "timing"):
- * every layer as it is, in one precision, at one batch; what the traced
- * per-layer times are calibrated to (PLAN.md, "Step times"). */
+ * in one precision, at one batch, every layer in one mode (as it is: the
+ * ladder; or checkpointed, selectively); what the traced per-layer times are
+ * calibrated to (PLAN.md, "Step times"). */
 typedef struct _mfp_timing_point {
   mfp_precision precision;
   _mfp_mode mode; /* every layer as it is (the ladder), or every layer checkpointed / selectively */
   int64_t batch;
-  double seconds;       /* measured (the mean of a profile's entries for this precision and batch) */
+  double seconds;       /* measured (the mean of a profile's entries for this precision, mode and batch) */
   double model_seconds; /* plain points: the uncalibrated model's step for it (the traced times' fits) */
 } _mfp_timing_point;
 #define MFP_MAX_TIMING_POINTS 4096
@@ -150,7 +151,7 @@ struct mfp_profile {
   _mfp_checkpoint_check *checks; /* measured plans with every layer checkpointed (optional) */
   size_t n_checks;
   double check_intercept, check_slope; /* their measured - predicted peak, fitted over the batch */
-  _mfp_timing_point *timing; /* sorted by precision, then batch; one per pair (optional) */
+  _mfp_timing_point *timing; /* sorted by precision, mode, batch; one per triple (optional) */
   size_t n_timing;
   bool timing_ready;         /* model_seconds filled in: _mfp_model_eval calibrates the times */
   /* With timing points, each time term of a precision is its share of the
