@@ -222,7 +222,8 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int,
     input (a clone made by the caller that outlives the call: the asynchronous work on
     gloo's worker thread holds it, so it may still be live in the backward of the units
     without parameters that follow: covered there; at the next unit's copy-out, seen once:
-    covered by the headroom's reserve, gloo_late_free_reserve). ProcessGroupGloo, measured
+    and, with param_dtype, at the cast of the reduce output: covered by the headroom's reserve,
+    gloo_late_free_reserve). ProcessGroupGloo, measured
     (DISTRIBUTED.md); NCCL's collectives allocate no such tensors."""
     layers = units[:-1]
     root = units[-1]
@@ -298,8 +299,8 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int,
                            e0 + b + held_p + rs[i] - g + rs_out[i] + temp(rs[i])]
                 if q is None:  # the last unit all-gathers in its own pre-backward
                     moments.append(s0 + b + ag[i] + temp(ag[i]) + ag_in[i])
-                if mixed:  # the cast of the reduce output to the fp32 shard (gloo's clone can still be live)
-                    moments.append(e0 + b + held_p + rs[i] - g + rs_out[i] + sg + temp(rs[i]))
+                if mixed:  # the cast of the reduce output to the fp32 shard (gloo's clone, if still live, is the reserve's)
+                    moments.append(e0 + b + held_p + rs[i] - g + rs_out[i] + sg)
             bend = b - grad_saved[i] + held_p + rs[i]
             layer["backward"] = win(b_w, bs, b + ag[i] + held_p + rs_q - low_saved[i], bend, moments)
         else:
