@@ -310,3 +310,34 @@ TEST(PlannerTiming, BadEntriesAreRefusedByName) {
   Json missing = Json::object().set("precision", prec).set("batch_size", 4);
   EXPECT_NE(error_of(with(missing)).find("timing[1].step_seconds: missing"), std::string::npos) << mfp_last_error();
 }
+
+// Without points, a time that falls with the batch (warm-up or noise between
+// two small batches) is held flat at its mean, never extrapolated down to 0:
+// every layer as it is takes the settings' mean traced step at any batch.
+TEST(PlannerTiming, AFallingFittedTimeIsHeldAtItsMean) {
+  for (uint64_t seed = 1; seed <= 5; seed++) {
+    Synth s = timing_synth(seed);
+    Json profile = synth_profile(s);
+    Json &settings = profile["settings"];
+    double mean = 0;
+    for (size_t k = 0; k < settings.items.size(); k++) {
+      Json &st = settings[k];
+      double b = num(st["batch_size"]), traced = 0;
+      auto falls = [&](Json &node, const char *key, double at_one) {
+        node.set(key, at_one / b);
+        traced += at_one / b;
+      };
+      falls(st, "loss_seconds", 0.004);
+      falls(st, "loss_backward_seconds", 0.006);
+      falls(st, "optimizer_seconds", 0.010);
+      for (size_t i = 0; i < s.names.size(); i++) {
+        falls(st["layers"][i], "forward_seconds", 0.002 * (double)(i + 1));
+        falls(st["layers"][i], "backward_seconds", 0.003 * (double)(i + 1));
+      }
+      mean += traced / (double)settings.items.size();
+    }
+    Profile p = parse(profile.str());
+    ASSERT_TRUE(p);
+    for (int64_t batch : {1, 64, 4096}) EXPECT_NEAR(step_of(p.get(), batch, every(s, false)), mean, 1e-12 * mean);
+  }
+}

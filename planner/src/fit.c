@@ -36,6 +36,17 @@ double _mfp_line_at(const _mfp_line *line, int64_t batch) {
   return line->center_value + line->slope * ((double)batch - line->center_batch);
 }
 
+/* The time terms: PLAN.md, "Step times". */
+static const size_t layer_times[] = {MFP_T_TF, MFP_T_TB, MFP_T_CTF, MFP_T_CTB, MFP_T_STF, MFP_T_STB};
+
+/* A time that falls with the batch is warm-up or noise (a larger batch never
+ * takes less time): such a line is held flat at its mean, the least-squares
+ * line among those that do not fall (PLAN.md, "Step times"). Extrapolated,
+ * a falling line reached zero, and every layer's time with it. */
+static void never_falls(_mfp_line *line) {
+  if (line->slope < 0) line->slope = 0;
+}
+
 /* The settings of one precision, in profile order; MFP_ERR_PROFILE unless they
  * span two batch sizes. */
 static mfp_status settings_of(const mfp_profile *p, mfp_precision precision, size_t *idx, size_t *n) {
@@ -70,19 +81,25 @@ mfp_status _mfp_fit_profile(mfp_profile *p) {
     }
     for (size_t t = 0; t < p->n_layers * MFP_LAYER_TERMS; t++)
       p->layer_fit[prec][t] = fit_line(p, idx, n, layer_value, t);
-    for (size_t mode = 0; mode < MFP_MODE_COUNT; mode++)
+    for (size_t i = 0; i < p->n_layers; i++)
+      for (size_t t = 0; t < sizeof layer_times / sizeof layer_times[0]; t++)
+        never_falls(&p->layer_fit[prec][i * MFP_LAYER_TERMS + layer_times[t]]);
+    for (size_t mode = 0; mode < MFP_MODE_COUNT; mode++) {
       for (size_t t = 0; t < MFP_STEP_TERMS; t++)
         p->step_fit[prec][mode][t] = fit_line(p, idx, n, step_value, mode * MFP_STEP_TERMS + t);
+      never_falls(&p->step_fit[prec][mode][MFP_S_TL]);
+      never_falls(&p->step_fit[prec][mode][MFP_S_TLB]);
+    }
     p->fitted[prec] = true;
-    if (prec == p->first_precision)
+    if (prec == p->first_precision) {
       for (size_t t = 0; t < MFP_GLOBAL_TERMS; t++) p->global_fit[t] = fit_line(p, idx, n, global_value, t);
+      never_falls(&p->global_fit[MFP_G_TO]);
+    }
   }
   free(idx);
   return s;
 }
 
-/* The time terms: PLAN.md, "Step times". */
-static const size_t layer_times[] = {MFP_T_TF, MFP_T_TB, MFP_T_CTF, MFP_T_CTB, MFP_T_STF, MFP_T_STB};
 
 /* A setting's traced step by its own terms, every layer as it is: what its
  * time terms are shares of. */
