@@ -127,8 +127,9 @@ class Plan:
             + ((": 1% + the model's error)" if d["reserve_model"]["granule_bytes"] else
                 ": 25% for segments + the model's error)") if d.get("headroom_rule") == "auto"
                else ", as given)" if d.get("headroom_rule") in (None, "option") else f": {d['headroom_rule']})"),
-            f"  recompute {d['predicted_recompute_seconds'] * 1e3:.2f} ms per step "
-            f"({d['recompute_overhead_percent']:.1f}% of {d['predicted_step_seconds'] * 1e3:.2f} ms), "
+            f"  step {d['predicted_step_seconds'] * 1e3:.2f} ms, of which recompute "
+            f"{d['predicted_recompute_seconds'] * 1e3:.2f} ms (+{d['recompute_overhead_percent']:.1f}% on the step "
+            f"without it), "
             + (f"{d['throughput_samples_per_second']:.1f} samples/s predicted"
                if d.get("throughput_samples_per_second") is not None  # null: a predicted step of 0 s
                else "throughput not predicted (the profile's step times give a step of 0 s)")
