@@ -57,7 +57,7 @@ def planned(tmp_path_factory):
     (d / "job.py").write_text(JOB)
     job = f"{d / 'job.py'}:job"
     r = _memfit("profile", "--job", job, "--batch-sizes", "4,8", "--steps", "1", "--warmup-steps", "1",
-                "--out", str(d / "profile.json"), "-q")
+                "--timing-batches", "none", "--out", str(d / "profile.json"), "-q")
     assert r.returncode == 0, r.stderr
     r = _memfit("plan", "--profile", str(d / "profile.json"), "--budget", BUDGET, "--max-batch", "64",
                 "--strategy", "ddp", "--world-size", "2", "--out", str(d / "plan.json"), "-q")

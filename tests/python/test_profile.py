@@ -47,7 +47,8 @@ def measured(memfit_cpu):
         return made[-1]
 
     job.optimizer = optimizer
-    prof = memfit.profile(job, device="cpu", batch_sizes=BATCHES, precisions=PRECISIONS, steps=2, warmup_steps=1)
+    prof = memfit.profile(job, device="cpu", batch_sizes=BATCHES, precisions=PRECISIONS, steps=2, warmup_steps=1,
+                          timing_batches=())
     assert len(made) == 1, "memfit.profile should build the optimizer once"
     yield prof, job, made[0], before
     gc.collect()
@@ -269,7 +270,7 @@ def test_the_callers_model_comes_back_as_it_was():
     before = {k: v.clone() for k, v in job.model.state_dict().items()}
     trained_in = []
     job.model.register_forward_pre_hook(lambda module, args: trained_in.append(module.training))
-    prof = memfit.profile(job, batch_sizes=(2,), steps=1, warmup_steps=1)
+    prof = memfit.profile(job, batch_sizes=(2,), steps=1, warmup_steps=1, timing_batches=())
     after = job.model.state_dict()
     assert trained_in and all(trained_in), "the profile's steps did not run in training mode"
     assert not job.model.training, "the model's eval mode was not put back"

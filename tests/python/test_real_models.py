@@ -97,7 +97,7 @@ def test_plan_runs_within_budget_and_is_tight(tmp_path: Path, name: str, budget:
     job = f"{JOBS}:{name}"
     profile_path, plan_path = tmp_path / "profile.json", tmp_path / "plan.json"
     done = run_memfit("profile", "--job", job, "--batch-sizes", "2,4", "--precisions", precisions, "--steps", "2",
-                      "--warmup-steps", "1", "--out", str(profile_path), "--quiet")
+                      "--warmup-steps", "1", "--timing-batches", "none", "--out", str(profile_path), "--quiet")
     assert done.returncode == 0, done.stderr
     profile = json.loads(profile_path.read_text())
     for setting in profile["settings"]:
@@ -135,7 +135,7 @@ def test_a_module_run_twice_per_step_is_not_a_layer(tmp_path: Path) -> None:
     the final norm: it is listed as not planned, with the reason."""
     out = tmp_path / "t5.json"
     done = run_memfit("profile", "--job", f"{JOBS}:t5", "--batch-sizes", "1,2", "--steps", "1", "--warmup-steps", "1",
-                      "--out", str(out), "--quiet")
+                      "--timing-batches", "none", "--out", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
     profile = json.loads(out.read_text())
     not_planned = {u["name"]: u["reason"] for u in profile["units_not_planned"]}

@@ -80,7 +80,8 @@ def test_profile_measures_selective_runs_and_the_model_reproduces_them(gpt2_prof
 
 
 def test_no_selective_profiles_and_plans_without_it(gpt2_profile) -> None:
-    prof = memfit.profile(real_models.gpt2(), batch_sizes=(2, 4), steps=1, warmup_steps=1, selective=False)
+    prof = memfit.profile(real_models.gpt2(), batch_sizes=(2, 4), steps=1, warmup_steps=1, selective=False,
+                          timing_batches=())
     assert all("selective" not in s for s in prof.settings)
     assert "selective_layers" not in prof.data["checkpoint_checks"][0]
     cheap = _selective_made_cheap(gpt2_profile)

@@ -172,7 +172,7 @@ def cli_runs(tmp_path_factory):
     (d / "plan.json").write_text(json.dumps(PLAN))
     job = f"{d / 'job.py'}:make"
     profile = start_python(["-m", "memfit", "profile", "--job", job, "--batch-sizes", "2,4", "--steps", "2",
-                            "--warmup-steps", "1", "--out", str(d / "profile.json"),
+                            "--warmup-steps", "1", "--timing-batches", "none", "--out", str(d / "profile.json"),
                             "--snapshot", str(d / "profile.pickle")], cwd=d)
     verify = start_python(["-m", "memfit", "verify", "--job", job, "--plan", str(d / "plan.json"),
                            "--budget", "1GiB", "--steps", "2", "--json", "--snapshot", str(d / "verify.pickle")], cwd=d)

@@ -221,7 +221,7 @@ def _fsdp_run(run: Dict[str, Any], units: List[Dict[str, Any]], world_size: int,
     all-gather's output (freed before the call returns) and of the reduce-scatter's
     input (a clone made by the caller that outlives the call: the asynchronous work on
     gloo's worker thread holds it, so it may still be live in the backward of the units
-    without parameters that follow: covered there; at the next unit's copy-out, seen once:
+    without parameters that follow: covered there; at the next unit's copy-out, seen once,
     and, with param_dtype, at the cast of the reduce output: covered by the headroom's reserve,
     gloo_late_free_reserve). ProcessGroupGloo, measured
     (DISTRIBUTED.md); NCCL's collectives allocate no such tensors."""
