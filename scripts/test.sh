@@ -13,6 +13,8 @@ bash scripts/install-python-deps.sh
 
 jobs=$(nproc 2>/dev/null || echo 2)
 status=0
+SECONDS=0
+took() { echo "== $1 took $SECONDS s in all so far =="; }
 
 run_suite() { # build-dir, extra cmake args...
   local dir=$1; shift
@@ -25,15 +27,19 @@ run_suite() { # build-dir, extra cmake args...
 
 echo "== memfit tests (RelWithDebInfo) =="
 run_suite build || status=1
+took "the RelWithDebInfo suite"
 if [ "${MEMFIT_SKIP_ASAN:-0}" != "1" ]; then
   echo "== memfit tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
   ASAN_OPTIONS=detect_leaks=1 run_suite build-asan -DMEMFIT_SANITIZE=ON -DMEMFIT_DEBUG=1 || status=1
+  took "the sanitizer suite"
 fi
 if [ "${MEMFIT_SKIP_FUZZ:-0}" != "1" ]; then
   echo "== memfit fuzzers (libFuzzer, ${MEMFIT_FUZZ_SECONDS:-20} s each) =="
   bash tests/fuzz/run.sh || status=1
+  took "the fuzzers"
 fi
 echo "== memfit Python tests (pytest, PyTorch on CPU) =="
 MEMFIT_BUILD_DIR="$PWD/build" PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
   python3 -m pytest tests/python -q -p no:cacheprovider || status=1
+took "the Python tests"
 exit $status
