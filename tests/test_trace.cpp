@@ -1,9 +1,12 @@
 // test_trace.cpp — the in-memory trace: every alloc, free, re-tag and mark in
-// order with its sizes and tags, bounded capacity with a dropped count, and
+// order with its sizes and tags, each mark with its window's rise, bounded
+// capacity with a dropped count, and
 // the file event log and the trace on at the same time.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <random>
 #include <vector>
 
 #include "test_util.h"
@@ -75,6 +78,56 @@ TEST(TraceTest, RecordsAllocFreeRetagAndMarksInOrder) {
       EXPECT_EQ(e.category, MF_CAT_ACTIVATION);
     }
   }
+}
+
+// Each mark's rise is the peak of allocated bytes since the previous mark above
+// their value there, as a replay of the recorded events computes it, including
+// frees of blocks from before the trace (the running value goes below 0).
+TEST(TraceTest, MarksCarryTheirWindowsRise) {
+  Allocator a = create("backend:virtual,capacity:1GiB");
+  ASSERT_TRUE(a);
+  std::vector<void *> before;
+  for (int i = 0; i < 4; i++) before.push_back(mf_malloc(a.get(), 0, 5000, 0));
+  ASSERT_EQ(mf_trace_start(a.get(), 100000), MF_OK);
+  std::mt19937 rng(11);
+  std::vector<void *> live;
+  uint64_t id = 0;
+  for (int k = 0; k < 2000; k++) {
+    unsigned r = rng() % 10;
+    if (r < 4) {
+      live.push_back(mf_malloc(a.get(), 0, 1 + rng() % 100000, 0));
+    } else if (r < 7 && !live.empty()) {
+      size_t at = rng() % live.size();
+      ASSERT_EQ(mf_free(a.get(), live[at]), MF_OK);
+      live.erase(live.begin() + (long)at);
+    } else if (r == 7 && !before.empty()) {
+      ASSERT_EQ(mf_free(a.get(), before.back()), MF_OK);
+      before.pop_back();
+    } else {
+      ASSERT_EQ(mf_trace_mark(a.get(), id++), MF_OK);
+    }
+  }
+  ASSERT_EQ(mf_trace_mark(a.get(), id++), MF_OK);
+  ASSERT_EQ(mf_trace_stop(a.get()), MF_OK);
+  int64_t value = 0, at_mark = 0, peak = 0;
+  size_t marks = 0, risen = 0;
+  for (const mf_trace_event &e : read_all(a.get())) {
+    if (e.kind == MF_TRACE_ALLOC) {
+      value += (int64_t)e.size;
+      peak = std::max(peak, value);
+    } else if (e.kind == MF_TRACE_FREE) {
+      value -= (int64_t)e.size;
+    } else if (e.kind == MF_TRACE_MARK) {
+      EXPECT_EQ((int64_t)e.requested, peak - at_mark) << "mark " << e.addr;
+      marks++;
+      risen += e.requested > 0;
+      at_mark = peak = value;
+    }
+  }
+  EXPECT_EQ(marks, id);
+  EXPECT_GT(risen, marks / 4);  // the windows did rise: the check compares something
+  for (void *p : live) ASSERT_EQ(mf_free(a.get(), p), MF_OK);
+  for (void *p : before) ASSERT_EQ(mf_free(a.get(), p), MF_OK);
 }
 
 TEST(TraceTest, FullBufferCountsDroppedEventsAndRestartClears) {

@@ -206,6 +206,10 @@ struct mf_allocator {
   mf_trace_event *trace;    /* the in-memory trace (trace.c), NULL when off */
   size_t trace_len, trace_cap, trace_dropped;
   uint64_t trace_start_ns;
+  /* Window counters over the recorded alloc and free events (trace.c): the
+   * allocated bytes since the trace's start, their value at the last mark and
+   * their peak since it. */
+  int64_t trace_value, trace_mark_value, trace_peak;
 };
 
 /* ------------------------------------------------------------- allocator.c */

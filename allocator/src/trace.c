@@ -1,6 +1,8 @@
 /* trace.c — the in-memory trace: a bounded array of mf_trace_event that the
  * allocator appends to (under log_lock) while it is on, and that a profiler
- * reads back in one copy. Marks let the caller cut the trace into windows. */
+ * reads back in one copy. Marks let the caller cut the trace into windows; each
+ * mark carries its window's rise (the peak of allocated bytes since the
+ * previous mark, above their value there), counted here in trace order. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +23,15 @@ void _mf_trace_append(mf_allocator *a, uint8_t kind, int device, uintptr_t addr,
     return;
   }
   mf_trace_event *e = &a->trace[a->trace_len++];
+  if (kind == MF_TRACE_ALLOC) {
+    a->trace_value += (int64_t)size;
+    if (a->trace_value > a->trace_peak) a->trace_peak = a->trace_value;
+  } else if (kind == MF_TRACE_FREE) {
+    a->trace_value -= (int64_t)size;
+  } else if (kind == MF_TRACE_MARK) {
+    requested = (size_t)(a->trace_peak - a->trace_mark_value); /* the window's rise, >= 0 */
+    a->trace_mark_value = a->trace_peak = a->trace_value;
+  }
   e->t_ns = _mf_now_ns() - a->trace_start_ns;
   e->addr = addr;
   e->requested = requested;
@@ -53,6 +64,7 @@ MF_API mf_status mf_trace_start(mf_allocator *a, size_t max_events) {
   a->trace = buf;
   a->trace_len = a->trace_dropped = 0;
   a->trace_cap = max_events;
+  a->trace_value = a->trace_mark_value = a->trace_peak = 0;
   a->trace_start_ns = _mf_now_ns();
   set_sinks(a);
   pthread_mutex_unlock(&a->log_lock);

@@ -415,12 +415,18 @@ MF_API mf_status mf_event_log_stop(mf_allocator *a);
 /* An in-memory trace of every alloc, free, re-tag and segment map / unmap, plus
  * marks the caller inserts (a profiler marks the start and end of each layer's
  * forward and backward). Read back in one copy; this is what the Python
- * profile is computed from. The events of one thread are in program order. */
+ * profile is computed from. The events of one thread are in program order.
+ * Window counters: a mark's `requested` is how far the allocated bytes of the
+ * recorded alloc and free events rose, at their peak since the previous mark
+ * (or the trace's start), above their value there; so the peak of any window
+ * between two marks is, over the marks after its first up to its last, the
+ * largest of (the value at the mark before + that mark's rise), without
+ * replaying the events in between. */
 typedef enum mf_trace_kind {
   MF_TRACE_ALLOC = 0,
   MF_TRACE_FREE,          /* tag: the block's tag when freed */
   MF_TRACE_RETAG,         /* tag: the new tag; old_*: the one before */
-  MF_TRACE_MARK,          /* addr: the caller's mark id; device -1 */
+  MF_TRACE_MARK,          /* addr: the caller's mark id; requested: the window's rise (below); device -1 */
   MF_TRACE_SEGMENT_MAP,   /* addr, size: the segment */
   MF_TRACE_SEGMENT_UNMAP
 } mf_trace_kind;

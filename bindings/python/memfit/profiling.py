@@ -602,8 +602,10 @@ def _analyse(events, start_stats, start_categories, records: List[_StepRecord]) 
                 cat_req[e.old_category] -= e.requested
                 cat_req[e.category] += e.requested
         elif k == _lib.TRACE_MARK:
-            marks.append({"id": e.addr, "index": i, "t": e.t_ns, "allocated": allocated,
-                          "cat_alloc": list(cat_alloc), "cat_req": list(cat_req)})
+            # rise: the allocator's window counter (the peak since the previous mark above the value there)
+            marks.append({"id": e.addr, "index": i, "pos": len(marks), "t": e.t_ns, "allocated": allocated,
+                          "before": marks[-1]["allocated"] if marks else start_stats["allocated_bytes"]["current"],
+                          "rise": e.requested, "cat_alloc": list(cat_alloc), "cat_req": list(cat_req)})
             continue
         else:
             continue
@@ -621,27 +623,23 @@ def _analyse(events, start_stats, start_categories, records: List[_StepRecord]) 
         if m["id"] == STEP_START:
             steps.append([])
         steps[-1].append(m)
-    ctx = {"events": events, "samples": samples, "alloc_of": alloc_of, "free_index": free_index}
+    ctx = {"events": events, "samples": samples, "alloc_of": alloc_of, "free_index": free_index, "marks": marks}
     return {"steps": [_step_windows(s, ctx) for s in steps], "ctx": ctx}
 
 
-def _peak_between(events, start_mark: Dict[str, Any], end_mark: Dict[str, Any]) -> int:
-    value = peak = start_mark["allocated"]
-    for e in events[start_mark["index"] + 1 : end_mark["index"]]:
-        if e.kind == _lib.TRACE_ALLOC:
-            value += e.size
-            peak = max(peak, value)
-        elif e.kind == _lib.TRACE_FREE:
-            value -= e.size
-    return peak
+def _peak_between(marks: List[Dict[str, Any]], start_mark: Dict[str, Any], end_mark: Dict[str, Any]) -> int:
+    """The peak of allocated bytes between two marks, from the allocator's window
+    counters (each mark's rise over the window since the mark before it), not
+    from a replay of the events between them."""
+    return max([start_mark["allocated"]] +
+               [m["before"] + m["rise"] for m in marks[start_mark["pos"] + 1 : end_mark["pos"] + 1]])
 
 
-def _window(events, a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, int]:
-    return {"start": a["allocated"], "peak": _peak_between(events, a, b), "end": b["allocated"]}
+def _window(marks: List[Dict[str, Any]], a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, int]:
+    return {"start": a["allocated"], "peak": _peak_between(marks, a, b), "end": b["allocated"]}
 
 
 def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str, Any]:
-    events = ctx["events"]
     by_id: Dict[int, Dict[str, Any]] = {}
     for m in marks:
         by_id.setdefault(m["id"], m)
@@ -701,9 +699,9 @@ def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str,
         "totals_allocated": dict(zip(categories(), cat_peak_alloc)),
         "forward": forward,
         "backward": backward,
-        "loss": _window(events, by_id[FORWARD_END], by_id[LOSS_END]),
-        "loss_backward": _window(events, by_id[LOSS_END], loss_backward_end),
-        "optimizer": _window(events, by_id[BACKWARD_END], end),
+        "loss": _window(ctx["marks"], by_id[FORWARD_END], by_id[LOSS_END]),
+        "loss_backward": _window(ctx["marks"], by_id[LOSS_END], loss_backward_end),
+        "optimizer": _window(ctx["marks"], by_id[BACKWARD_END], end),
         "loss_seconds": seconds(by_id[FORWARD_END], by_id[LOSS_END]),
         "loss_backward_seconds": seconds(by_id[LOSS_END], loss_backward_end),
         "optimizer_seconds": seconds(by_id[BACKWARD_END], end),
@@ -751,7 +749,7 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
             bwd_allocs = {j for j in range(ba["index"] + 1, bb["index"])
                           if events[j].kind == _lib.TRACE_ALLOC and alloc_of[j][2] != grad}
             bwd_tmp_peak = _live_peak(events, ba["index"], bb["index"], bwd_allocs, alloc_of)
-            backward = _window(events, ba, bb)
+            backward = _window(ctx["marks"], ba, bb)
         else:  # no gradient flowed through it: an empty window where its backward would be
             backward, bwd_tmp_peak = None, 0
         layers.append({
@@ -768,7 +766,7 @@ def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord
             "backward_temporary_peak_bytes": bwd_tmp_peak,
             "forward_seconds": _median_window_seconds(analysis, "forward", i),
             "backward_seconds": _median_window_seconds(analysis, "backward", i) if backward else 0.0,
-            "forward": _window(events, fa, fb),
+            "forward": _window(ctx["marks"], fa, fb),
             "backward": backward,
         })
     _fill_missing_backward(layers, step)
