@@ -37,6 +37,9 @@ target_include_directories(memfit_emulated_tests PRIVATE ${EMUCUDA_DIR} ${CMAKE_
 target_include_directories(memfit_emulated_tests SYSTEM PRIVATE ${EMUCUDA_CUDA_INCLUDE_DIR})
 target_compile_definitions(memfit_emulated_tests PRIVATE MEMFIT_HAVE_CUDA=1)
 add_dependencies(memfit_emulated_tests emucuda)
+if(MEMFIT_SANITIZE)
+  target_compile_options(memfit_emulated_tests PRIVATE -O0)  # as memfit_tests (tests/CMakeLists.txt)
+endif()
 
 include(GoogleTest)
 set(EMUCUDA_ENV "LD_LIBRARY_PATH=${EMUCUDA_LIB_DIR}")
