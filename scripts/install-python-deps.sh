@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, with pip, what memfit's Python side needs, and only what is missing:
 # PyTorch (pinned, and only when no torch is importable: an installed torch is
-# never replaced), pytest, jsonschema, matplotlib, numpy, and scikit-build-core
+# never replaced), pytest, pytest-xdist, jsonschema, matplotlib, numpy, and scikit-build-core
 # (pinned: the build backend of pyproject.toml, for `pip install
 # --no-build-isolation .` offline); then, for the tests of
 # the trial-based batch-size finders (tests/python/test_trial_finders.py) and of
@@ -24,6 +24,7 @@ for module in pytest jsonschema matplotlib numpy; do
   "$PYTHON" -c "import $module" >/dev/null 2>&1 || missing+=("$module")
 done
 "$PYTHON" -c "import scikit_build_core" >/dev/null 2>&1 || missing+=("scikit-build-core==$SCIKIT_BUILD_CORE_VERSION")
+"$PYTHON" -c "import xdist" >/dev/null 2>&1 || missing+=("pytest-xdist")  # test.sh runs pytest on every core
 if [ ${#missing[@]} -ne 0 ]; then
   echo "memfit: installing missing Python packages: ${missing[*]}"
   "$PYTHON" -m pip install --quiet "${missing[@]}"

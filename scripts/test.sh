@@ -5,7 +5,8 @@
 # asserts (MEMFIT_DEBUG=1; MEMFIT_SKIP_ASAN=1 skips the second), then each
 # libFuzzer harness of tests/fuzz/ for a short time (MEMFIT_FUZZ_SECONDS, default
 # 20; MEMFIT_SKIP_FUZZ=1 skips them), then the Python package's pytest suite
-# against the normal build with a real PyTorch on CPU.
+# against the normal build with a real PyTorch on CPU, one worker per core (each
+# test file in one worker: its module fixtures are measured once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -40,6 +41,6 @@ if [ "${MEMFIT_SKIP_FUZZ:-0}" != "1" ]; then
 fi
 echo "== memfit Python tests (pytest, PyTorch on CPU) =="
 MEMFIT_BUILD_DIR="$PWD/build" PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
-  python3 -m pytest tests/python -q -p no:cacheprovider || status=1
+  python3 -m pytest tests/python -q -p no:cacheprovider -n "$jobs" --dist loadfile || status=1
 took "the Python tests"
 exit $status
