@@ -33,6 +33,20 @@ def test_the_default_ladder_doubles_the_largest_profiled_batch():
             timing.ladder([2, 4], bad)
 
 
+def test_the_checkpointed_step_is_also_timed_past_a_plain_ladder_that_ended_on_memory():
+    planned = timing.ladder([2, 4], None)  # 2 .. 128
+    ended = [{"batch_size": b, "step_seconds": 0.01} for b in (2, 4, 8, 16)]
+    assert timing.mode_extension(ended, planned, True, 4) == [32, 64, 128]
+    assert timing.mode_extension(ended, planned, True, 4, max_batch=50) == [32]
+    # Not after a slow step, a complete ladder, an explicit one, or none.
+    slow = ended[:-1] + [{"batch_size": 16, "step_seconds": timing.LADDER_STEP_SECONDS}]
+    assert timing.mode_extension(slow, planned, True, 4) == []
+    complete = [{"batch_size": b, "step_seconds": 0.01} for b in planned]
+    assert timing.mode_extension(complete, planned, True, 4) == []
+    assert timing.mode_extension(ended, [2, 4, 8, 16, 32], False, 4) == []
+    assert timing.mode_extension([], planned, True, 4) == []
+
+
 def _run(batches, seconds, automatic=True, largest=4, capacity=0, peak=lambda b: 0, fail=None):
     said, released, timed = [], [], []
 
@@ -129,3 +143,29 @@ def test_a_timing_batch_that_does_not_fit_ends_the_ladder_and_the_profile_is_wri
 def test_bad_timing_batches_are_refused_by_name(tmp_path):
     done = run_memfit("profile", "--job", JOB, "--timing-batches", "8,x", "--out", str(tmp_path / "p.json"))
     assert done.returncode == 2 and "--timing-batches '8,x'" in done.stderr, done.stderr
+
+
+def test_the_profile_times_the_checkpointed_step_past_a_plain_ladder_that_ended_on_memory(monkeypatch):
+    """In process, with the plain ladder cut at batch 8 as a memory stop would cut
+    it: the checkpointed step is timed at its three batches and then past 8."""
+    import sys
+
+    import memfit
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "jobs"))
+    import tiny_mlp
+
+    original = timing.measure_ladder
+
+    def cut(batches, automatic, largest, capacity, time_steps, say, release, precision, mode="plain"):
+        if mode == "plain":
+            batches = [b for b in batches if b <= 8]
+        return original(batches, automatic, largest, capacity, time_steps, say, release, precision, mode)
+
+    monkeypatch.setattr(timing, "measure_ladder", cut)
+    prof = memfit.profile(tiny_mlp.make(), batch_sizes=(2, 4), steps=1, warmup_steps=1, selective=False,
+                          timing_max_batch=32)
+    points = [(e.get("mode", "plain"), e["batch_size"]) for e in prof.data["timing"]]
+    assert points == [("plain", 2), ("plain", 4), ("plain", 8),
+                      ("checkpointed", 2), ("checkpointed", 4), ("checkpointed", 8),
+                      ("checkpointed", 16), ("checkpointed", 32)], points
+    assert memfit.plan(prof, "64MiB").data["time_calibration"]["points"][-1]["batch_size"] == 32

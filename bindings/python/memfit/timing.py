@@ -51,6 +51,29 @@ def mode_batches(plain: Sequence[Dict[str, object]]) -> List[int]:
     return sorted(set(batches[:1] + batches[-2:]))
 
 
+def mode_extension(plain: Sequence[Dict[str, object]], planned: Sequence[int], automatic: bool,
+                   largest_profiled: int, max_batch: Optional[int] = None) -> List[int]:
+    """Batches past the plain ladder at which to time the every-layer-checkpointed
+    (and selective) step: where the automatic plain ladder (`planned`, its batches;
+    `plain`, what it measured) ended early on memory (an out-of-memory or its
+    memory share, not a slow step), checkpointed plans reach batches the plain step
+    cannot, and their time there is measured rather than held at the last ratio:
+    doublings of the plain ladder's last batch up to LADDER_FACTOR times the largest
+    profiled batch and `max_batch` (measure_ladder stops them by the same rules).
+    Nothing for an explicit ladder, a complete one or one ended by a slow step."""
+    if not automatic or not plain:
+        return []
+    last = plain[-1]
+    b_last = int(last["batch_size"])  # type: ignore[arg-type]
+    if b_last >= max(planned) or float(last["step_seconds"]) >= LADDER_STEP_SECONDS:  # type: ignore[arg-type]
+        return []
+    out, b = [], b_last * 2
+    while b <= largest_profiled * LADDER_FACTOR and (max_batch is None or b <= max_batch):
+        out.append(b)
+        b *= 2
+    return out
+
+
 def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: int, capacity: int,
                    time_steps: Callable[[int], Dict[str, float]], say: Callable[[str], None],
                    release: Callable[[], None], precision: str, mode: str = "plain") -> List[Dict[str, object]]:
