@@ -23,13 +23,14 @@ import math
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "python" / "jobs"))
 
 import compare  # noqa: E402  (sets up the package path and the build directory)
+import memfit  # noqa: E402
 import torch  # noqa: E402
 import torch.utils.checkpoint  # noqa: E402
 
@@ -101,6 +102,8 @@ def _steps(runner: compare.Runner, job: str, batch: int, policy, rounds: int) ->
 
 def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int) -> Dict[str, Any]:
     job = f"{JOBS}:{name}"
+    # A fresh allocator with no capacity: the last trial's (a budget) would end the timing ladder early.
+    memfit.install("cpu")
     prof = profile(job, device="cpu", batch_sizes=(2, 4), steps=3, warmup_steps=2)
     out: Dict[str, Any] = {"model": name, "layers": [layer["name"] for layer in prof.settings[0]["layers"]],
                            "budgets": []}

@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import compare  # noqa: E402  (sets up the package path and the build directory)
+import memfit  # noqa: E402
 import torch  # noqa: E402
 
 from memfit.documents import Profile  # noqa: E402
@@ -45,6 +46,8 @@ def _decisions(p: Any) -> List[Any]:
 
 def run_model(name: str, rounds: int, runner: compare.Runner) -> List[Dict[str, Any]]:
     job = f"{JOBS}:{name}"
+    # A fresh allocator with no capacity: the last trial's (a budget) would end the timing ladder early.
+    memfit.install("cpu")
     prof = profile(job, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     untimed = Profile(dict(prof.data, timing=[]))
     peak4 = max(s["peak_allocated_bytes"] for s in prof.data["settings"])
