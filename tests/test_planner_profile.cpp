@@ -1,6 +1,8 @@
 // test_planner_profile.cpp — the planner's inputs and outputs: profile errors
 // name the JSON path, option errors the key; the self-check reproduces a
 // profile made from the model; nothing fitting has its status; the plan JSON.
+#include <algorithm>
+
 #include "test_planner_util.h"
 #include "memfit/memfit.h"
 
@@ -146,6 +148,60 @@ TEST(PlannerCheckpointCheck, PlansThatCheckpointAreKeptBelowTheMeasuredError) {
     mfp_plan_summary um;
     mfp_plan_get_summary(uncorrected.get(), &um);
     EXPECT_LE(sm.batch_size, um.batch_size);
+  }
+  EXPECT_GT(checkpointing_plans, 0) << "no budget made the planner checkpoint";
+}
+
+// Checks in two precisions, each with its own error line: a plan that
+// checkpoints is kept below the larger of the two at its batch (a plan may run
+// any layer in either precision).
+TEST(PlannerCheckpointCheck, EachPrecisionHasItsLineAndThePlanTakesTheLarger) {
+  Synth synth = small_synth(13, 2);
+  Json profile = synth_profile(synth);
+  Profile bare = parse(profile.str());
+  size_t n = mfp_profile_layer_count(bare.get());
+  auto error = [](int q, int64_t b) { return q == 0 ? (int64_t)20000 : (int64_t)1024 + b * 512; };
+  Json checks = Json::array();
+  for (int q = 0; q < 2; q++)
+    for (int64_t b : synth.batches) {
+      std::vector<mfp_decision> all(n, mfp_decision{true, synth.precisions[q].precision, false});
+      mfp_simulation sim;
+      ASSERT_EQ(mfp_simulate(bare.get(), b, all.data(), n, &sim), MFP_OK);
+      int64_t measured = sim.peak_bytes + error(q, b);
+      checks.push(Json::object()
+                      .set("batch_size", b)
+                      .set("precision", mfp_precision_name(synth.precisions[q].precision))
+                      .set("peak_allocated_bytes", measured)
+                      .set("peak_reserved_bytes", measured + kSynthReserveOverhead));
+    }
+  profile.set("checkpoint_checks", checks);
+  Profile p = parse(profile.str());
+  ASSERT_TRUE(p);
+  int checkpointing_plans = 0;
+  for (int64_t at : {8, 32, 128}) {
+    std::vector<mfp_decision> d(n, mfp_decision{false, synth.precisions[0].precision, false});
+    mfp_simulation plain, all;
+    ASSERT_EQ(mfp_simulate(p.get(), at, d.data(), n, &plain), MFP_OK);
+    for (auto &x : d) x.checkpoint = true;
+    ASSERT_EQ(mfp_simulate(p.get(), at, d.data(), n, &all), MFP_OK);
+    mfp_options opts;
+    mfp_options_init(&opts);
+    opts.budget_bytes = (uint64_t)(plain.peak_bytes + all.peak_bytes) / 2 + kSynthReserveOverhead;
+    opts.headroom = 0.0;
+    opts.precision_count = 2;
+    opts.precisions[0] = synth.precisions[0].precision;
+    opts.precisions[1] = synth.precisions[1].precision;
+    mfp_plan_result *raw = nullptr;
+    mfp_status st = mfp_plan(p.get(), &opts, &raw);
+    Plan plan(raw);
+    if (st == MFP_ERR_NO_FIT) continue;
+    ASSERT_EQ(st, MFP_OK) << mfp_last_error();
+    mfp_plan_summary sm;
+    mfp_plan_get_summary(plan.get(), &sm);
+    if (!sm.checkpoint_correction_bytes) continue;  // this plan checkpoints nothing
+    checkpointing_plans++;
+    EXPECT_EQ(sm.checkpoint_correction_bytes, std::max(error(0, sm.batch_size), error(1, sm.batch_size)))
+        << "batch " << sm.batch_size;
   }
   EXPECT_GT(checkpointing_plans, 0) << "no budget made the planner checkpoint";
 }

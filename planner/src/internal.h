@@ -150,7 +150,9 @@ struct mfp_profile {
   double reserve_ratio;     /* max over settings of peak reserved / peak allocated */
   _mfp_checkpoint_check *checks; /* measured plans with every layer checkpointed (optional) */
   size_t n_checks;
-  double check_intercept, check_slope; /* their measured - predicted peak, fitted over the batch */
+  /* Per precision, their measured - predicted peak, fitted over the batch. */
+  double check_intercept[MFP_PRECISION_COUNT], check_slope[MFP_PRECISION_COUNT];
+  bool checked[MFP_PRECISION_COUNT];
   _mfp_timing_point *timing; /* sorted by precision, mode, batch; one per triple (optional) */
   size_t n_timing;
   bool timing_ready;         /* model_seconds filled in: _mfp_model_eval calibrates the times */

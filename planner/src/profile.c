@@ -484,7 +484,8 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
     return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
   }
   mfp_status s = MFP_OK;
-  double sb = 0, se = 0, sbb = 0, sbe = 0;
+  double nn[MFP_PRECISION_COUNT] = {0}, sb[MFP_PRECISION_COUNT] = {0}, se[MFP_PRECISION_COUNT] = {0},
+         sbb[MFP_PRECISION_COUNT] = {0}, sbe[MFP_PRECISION_COUNT] = {0};
   for (size_t k = 0; k < n && s == MFP_OK; k++) {
     char path[PATH_LEN];
     snprintf(path, sizeof path, "checkpoint_checks[%zu]", k);
@@ -535,14 +536,19 @@ static mfp_status parse_checkpoint_checks(mfp_profile *p, const json_t *root) {
     _mfp_model_free(&m);
     ck->predicted = sim.peak_bytes;
     double b = (double)ck->batch, e = (double)(ck->measured - ck->predicted);
-    sb += b, se += e, sbb += b * b, sbe += b * e;
+    int q = ck->precision;
+    nn[q] += 1, sb[q] += b, se[q] += e, sbb[q] += b * b, sbe[q] += b * e;
   }
   free(all);
   if (s != MFP_OK) return s;
-  /* Least squares through the checks; one batch (or one distinct): a constant. */
-  double nn = (double)p->n_checks, den = nn * sbb - sb * sb;
-  p->check_slope = den > 0.5 ? (nn * sbe - sb * se) / den : 0.0;
-  p->check_intercept = (se - p->check_slope * sb) / nn;
+  /* Least squares through each precision's checks; one batch (or one distinct): a constant. */
+  for (int q = 0; q < MFP_PRECISION_COUNT; q++) {
+    if (!nn[q]) continue;
+    double den = nn[q] * sbb[q] - sb[q] * sb[q];
+    p->check_slope[q] = den > 0.5 ? (nn[q] * sbe[q] - sb[q] * se[q]) / den : 0.0;
+    p->check_intercept[q] = (se[q] - p->check_slope[q] * sb[q]) / nn[q];
+    p->checked[q] = true;
+  }
   return MFP_OK;
 }
 
@@ -631,11 +637,18 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
   return MFP_OK;
 }
 
+/* The largest of the precisions' corrections: a plan may run any layer in any
+ * allowed precision, and what checkpointing keeps differs between them (PLAN.md,
+ * "Checkpoint checks"). */
 int64_t _mfp_checkpoint_correction(const mfp_profile *p, int64_t batch) {
-  if (!p->n_checks) return 0;
-  double e = ceil(p->check_intercept + p->check_slope * (double)batch);
-  if (!(e > 0)) return 0;
-  return e > (double)MFP_MAX_BYTES ? MFP_MAX_BYTES : (int64_t)e;
+  double worst = 0;
+  for (int q = 0; q < MFP_PRECISION_COUNT; q++) {
+    if (!p->checked[q]) continue;
+    double e = ceil(p->check_intercept[q] + p->check_slope[q] * (double)batch);
+    if (e > worst) worst = e;
+  }
+  if (!(worst > 0)) return 0;
+  return worst > (double)MFP_MAX_BYTES ? MFP_MAX_BYTES : (int64_t)worst;
 }
 
 static mfp_status parse_root(mfp_profile *p, const json_t *root) {

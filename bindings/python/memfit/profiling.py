@@ -269,7 +269,7 @@ def profile(
     prof = _Profiler(job, alloc, device)
     optimizer_name = type(prof.optimizer).__name__
     say(f"profiling {job_name} on {device}: {len(prof.blocks)} units: {describe(prof.blocks)}")
-    runs = len(precisions) * len(sizes) * (3 if selective else 2) + len(sizes)
+    runs = len(precisions) * len(sizes) * (4 if selective else 3)  # per setting: its runs and its check
     done = 0
 
     def started(what: str) -> None:
@@ -299,9 +299,11 @@ def profile(
         partial = [name for k, name in enumerate(names) if k % cycle == 2]
         what = "layers checkpointed, kept and selectively checkpointed in turn" if selective else \
             "every other layer checkpointed"
-        for b in sizes:
-            started(f"checkpoint check at batch {b}, {precisions[0]}, {what}")
-            checks.append(_measure_check(prof, b, precisions[0], steps, warmup_steps, full, partial))
+        # In every precision: what checkpointing keeps differs between them (PLAN.md, "The checkpoint check").
+        for precision in precisions:
+            for b in sizes:
+                started(f"checkpoint check at batch {b}, {precision}, {what}")
+                checks.append(_measure_check(prof, b, precision, steps, warmup_steps, full, partial))
         for precision in precisions:
             def time_steps(b, prof=prof, precision=precision):
                 return _time_steps(prof, b, precision, steps, 1)
