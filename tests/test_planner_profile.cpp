@@ -89,31 +89,42 @@ TEST(PlannerSelfCheck, ReproducesAProfileMadeFromTheModel) {
 
 // ------------------------------------------------------------ checkpoint check
 
+namespace {
+
+// A budget between the every-layer-checkpointed and the plain peak at `batch`,
+// all in the first precision: there checkpointing is what makes the batch fit.
+uint64_t between_plain_and_checkpointed(const mfp_profile *p, const Synth &synth, int64_t batch) {
+  size_t n = mfp_profile_layer_count(p);
+  std::vector<mfp_decision> d(n, mfp_decision{false, synth.precisions[0].precision, false});
+  mfp_simulation plain, all;
+  EXPECT_EQ(mfp_simulate(p, batch, d.data(), n, &plain), MFP_OK);
+  for (auto &x : d) x.checkpoint = true;
+  EXPECT_EQ(mfp_simulate(p, batch, d.data(), n, &all), MFP_OK);
+  return (uint64_t)(plain.peak_bytes + all.peak_bytes) / 2 + kSynthReserveOverhead;
+}
+
+// Options for `budget` with no headroom, planning the first `precisions` of synth's.
+mfp_options exact_options(const Synth &synth, uint64_t budget, int precisions) {
+  mfp_options opts;
+  mfp_options_init(&opts);
+  opts.budget_bytes = budget;
+  opts.headroom = 0.0;
+  opts.precision_count = precisions;
+  for (int q = 0; q < precisions; q++) opts.precisions[q] = synth.precisions[q].precision;
+  return opts;
+}
+
+}  // namespace
+
 TEST(PlannerCheckpointCheck, PlansThatCheckpointAreKeptBelowTheMeasuredError) {
   Synth synth = small_synth(11, 1);
   // The model misses 1 KiB + 512 B per sample of what checkpointed runs hold.
   Json profile = with_checks(synth, [](int64_t b, int64_t) { return (int64_t)1024 + b * 512; });
   Profile p = parse(profile.str());
-  // Budgets between the every-layer-checkpointed and the plain peak at a few
-  // batches: there checkpointing is what makes the batch fit.
-  std::vector<uint64_t> budgets;
-  size_t n = mfp_profile_layer_count(p.get());
-  for (int64_t b : {8, 32, 128}) {
-    std::vector<mfp_decision> d(n, mfp_decision{false, synth.precisions[0].precision, false});
-    mfp_simulation plain, all;
-    ASSERT_EQ(mfp_simulate(p.get(), b, d.data(), n, &plain), MFP_OK);
-    for (auto &x : d) x.checkpoint = true;
-    ASSERT_EQ(mfp_simulate(p.get(), b, d.data(), n, &all), MFP_OK);
-    budgets.push_back((uint64_t)(plain.peak_bytes + all.peak_bytes) / 2 + kSynthReserveOverhead);
-  }
   int checkpointing_plans = 0;
-  for (uint64_t budget : budgets) {
-    mfp_options opts;
-    mfp_options_init(&opts);
-    opts.budget_bytes = budget;
-    opts.headroom = 0.0;
-    opts.precision_count = 1;
-    opts.precisions[0] = synth.precisions[0].precision;
+  for (int64_t at : {8, 32, 128}) {
+    uint64_t budget = between_plain_and_checkpointed(p.get(), synth, at);
+    mfp_options opts = exact_options(synth, budget, 1);
     mfp_plan_result *raw = nullptr;
     mfp_status st = mfp_plan(p.get(), &opts, &raw);
     Plan plan(raw);
@@ -157,40 +168,12 @@ TEST(PlannerCheckpointCheck, PlansThatCheckpointAreKeptBelowTheMeasuredError) {
 // any layer in either precision).
 TEST(PlannerCheckpointCheck, EachPrecisionHasItsLineAndThePlanTakesTheLarger) {
   Synth synth = small_synth(13, 2);
-  Json profile = synth_profile(synth);
-  Profile bare = parse(profile.str());
-  size_t n = mfp_profile_layer_count(bare.get());
-  auto error = [](int q, int64_t b) { return q == 0 ? (int64_t)20000 : (int64_t)1024 + b * 512; };
-  Json checks = Json::array();
-  for (int q = 0; q < 2; q++)
-    for (int64_t b : synth.batches) {
-      std::vector<mfp_decision> all(n, mfp_decision{true, synth.precisions[q].precision, false});
-      mfp_simulation sim;
-      ASSERT_EQ(mfp_simulate(bare.get(), b, all.data(), n, &sim), MFP_OK);
-      int64_t measured = sim.peak_bytes + error(q, b);
-      checks.push(Json::object()
-                      .set("batch_size", b)
-                      .set("precision", mfp_precision_name(synth.precisions[q].precision))
-                      .set("peak_allocated_bytes", measured)
-                      .set("peak_reserved_bytes", measured + kSynthReserveOverhead));
-    }
-  profile.set("checkpoint_checks", checks);
-  Profile p = parse(profile.str());
+  auto error = [](size_t q, int64_t b) { return q == 0 ? (int64_t)20000 : (int64_t)1024 + b * 512; };
+  Profile p = parse(with_checks_in(synth, {0, 1}, [&](size_t q, int64_t b, int64_t) { return error(q, b); }).str());
   ASSERT_TRUE(p);
   int checkpointing_plans = 0;
   for (int64_t at : {8, 32, 128}) {
-    std::vector<mfp_decision> d(n, mfp_decision{false, synth.precisions[0].precision, false});
-    mfp_simulation plain, all;
-    ASSERT_EQ(mfp_simulate(p.get(), at, d.data(), n, &plain), MFP_OK);
-    for (auto &x : d) x.checkpoint = true;
-    ASSERT_EQ(mfp_simulate(p.get(), at, d.data(), n, &all), MFP_OK);
-    mfp_options opts;
-    mfp_options_init(&opts);
-    opts.budget_bytes = (uint64_t)(plain.peak_bytes + all.peak_bytes) / 2 + kSynthReserveOverhead;
-    opts.headroom = 0.0;
-    opts.precision_count = 2;
-    opts.precisions[0] = synth.precisions[0].precision;
-    opts.precisions[1] = synth.precisions[1].precision;
+    mfp_options opts = exact_options(synth, between_plain_and_checkpointed(p.get(), synth, at), 2);
     mfp_plan_result *raw = nullptr;
     mfp_status st = mfp_plan(p.get(), &opts, &raw);
     Plan plan(raw);

@@ -392,25 +392,36 @@ inline int64_t allocated_limit(uint64_t budget, double headroom) {
 
 // The synthetic profile with checkpoint checks whose measured peaks are the
 // model's every-layer-checkpointed peaks plus `extra(batch, that peak)`.
-inline Json with_checks(const Synth &synth, const std::function<int64_t(int64_t, int64_t)> &extra) {
+// The profile with checkpoint checks (every layer checkpointed) at each of its
+// batch sizes in the precisions `which` (indexes into synth.precisions), each
+// measuring the model's peak plus extra(precision index, batch, peak).
+inline Json with_checks_in(const Synth &synth, const std::vector<size_t> &which,
+                           const std::function<int64_t(size_t, int64_t, int64_t)> &extra) {
   Json profile = synth_profile(synth);
   Profile bare = parse(profile.str());
   size_t n = mfp_profile_layer_count(bare.get());
-  mfp_precision first = synth.precisions[0].precision;
-  std::vector<mfp_decision> all(n, mfp_decision{true, first, false});
   Json checks = Json::array();
-  for (int64_t b : synth.batches) {
-    mfp_simulation sim;
-    EXPECT_EQ(mfp_simulate(bare.get(), b, all.data(), n, &sim), MFP_OK);
-    int64_t measured = sim.peak_bytes + extra(b, sim.peak_bytes);
-    checks.push(Json::object()
-                    .set("batch_size", b)
-                    .set("precision", mfp_precision_name(first))
-                    .set("peak_allocated_bytes", measured)
-                    .set("peak_reserved_bytes", measured + kSynthReserveOverhead));
+  for (size_t q : which) {
+    mfp_precision precision = synth.precisions[q].precision;
+    std::vector<mfp_decision> all(n, mfp_decision{true, precision, false});
+    for (int64_t b : synth.batches) {
+      mfp_simulation sim;
+      EXPECT_EQ(mfp_simulate(bare.get(), b, all.data(), n, &sim), MFP_OK);
+      int64_t measured = sim.peak_bytes + extra(q, b, sim.peak_bytes);
+      checks.push(Json::object()
+                      .set("batch_size", b)
+                      .set("precision", mfp_precision_name(precision))
+                      .set("peak_allocated_bytes", measured)
+                      .set("peak_reserved_bytes", measured + kSynthReserveOverhead));
+    }
   }
   profile.set("checkpoint_checks", checks);
   return profile;
+}
+
+// Checks in the first precision, measuring the model's peak plus extra(batch, peak).
+inline Json with_checks(const Synth &synth, const std::function<int64_t(int64_t, int64_t)> &extra) {
+  return with_checks_in(synth, {0}, [&](size_t, int64_t b, int64_t peak) { return extra(b, peak); });
 }
 
 }  // namespace planner_test

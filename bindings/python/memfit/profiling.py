@@ -315,14 +315,14 @@ def profile(
             # grow): the every-layer-checkpointed (and selective) step at a few of those batches.
             # Where the plain ladder ended on memory, also past it: checkpointed plans reach batches
             # the plain step cannot (timing.mode_extension).
+            at = timing.mode_batches(plain)
             past = timing.mode_extension(plain, timed, timing_batches is None, max(sizes), timing_max_batch)
             for mode in ("checkpointed", "selective") if selective else ("checkpointed",):
                 with _applied(prof, precision, names if mode == "checkpointed" else (),
                               names if mode == "selective" else ()):
-                    points = timing.measure_ladder(timing.mode_batches(plain), False, max(sizes),
-                                                   alloc.capacity(), time_steps, say, alloc.empty_cache,
-                                                   precision, mode)
-                    if past and len(points) == len(timing.mode_batches(plain)):
+                    points = timing.measure_ladder(at, False, max(sizes), alloc.capacity(), time_steps, say,
+                                                   alloc.empty_cache, precision, mode)
+                    if past and len(points) == len(at):  # none ran out of memory
                         points += timing.measure_ladder(past, True, past[0], alloc.capacity(), time_steps, say,
                                                         alloc.empty_cache, precision, mode)
                     timed_steps += points
