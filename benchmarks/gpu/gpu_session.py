@@ -1006,7 +1006,7 @@ def step_plan_verify(args: argparse.Namespace) -> int:
         res["reason"] = f"memfit plan {r['status']}: {r.get('last_line')}"
         return finish(out, res)
     res["plan"] = {k: p.get(k) for k in ("batch_size", "predicted_peak_bytes", "predicted_reserved_bytes",
-                                         "checkpoint_correction_bytes", "headroom", "headroom_rule", "usable_bytes",
+                                         "checkpoint_correction_bytes", "ladder_correction_bytes", "headroom", "headroom_rule", "usable_bytes",
                                          "model_error", "model_error_reserved", "predicted_step_seconds")}
     res["plan"]["checkpointed"] = [l.get("name") for l in p.get("layers", []) if l.get("checkpoint")]
     res["plan"]["baselines"] = {k: (v or {}).get("batch_size") for k, v in (p.get("baselines") or {}).items()}

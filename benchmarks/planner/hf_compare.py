@@ -34,6 +34,7 @@ import memfit  # noqa: E402
 import torch  # noqa: E402
 import torch.utils.checkpoint  # noqa: E402
 
+from memfit.documents import predicted_allocated  # noqa: E402
 from memfit.planning import plan  # noqa: E402
 from memfit.profiling import profile  # noqa: E402
 
@@ -117,7 +118,7 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
         row: Dict[str, Any] = {
             "budget_bytes": budget,
             "memfit": {"batch": d["batch_size"], "fits": check["ok"], "oom": check["oom"],
-                       "predicted_peak_bytes": d["predicted_peak_bytes"] + d.get("checkpoint_correction_bytes", 0),
+                       "predicted_peak_bytes": predicted_allocated(d),
                        "measured_peak_bytes": check["peak_allocated_bytes"],
                        "predicted_step_seconds": d["predicted_step_seconds"],
                        "measured_step_seconds": check["step_seconds"],

@@ -123,6 +123,8 @@ typedef struct _mfp_timing_point {
   int64_t batch;
   double seconds;       /* measured (the mean of a profile's entries for this precision, mode and batch) */
   double model_seconds; /* plain points: the uncalibrated model's step for it (the traced times' fits) */
+  int64_t measured_peak; /* the untraced steps' peak allocated bytes (the largest of a triple's entries); -1: not recorded */
+  int64_t model_peak;    /* with a measured peak: the model's peak, every layer in the point's mode */
 } _mfp_timing_point;
 #define MFP_MAX_TIMING_POINTS 4096
 
@@ -259,19 +261,32 @@ bool _mfp_model_monotone(const mfp_profile *p, const mfp_precision *allowed, int
  * model's peak: the checkpoint checks' under-prediction, fitted (0 without checks). */
 int64_t _mfp_checkpoint_correction(const mfp_profile *p, int64_t batch);
 
+/* ---------------------------------------------------------------- ladder.c */
+
+/* What a plan at `batch` with layers in `mode` must keep free beyond the
+ * model's peak: the largest, over the allowed precisions, of the model's
+ * under-prediction of the timing ladder's peaks of that mode (every layer as
+ * it is, checkpointed or selectively checkpointed), interpolated in the batch;
+ * a precision without points of the mode takes its plain points' (PLAN.md,
+ * "The ladder check"; 0 without recorded peaks). */
+int64_t _mfp_ladder_correction(const mfp_profile *p, const mfp_precision *allowed, int n_allowed, _mfp_mode mode,
+                               int64_t batch);
+
 /* ----------------------------------------------------------------- solve.c */
 
 typedef struct _mfp_solve_request {
   const _mfp_model *model;
   const mfp_precision *allowed;
   int n_allowed;
-  int64_t usable;      /* the peak must be <= usable */
+  int64_t usable;      /* the peak must be <= usable, less the corrections below of what the plan uses */
   bool timed;          /* false: only whether some plan fits */
   uint32_t front_cap;
-  /* A plan that checkpoints any layer must fit this (<= usable; PLAN.md, "The
-   * checkpoint check"). */
-  int64_t checkpoint_usable;
-  bool allow_checkpoint; /* internal to solve.c: false in its pass over plans that checkpoint nothing */
+  /* A plan with any layer in mode m keeps mode_correction[m] free (>= 0; PLAN.md,
+   * "The ladder check"), the largest of its modes'; one that checkpoints any
+   * layer also checkpoint_correction ("The checkpoint check"). */
+  int64_t mode_correction[MFP_MODE_COUNT];
+  int64_t checkpoint_correction;
+  unsigned modes;        /* internal to solve.c: the modes a pass may use, a bit per mode */
   bool selective;        /* layers may be selectively checkpointed (the profile measured it) */
 } _mfp_solve_request;
 

@@ -16,8 +16,8 @@ static void put(json_t *obj, const char *key, json_t *value, bool *ok) {
 /* JSON has no infinity: a step of zero seconds gives a null throughput. */
 static json_t *real_or_null(double x) { return isfinite(x) ? json_real(x) : json_null(); }
 
-/* A measured peak against the model's: the fields a self-check item and a
- * checkpoint-check item share. */
+/* A measured peak against the model's: the fields a self-check item, a
+ * checkpoint-check item and a ladder-check item share. */
 static json_t *peak_check_json(int64_t batch, mfp_precision precision, int64_t measured, int64_t predicted,
                                bool *ok) {
   json_t *item = json_object();
@@ -110,6 +110,16 @@ static json_t *plan_json(const mfp_plan_result *r, bool *ok) {
     if (!item || json_array_append_new(ckpt, item) != 0) *ok = false;
   }
   put(root, "checkpoint_checks", ckpt, ok);
+  put(root, "ladder_correction_bytes", json_integer(sm->ladder_correction_bytes), ok);
+  json_t *ladder = json_array(); /* PLAN.md, "The ladder check" */
+  for (size_t k = 0; ladder && k < r->n_timing; k++) {
+    const _mfp_timing_point *t = &r->timing[k];
+    if (t->measured_peak < 0) continue;
+    json_t *item = peak_check_json(t->batch, t->precision, t->measured_peak, t->model_peak, ok);
+    if (item) put(item, "mode", json_string(_mfp_mode_name(t->mode)), ok);
+    if (!item || json_array_append_new(ladder, item) != 0) *ok = false;
+  }
+  put(root, "ladder_checks", ladder, ok);
   json_t *checks = json_array();
   for (size_t k = 0; checks && k < r->n_checks; k++) {
     const _mfp_self_check *c = &r->checks[k];

@@ -591,6 +591,10 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
       return _mfp_error(MFP_ERR_PROFILE, "%s.precision: %s has no settings", path,
                         mfp_precision_name(t[k].precision));
     if ((s = get_seconds(e, path, "step_seconds", &t[k].seconds)) != MFP_OK) return s;
+    t[k].measured_peak = -1;
+    if (json_object_get(e, "peak_allocated_bytes") &&
+        (s = get_int(e, path, "peak_allocated_bytes", 0, &t[k].measured_peak)) != MFP_OK)
+      return s;
     const json_t *mode = json_object_get(e, "mode");
     if (mode) {
       const char *name = json_string_value(mode);
@@ -613,8 +617,13 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
   for (size_t k = 0; k < n;) {
     size_t j = k;
     double sum = 0;
-    while (j < n && timing_order(&t[j], &t[k]) == 0) sum += t[j++].seconds;
+    int64_t peak = -1;
+    for (; j < n && timing_order(&t[j], &t[k]) == 0; j++) {
+      sum += t[j].seconds;
+      if (t[j].measured_peak > peak) peak = t[j].measured_peak;
+    }
     t[kept] = t[k];
+    t[kept].measured_peak = peak;
     t[kept++].seconds = sum / (double)(j - k);
     k = j;
   }
@@ -627,12 +636,24 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
                         "others are measured against those)", mfp_precision_name(t[k].precision));
   }
   if ((s = _mfp_fit_time_shares(p)) != MFP_OK) return s;
-  for (size_t k = 0; k < kept; k++) {
+  mfp_decision *plain = calloc(p->n_layers ? p->n_layers : 1, sizeof *plain);
+  if (!plain) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
+  for (size_t k = 0; k < kept && s == MFP_OK; k++) {
     _mfp_model m;
-    if ((s = _mfp_model_eval(p, t[k].batch, &m)) != MFP_OK) return s;
+    if ((s = _mfp_model_eval(p, t[k].batch, &m)) != MFP_OK) break;
     t[k].model_seconds = m.plain_seconds[t[k].precision];
+    if (!m.in_range) t[k].measured_peak = -1; /* a term beyond 16 TiB there: nothing to compare */
+    if (t[k].measured_peak >= 0) { /* the ladder check (ladder.c): every layer in the point's mode */
+      for (size_t i = 0; i < p->n_layers; i++)
+        plain[i] = (mfp_decision){t[k].mode != MFP_MODE_KEEP, t[k].precision, t[k].mode == MFP_MODE_SELECTIVE};
+      mfp_simulation sim;
+      _mfp_model_simulate(&m, plain, &sim);
+      t[k].model_peak = sim.peak_bytes;
+    }
     _mfp_model_free(&m);
   }
+  free(plain);
+  if (s != MFP_OK) return s;
   p->timing_ready = true;
   return MFP_OK;
 }

@@ -26,22 +26,31 @@ typedef struct search {
   mfp_decision *decisions; /* scratch, n_layers */
 } search;
 
-/* What a plan at `batch` may reach: with any layer checkpointed, less the
- * checkpoint check's correction. */
-static int64_t checkpoint_usable(const search *sr, int64_t batch) {
-  return sr->usable - _mfp_checkpoint_correction(sr->profile, batch);
-}
-
 /* May a layer be selectively checkpointed: measured, and not turned off. */
 static bool selective(const search *sr) { return sr->profile->measured_selective && !sr->opts->no_selective; }
+
+/* The ladder check's correction at `batch` of a plan with a layer in `mode`
+ * (PLAN.md, "The ladder check"). */
+static int64_t ladder_correction(const search *sr, int64_t batch, _mfp_mode mode) {
+  return _mfp_ladder_correction(sr->profile, sr->opts->precisions, sr->opts->precision_count, mode, batch);
+}
+
+/* The solver's request at `batch`: the usable bytes and what each kind of plan
+ * keeps free beyond its model peak there. */
+static _mfp_solve_request request_at(const search *sr, const _mfp_model *m, int64_t batch, bool timed) {
+  _mfp_solve_request req = {m, sr->opts->precisions, sr->opts->precision_count, sr->usable, timed,
+                            sr->opts->front_cap, {0}, _mfp_checkpoint_correction(sr->profile, batch), 0,
+                            selective(sr)};
+  for (int mode = 0; mode < MFP_MODE_COUNT; mode++) req.mode_correction[mode] = ladder_correction(sr, batch, mode);
+  return req;
+}
 
 /* Runs the solver at one batch; res->decisions must be set by the caller. */
 static mfp_status solve_at(search *sr, int64_t batch, bool timed, _mfp_solve_result *res) {
   _mfp_model m;
   mfp_status s = _mfp_model_eval(sr->profile, batch, &m);
   if (s != MFP_OK) return s;
-  _mfp_solve_request req = {&m, sr->opts->precisions, sr->opts->precision_count, sr->usable, timed,
-                            sr->opts->front_cap, checkpoint_usable(sr, batch), true, selective(sr)};
+  _mfp_solve_request req = request_at(sr, &m, batch, timed);
   s = _mfp_solve(&req, res);
   _mfp_model_free(&m);
   sr->batches_evaluated++;
@@ -103,8 +112,7 @@ static mfp_status consider(search *sr, int64_t batch, double weight, bool maximi
   double bound = maximize ? weight / fastest : weight * fastest;
   bool may_win = !best->found || (maximize ? bound > *best_score : bound < *best_score);
   if (may_win) {
-    _mfp_solve_request req = {&m, sr->opts->precisions, sr->opts->precision_count, sr->usable, true,
-                              sr->opts->front_cap, checkpoint_usable(sr, batch), true, selective(sr)};
+    _mfp_solve_request req = request_at(sr, &m, batch, true);
     _mfp_solve_result res = {.decisions = sr->decisions};
     s = _mfp_solve(&req, &res);
     sr->solver_runs++;
@@ -161,7 +169,9 @@ static mfp_status baseline(search *sr, bool checkpoint, _mfp_baseline *out) {
     if (s != MFP_OK) return s;
     mfp_simulation sim;
     _mfp_model_simulate(&m, sr->decisions, &sim);
-    bool ok = m.in_range && sim.peak_bytes <= (checkpoint ? checkpoint_usable(sr, b) : sr->usable);
+    int64_t keep_free = checkpoint ? ladder_correction(sr, b, MFP_MODE_CHECKPOINT) + _mfp_checkpoint_correction(p, b)
+                                   : ladder_correction(sr, b, MFP_MODE_KEEP);
+    bool ok = m.in_range && sim.peak_bytes <= sr->usable - keep_free;
     _mfp_model_free(&m);
     if (b == 1) peak_1 = sim.peak_bytes;
     if (ok) {
@@ -428,7 +438,15 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
   bool checkpoints = false;
   for (size_t i = 0; i < profile->n_layers; i++) checkpoints |= r->decisions[i].checkpoint;
   sm->checkpoint_correction_bytes = checkpoints ? _mfp_checkpoint_correction(profile, sm->batch_size) : 0;
-  sm->predicted_reserved_bytes = reserved_for(profile, sm->predicted_peak_bytes + sm->checkpoint_correction_bytes);
+  sm->ladder_correction_bytes = 0;
+  for (size_t i = 0; sm->batch_size && i < profile->n_layers; i++) {
+    const mfp_decision *d = &r->decisions[i];
+    int64_t c = ladder_correction(&sr, sm->batch_size, !d->checkpoint ? MFP_MODE_KEEP
+                                                       : d->selective ? MFP_MODE_SELECTIVE : MFP_MODE_CHECKPOINT);
+    if (c > sm->ladder_correction_bytes) sm->ladder_correction_bytes = c;
+  }
+  sm->predicted_reserved_bytes = reserved_for(
+      profile, sm->predicted_peak_bytes + sm->checkpoint_correction_bytes + sm->ladder_correction_bytes);
   sm->model_error_checkpoint = 0;
   if (profile->n_checks && (r->profile_checks = malloc(profile->n_checks * sizeof *r->profile_checks))) {
     memcpy(r->profile_checks, profile->checks, profile->n_checks * sizeof *r->profile_checks);

@@ -232,13 +232,13 @@ static bool try_simple_plans(const _mfp_solve_request *req, _mfp_solve_result *r
   double fastest;
   _mfp_fastest_plan(m, req->allowed, req->n_allowed, res->decisions, &fastest);
   _mfp_model_simulate(m, res->decisions, &sim);
-  if (sim.peak_bytes <= req->usable) {
+  if ((req->modes >> MFP_MODE_KEEP & 1u) && sim.peak_bytes <= req->usable) {
     res->found = true;
     res->step_seconds = sim.step_seconds;
     res->peak_bytes = sim.peak_bytes;
     return true;
   }
-  if (req->timed || !req->allow_checkpoint) return false;
+  if (req->timed || !(req->modes >> MFP_MODE_CHECKPOINT & 1u)) return false;
   for (int k = 0; k < req->n_allowed; k++) {
     for (size_t i = 0; i < m->n_layers; i++) res->decisions[i] = (mfp_decision){true, req->allowed[k], false};
     _mfp_model_simulate(m, res->decisions, &sim);
@@ -317,7 +317,7 @@ static mfp_status prepare(const _mfp_solve_request *req, workspace *w, int n_opt
       const _mfp_layer_terms *x = &m->layer[req->allowed[k]][i];
       for (int mode = 0; mode < MFP_MODE_COUNT; mode++) {
         option *o = &w->options[i * (size_t)n_options + (size_t)(MFP_MODE_COUNT * k + mode)];
-        o->available = mode == MFP_MODE_KEEP || (req->allow_checkpoint && (mode != MFP_MODE_SELECTIVE || selective));
+        o->available = (req->modes >> mode & 1u) && (mode != MFP_MODE_SELECTIVE || selective);
         if (mode == MFP_MODE_SELECTIVE) { /* one window: the recomputation and the backward */
           o->kept = x->skept;
           o->local = x->skept + x->sbpk;
@@ -568,37 +568,65 @@ static mfp_status solve_one(const _mfp_solve_request *req, _mfp_solve_result *re
   return s;
 }
 
-/* The fastest plan that fits: one that checkpoints a layer within
- * checkpoint_usable, or one that checkpoints none within usable. When the two
- * limits differ, each kind is searched exactly in its own pass. */
-mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
-  _mfp_solve_request any = *req;
-  any.allow_checkpoint = true;
-  if (req->checkpoint_usable >= req->usable) return solve_one(&any, res);
-  any.usable = req->checkpoint_usable < 0 ? -1 : req->checkpoint_usable;
-  mfp_status s = solve_one(&any, res);
-  if (s != MFP_OK) return s;
-  size_t n = req->model->n_layers;
-  _mfp_solve_result plain = {.decisions = malloc(n * sizeof(mfp_decision))};
-  if (!plain.decisions) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory in the search");
-  _mfp_solve_request none = *req;
-  none.allow_checkpoint = false;
-  s = solve_one(&none, &plain);
-  bool take_plain = s == MFP_OK && plain.found &&
-                    (!res->found || (req->timed && plain.step_seconds <= res->step_seconds) || !req->timed);
-  if (take_plain) {
-    bool exact = res->exact && plain.exact;
-    size_t largest = res->largest_front > plain.largest_front ? res->largest_front : plain.largest_front;
-    memcpy(res->decisions, plain.decisions, n * sizeof(mfp_decision));
+/* Takes `other` into res when it is the better: found where res is not, or
+ * (timed) faster; the exactness and front size of both passes kept either way. */
+static void take_better(const _mfp_solve_request *req, _mfp_solve_result *res, const _mfp_solve_result *other) {
+  bool take = other->found && (!res->found || (req->timed && other->step_seconds <= res->step_seconds) || !req->timed);
+  bool exact = res->exact && other->exact;
+  size_t largest = res->largest_front > other->largest_front ? res->largest_front : other->largest_front;
+  if (take) {
+    memcpy(res->decisions, other->decisions, req->model->n_layers * sizeof(mfp_decision));
     res->found = true;
-    res->step_seconds = plain.step_seconds;
-    res->peak_bytes = plain.peak_bytes;
-    res->exact = exact;
-    res->largest_front = largest;
-  } else if (s == MFP_OK) {
-    res->exact = res->exact && plain.exact;
-    if (plain.largest_front > res->largest_front) res->largest_front = plain.largest_front;
+    res->step_seconds = other->step_seconds;
+    res->peak_bytes = other->peak_bytes;
   }
-  free(plain.decisions);
+  res->exact = exact;
+  res->largest_front = largest;
+}
+
+/* One more pass of `pass` into res (PLAN.md, "The exact search"). */
+static mfp_status another_pass(const _mfp_solve_request *req, const _mfp_solve_request *pass, _mfp_solve_result *res) {
+  _mfp_solve_result other = {.decisions = malloc(req->model->n_layers * sizeof(mfp_decision))};
+  if (!other.decisions) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory in the search");
+  mfp_status s = solve_one(pass, &other);
+  if (s == MFP_OK) take_better(req, res, &other);
+  free(other.decisions);
+  return s;
+}
+
+/* The limit of a pass whose plans use the modes in `mask`. */
+static int64_t pass_usable(const _mfp_solve_request *req, unsigned mask) {
+  int64_t worst = 0;
+  for (int m = 0; m < MFP_MODE_COUNT; m++)
+    if ((mask >> m & 1u) && req->mode_correction[m] > worst) worst = req->mode_correction[m];
+  if (mask & ~(1u << MFP_MODE_KEEP)) worst += req->checkpoint_correction;
+  int64_t u = req->usable - worst;
+  return u < 0 ? -1 : u;
+}
+
+/* The fastest plan that fits, each plan within the usable bytes less the
+ * corrections of the modes it uses. A pass per set of modes searches, exactly,
+ * plans of those modes within the set's limit (which no plan of fewer modes
+ * exceeds); a set is searched only where its limit is above that of every set
+ * that contains it (otherwise that set's pass already covers its plans), so
+ * without corrections there is one pass. */
+mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
+  unsigned all = 1u << MFP_MODE_KEEP | 1u << MFP_MODE_CHECKPOINT | (req->selective ? 1u << MFP_MODE_SELECTIVE : 0u);
+  bool first = true;
+  mfp_status s = MFP_OK;
+  for (unsigned mask = all; mask > 0 && s == MFP_OK; mask--) {
+    if ((mask & all) != mask) continue;
+    int64_t limit = pass_usable(req, mask);
+    bool covered = false;
+    for (unsigned wider = mask + 1; wider <= all && !covered; wider++)
+      covered = (wider & all) == wider && (wider & mask) == mask && pass_usable(req, wider) >= limit;
+    if (covered) continue;
+    _mfp_solve_request pass = *req;
+    pass.modes = mask;
+    pass.usable = limit;
+    if (first) s = solve_one(&pass, res);
+    else s = another_pass(req, &pass, res);
+    first = false;
+  }
   return s;
 }

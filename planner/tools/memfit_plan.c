@@ -145,6 +145,9 @@ static void print_table(const char *profile_path, const mfp_plan_result *plan, c
     printf("  checkpoint check  %.2f%% largest error on the profile's every-layer-checkpointed runs; this plan kept %s "
            "below its limit for it\n",
            100 * sm.model_error_checkpoint, human(sm.checkpoint_correction_bytes, a, sizeof a));
+  if (sm.ladder_correction_bytes > 0)
+    printf("  ladder check      the model under-predicts the timing ladder's plain peaks; this plan kept %s below "
+           "its limit for it\n", human(sm.ladder_correction_bytes, a, sizeof a));
   printf("  search            %s%s, %.3f s\n", sm.exact ? "exact" : "approximate (front coarsened)",
          sm.monotone ? "" : "; feasibility not provably monotone in the batch", sm.planning_seconds);
   size_t n = mfp_plan_layer_count(plan), width = 5;

@@ -78,6 +78,8 @@ def test_the_automatic_ladder_stops_before_a_batch_that_would_need_half_the_memo
     # Batch 8 peaks at 260 bytes: twice that is more than half of 1000, so 16 is not tried.
     out, timed, _, _ = _run([2, 4, 8, 16], lambda b: 0.01, capacity=capacity, peak=lambda b: 30 * b + 20)
     assert timed == [2, 4, 8]
+    # Each entry keeps its peak: the ladder check's (planner/PLAN.md).
+    assert [e["peak_allocated_bytes"] for e in out] == [80, 140, 260]
 
 
 def test_an_out_of_memory_ends_the_ladder_and_gives_the_cache_back():
@@ -120,6 +122,13 @@ def test_the_profile_holds_the_timed_batches_and_the_plan_reports_them(profiled)
         pytest.approx([e["step_seconds"] for e in prof["timing"]], rel=1e-12)
     assert all(p["traced_model_step_seconds"] >= 0 for p in cal["points"] if p["mode"] == "plain")
     assert cal["plain_step_seconds"]["fp32"] > 0
+    # The ladder check: each entry's peak against the model's.
+    assert all(e["peak_allocated_bytes"] > 0 for e in prof["timing"])
+    plan = json.loads(done.stdout)
+    assert [(c["mode"], c["batch_size"], c["measured"]) for c in plan["ladder_checks"]] == \
+        [(e.get("mode", "plain"), e["batch_size"], e["peak_allocated_bytes"]) for e in prof["timing"]]
+    assert all(c["predicted"] > 0 and c["error"] < 0.25 for c in plan["ladder_checks"]), plan["ladder_checks"]
+    assert plan["ladder_correction_bytes"] >= 0
 
 
 def test_timing_none_measures_nothing_and_the_plan_keeps_the_fitted_times(profiled):

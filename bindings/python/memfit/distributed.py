@@ -669,7 +669,7 @@ def verify_distributed(job: str, the_plan: Any, budget: Optional[int] = None, np
     {"rank", "measured_peak_bytes", "oom", "error", "error_percent"}."""
     import torch.multiprocessing as mp
 
-    from .documents import Plan
+    from .documents import Plan, predicted_allocated
 
     if not isinstance(job, str):
         raise MemfitError("memfit verify --nproc: the job must be FILE.py:FUNC or package.module:FUNC "
@@ -683,7 +683,7 @@ def verify_distributed(job: str, the_plan: Any, budget: Optional[int] = None, np
     nproc = nproc or int(d.get("world_size", 1))
     if budget is None:
         budget = int(d["budget_bytes"])
-    predicted = d["predicted_peak_bytes"] + d.get("checkpoint_correction_bytes", 0)
+    predicted = predicted_allocated(d)
     gabv = bool(d.get("ddp", {}).get("gradient_as_bucket_view", False))
     if progress:
         progress(f"verify: {nproc} ranks ({strategy}, gloo), batch {plan_obj.batch_size} per rank, "

@@ -70,6 +70,13 @@ def check_profile(data: Dict[str, Any], what: str = "memfit") -> None:
     lib.mfp_profile_free(out)
 
 
+
+def predicted_allocated(d: Dict[str, Any]) -> int:
+    """A plan's predicted allocated peak: the model's, plus what the checkpoint
+    check and the ladder check keep it below its limit for (planner/PLAN.md)."""
+    return (int(d.get("predicted_peak_bytes", 0)) + int(d.get("checkpoint_correction_bytes", 0))
+            + int(d.get("ladder_correction_bytes", 0)))
+
 class Plan:
     """A plan (planner/PLAN.md) as a JSON-ready dict."""
 
@@ -118,9 +125,13 @@ class Plan:
             f"memfit plan ({d['objective']}): batch {d['batch_size']}"
             + (f" x {d['grad_accumulation_steps']} accumulation steps = global batch {d['global_batch']}"
                if d.get("grad_accumulation_steps", 1) > 1 else ""),
-            f"  predicted peak {human(d['predicted_peak_bytes'] + d.get('checkpoint_correction_bytes', 0))} allocated"
-            + (f" (the model's {human(d['predicted_peak_bytes'])} + the checkpoint check's "
-               f"{human(d['checkpoint_correction_bytes'])})" if d.get("checkpoint_correction_bytes") else "")
+            f"  predicted peak {human(predicted_allocated(d))} allocated"
+            + (f" (the model's {human(d['predicted_peak_bytes'])}"
+               + (f" + the checkpoint check's {human(d['checkpoint_correction_bytes'])}"
+                  if d.get("checkpoint_correction_bytes") else "")
+               + (f" + the ladder check's {human(d['ladder_correction_bytes'])}"
+                  if d.get("ladder_correction_bytes") else "") + ")"
+               if d.get("checkpoint_correction_bytes") or d.get("ladder_correction_bytes") else "")
             + ", "
             f"{human(d['predicted_reserved_bytes'])} reserved, of budget {human(d['budget_bytes'])} "
             f"(usable {human(d['usable_bytes'])}, headroom {100 * d['headroom']:.2f}%"

@@ -14,7 +14,7 @@ import torch.utils.checkpoint
 from . import _lib
 from ._lib import MemfitError, is_out_of_memory
 from .documents import (  # noqa: F401  (also importable from memfit.planning, as before)
-    MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan)
+    MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan, predicted_allocated)
 from .profiling import PRECISIONS, to_device
 from .selective import context_fn as selective_context_fn
 
@@ -159,8 +159,8 @@ def verify(job: Any, the_plan: Union[Plan, str, Path], budget: Union[str, int], 
     result: Dict[str, Any] = {
         "batch_size": batch_size,
         "budget_bytes": budget_bytes,
-        # The model's peak plus what the profile's checkpoint check adds for a plan that checkpoints.
-        "predicted_peak_bytes": the_plan.data["predicted_peak_bytes"] + the_plan.data.get("checkpoint_correction_bytes", 0),
+        # The model's peak plus what the profile's checkpoint and ladder checks add (PLAN.md).
+        "predicted_peak_bytes": predicted_allocated(the_plan.data),
         "model_peak_bytes": the_plan.data["predicted_peak_bytes"],
         "checkpoint_correction_bytes": the_plan.data.get("checkpoint_correction_bytes", 0),
         "predicted_reserved_bytes": the_plan.data.get("predicted_reserved_bytes"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from ._lib import MemfitError, format_bytes
-from .documents import Profile
+from .documents import Profile, predicted_allocated
 
 
 def human(n: float) -> str:
@@ -114,7 +114,7 @@ def plan_report(data: Dict[str, Any]) -> str:
     """A plan's report: its batch, predicted peak and budget and, for a plan of several
     ranks (strategy, world_size), what one rank holds (its per_rank_memory)."""
     lines = [f"memfit plan: {data.get('job', '?')}, batch {data['batch_size']}, predicted peak "
-             f"{human(data['predicted_peak_bytes'] + data.get('checkpoint_correction_bytes', 0))} of budget "
+             f"{human(predicted_allocated(data))} of budget "
              f"{human(data['budget_bytes'])}"]
     strategy = data.get("strategy")
     if strategy is None:

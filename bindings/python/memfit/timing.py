@@ -96,8 +96,11 @@ def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: in
                 f"{out[-1]['batch_size'] if out else 'no batch'}")
             break
         seconds = measured["step_seconds"]
-        out.append({"precision": precision, "batch_size": b, "step_seconds": seconds}
-                   if mode == "plain" else {"precision": precision, "mode": mode, "batch_size": b, "step_seconds": seconds})
+        entry = {"precision": precision, "batch_size": b, "step_seconds": seconds,
+                 "peak_allocated_bytes": int(measured["peak_bytes"])}  # the ladder check's (PLAN.md)
+        if mode != "plain":
+            entry["mode"] = mode
+        out.append(entry)
         say(f"timing {precision}{what}: batch {b}: {seconds * 1e3:.1f} ms per step (untraced)")
         if not automatic or b < largest_profiled:
             continue

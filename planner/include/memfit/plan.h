@@ -225,6 +225,10 @@ typedef struct mfp_plan_summary {
   /* The search's work: batch sizes at which the model was evaluated, runs of
    * the per-batch solver, states in the largest Pareto front. */
   int64_t batches_evaluated, solver_runs, largest_front;
+  /* The ladder check (PLAN.md): what every plan was kept below its limit for,
+   * the model's under-prediction of the plain steps the timing ladder measured,
+   * at the plan's batch (0: none, or the profile recorded no ladder peaks). */
+  int64_t ladder_correction_bytes;
 } mfp_plan_summary;
 
 /* One layer of a plan. */

@@ -43,6 +43,7 @@ import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .._lib import MemfitError, parse_size
+from ..documents import predicted_allocated
 
 OBJECTIVES = ("max-batch", "throughput", "global-batch")
 PLANNABLE_PRECISIONS = ("fp32", "bf16")  # fp16 layers need a GradScaler the frameworks use only with fp16 AMP
@@ -63,7 +64,7 @@ def measured_against_plan(plan: Any, budget_bytes: int) -> Optional[Dict[str, An
         "budget_bytes": budget_bytes,
         "peak_allocated_bytes": stats["allocated_bytes"]["peak"],
         "peak_reserved_bytes": stats["reserved_bytes"]["peak"],
-        "predicted_peak_bytes": d.get("predicted_peak_bytes", 0) + d.get("checkpoint_correction_bytes", 0),
+        "predicted_peak_bytes": predicted_allocated(d),
         "predicted_reserved_bytes": d.get("predicted_reserved_bytes"),
     }
 

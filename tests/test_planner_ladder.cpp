@@ -1,0 +1,231 @@
+// test_planner_ladder.cpp — the ladder check of PLAN.md, "The ladder check":
+// the timing ladder's measured peaks against the model's, per precision and
+// mode; a plan is kept below its limit by the under-prediction at its batch
+// (interpolated, extended along the last rise) of the modes it uses; without
+// peaks nothing changes; bad peaks are refused by name.
+#include <algorithm>
+#include <functional>
+
+#include "test_planner_util.h"
+
+using namespace planner_test;
+
+namespace {
+
+Synth ladder_synth(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  SynthOptions so;
+  so.layers = 5;
+  so.precisions = 1;
+  so.measured_checkpoint = true;
+  return make_synth(rng, so);
+}
+
+const int64_t kLadder[] = {2, 4, 8, 16, 32};
+
+// The model's peak at `batch` with every layer as it is or checkpointed.
+int64_t model_peak(const mfp_profile *p, const Synth &s, int64_t batch, bool checkpoint) {
+  std::vector<mfp_decision> d(s.names.size(), mfp_decision{checkpoint, s.precisions[0].precision, false});
+  mfp_simulation sim;
+  EXPECT_EQ(mfp_simulate(p, batch, d.data(), d.size(), &sim), MFP_OK) << mfp_last_error();
+  return sim.peak_bytes;
+}
+
+// The synth profile with ladder points, plain and checkpointed, whose measured
+// peaks are the model's plus plain_error(b) / checkpointed_error(b).
+Json with_ladder(const Synth &s, const std::function<int64_t(int64_t)> &plain_error,
+                 const std::function<int64_t(int64_t)> &checkpointed_error) {
+  Json profile = synth_profile(s);
+  Profile bare = parse(profile.str());
+  Json list = Json::array();
+  const char *prec = mfp_precision_name(s.precisions[0].precision);
+  for (int64_t b : kLadder) {
+    list.push(Json::object().set("precision", prec).set("batch_size", b).set("step_seconds", 1e-3 * (double)b)
+                  .set("peak_allocated_bytes", model_peak(bare.get(), s, b, false) + plain_error(b)));
+    if (b == 2 || b >= 16)
+      list.push(Json::object().set("precision", prec).set("mode", "checkpointed").set("batch_size", b)
+                    .set("step_seconds", 1.3e-3 * (double)b)
+                    .set("peak_allocated_bytes", model_peak(bare.get(), s, b, true) + checkpointed_error(b)));
+  }
+  profile.set("timing", list);
+  return profile;
+}
+
+// An under-prediction that starts past the profiled batches and grows: the
+// points joined and extended give it back at every batch.
+int64_t grows(int64_t b) { return b <= 4 ? 0 : (b - 4) * 512; }
+int64_t none(int64_t) { return 0; }
+
+mfp_options options_for(const Synth &s, uint64_t budget) {
+  mfp_options opts;
+  mfp_options_init(&opts);
+  opts.budget_bytes = budget;
+  opts.headroom = 0.0;
+  opts.precision_count = 1;
+  opts.precisions[0] = s.precisions[0].precision;
+  return opts;
+}
+
+struct Planned {
+  mfp_plan_summary sm;
+  bool keeps = false, checkpoints = false;
+};
+
+bool plan_at(const mfp_profile *p, const mfp_options &opts, Planned *out) {
+  mfp_plan_result *raw = nullptr;
+  mfp_status st = mfp_plan(p, &opts, &raw);
+  Plan plan(raw);
+  if (st == MFP_ERR_NO_FIT) return false;
+  EXPECT_EQ(st, MFP_OK) << mfp_last_error();
+  if (st != MFP_OK) return false;
+  mfp_plan_get_summary(plan.get(), &out->sm);
+  for (size_t i = 0; i < mfp_plan_layer_count(plan.get()); i++) {
+    mfp_plan_layer l;
+    mfp_plan_get_layer(plan.get(), i, &l);
+    out->keeps |= !l.decision.checkpoint;
+    out->checkpoints |= l.decision.checkpoint;
+  }
+  return true;
+}
+
+}  // namespace
+
+// Plain under-prediction only: a plan that keeps a layer is kept below it at
+// its batch (between the points and past the last), one that checkpoints every
+// layer is not, and every plan's corrected peak fits its limit.
+TEST(PlannerLadderCheck, PlansThatKeepLayersAreKeptBelowThePlainError) {
+  Synth s = ladder_synth(21);
+  Profile p = parse(with_ladder(s, grows, none).str());
+  ASSERT_TRUE(p);
+  int keeping = 0, all_checkpointed = 0;
+  for (int64_t at : {6, 12, 24, 48, 96}) {
+    // At most `at`: from the budget that fits every layer kept there, corrected,
+    // down to budgets where only some layers, or none, can be kept.
+    uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + grows(at)) + kSynthReserveOverhead;
+    for (double scale : {1.0, 0.97, 0.9, 0.6}) {
+      Planned pl;
+      mfp_options opts = options_for(s, (uint64_t)(scale * (double)budget));
+      opts.max_batch = at;
+      if (!plan_at(p.get(), opts, &pl)) continue;
+      if (pl.keeps) {
+        keeping++;
+        EXPECT_EQ(pl.sm.ladder_correction_bytes, grows(pl.sm.batch_size)) << "batch " << pl.sm.batch_size;
+      } else {
+        all_checkpointed++;
+        EXPECT_EQ(pl.sm.ladder_correction_bytes, 0) << "batch " << pl.sm.batch_size;
+      }
+      EXPECT_LE(pl.sm.predicted_peak_bytes + pl.sm.ladder_correction_bytes, (int64_t)pl.sm.usable_allocated_bytes);
+      EXPECT_EQ(pl.sm.predicted_reserved_bytes,
+                pl.sm.predicted_peak_bytes + pl.sm.ladder_correction_bytes + kSynthReserveOverhead);
+    }
+  }
+  EXPECT_GT(keeping, 0) << "no plan kept a layer";
+}
+
+// The corrected search is exact: no plan of a larger batch fits its corrected
+// limit. Brute force over every keep/checkpoint mix at the next batch.
+TEST(PlannerLadderCheck, NoLargerBatchFitsItsCorrectedLimit) {
+  Synth s = ladder_synth(22);
+  Profile p = parse(with_ladder(s, grows, [](int64_t b) { return b * 256; }).str());
+  ASSERT_TRUE(p);
+  size_t n = s.names.size();
+  for (int64_t at : {12, 40}) {
+    uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + model_peak(p.get(), s, at, true)) / 2 +
+                      kSynthReserveOverhead;
+    Planned pl;
+    ASSERT_TRUE(plan_at(p.get(), options_for(s, budget), &pl));
+    int64_t next = pl.sm.batch_size + 1, usable = (int64_t)pl.sm.usable_allocated_bytes;
+    for (unsigned mask = 0; mask < (1u << n); mask++) {
+      std::vector<mfp_decision> d(n);
+      bool keeps = false, checkpoints = false;
+      for (size_t i = 0; i < n; i++) {
+        d[i] = mfp_decision{(mask >> i & 1u) != 0, s.precisions[0].precision, false};
+        keeps |= !d[i].checkpoint;
+        checkpoints |= d[i].checkpoint;
+      }
+      mfp_simulation sim;
+      ASSERT_EQ(mfp_simulate(p.get(), next, d.data(), n, &sim), MFP_OK);
+      int64_t keep_free = std::max(keeps ? grows(next) : 0, checkpoints ? next * 256 : (int64_t)0);
+      EXPECT_GT(sim.peak_bytes + keep_free, usable) << "mask " << mask << " fits batch " << next;
+    }
+  }
+}
+
+// Between points the error is interpolated; past the last it follows the last
+// rise and is held where the last segment falls; an over-prediction corrects
+// nothing.
+TEST(PlannerLadderCheck, TheErrorIsInterpolatedAndExtendedAlongTheLastRise) {
+  Synth s = ladder_synth(23);
+  auto falls = [](int64_t b) { return b <= 16 ? b * 1000 : 16000 - (b - 16) * 100; };
+  auto over = [](int64_t b) { return -b * 1000; };
+  for (int kind = 0; kind < 3; kind++) {
+    Profile p = parse(with_ladder(s, kind == 0 ? std::function<int64_t(int64_t)>(grows)
+                                         : kind == 1 ? std::function<int64_t(int64_t)>(falls)
+                                                     : std::function<int64_t(int64_t)>(over),
+                                  grows).str());
+    ASSERT_TRUE(p);
+    for (int64_t at : {3, 12, 24, 64}) {
+      // A budget that fits `at` and no more, every layer kept: the plain plan.
+      Planned pl;
+      int64_t expected = kind == 0 ? grows(at) : kind == 1 ? (at <= 32 ? falls(at) : falls(32)) : 0;
+      uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + std::max<int64_t>(expected, 0)) +
+                        kSynthReserveOverhead;
+      mfp_options opts = options_for(s, budget);
+      opts.max_batch = at;
+      ASSERT_TRUE(plan_at(p.get(), opts, &pl));
+      ASSERT_EQ(pl.sm.batch_size, at);
+      EXPECT_TRUE(pl.keeps);
+      EXPECT_EQ(pl.sm.ladder_correction_bytes, std::max<int64_t>(expected, 0)) << kind << " at " << at;
+    }
+  }
+}
+
+TEST(PlannerLadderCheck, WithoutPeaksNothingChanges) {
+  Synth s = ladder_synth(24);
+  Json with = with_ladder(s, grows, grows);
+  for (Json &e : with["timing"].items) e.erase("peak_allocated_bytes");
+  Profile p = parse(with.str()), bare = parse(synth_profile(s).str());
+  ASSERT_TRUE(p && bare);
+  uint64_t budget = (uint64_t)model_peak(bare.get(), s, 30, false);
+  Planned a, b;
+  ASSERT_TRUE(plan_at(p.get(), options_for(s, budget), &a));
+  ASSERT_TRUE(plan_at(bare.get(), options_for(s, budget), &b));
+  EXPECT_EQ(a.sm.ladder_correction_bytes, 0);
+  EXPECT_EQ(a.sm.batch_size, b.sm.batch_size);
+  EXPECT_EQ(a.sm.predicted_peak_bytes, b.sm.predicted_peak_bytes);
+}
+
+TEST(PlannerLadderCheck, BadPeaksAreRefusedByNameAndRepeatsTakeTheLarger) {
+  Synth s = ladder_synth(25);
+  Json bad = with_ladder(s, grows, none);
+  bad["timing"][0].set("peak_allocated_bytes", (int64_t)-1);
+  mfp_profile *raw = nullptr;
+  EXPECT_NE(mfp_profile_parse(bad.str().c_str(), &raw), MFP_OK);
+  EXPECT_NE(std::string(mfp_last_error()).find("timing[0].peak_allocated_bytes"), std::string::npos) << mfp_last_error();
+  Json typed = with_ladder(s, grows, none);
+  typed["timing"][1].set("peak_allocated_bytes", "lots");
+  EXPECT_NE(mfp_profile_parse(typed.str().c_str(), &raw), MFP_OK);
+  EXPECT_NE(std::string(mfp_last_error()).find("timing[1].peak_allocated_bytes"), std::string::npos) << mfp_last_error();
+
+  // The same point twice, one with a higher peak: the plan's ladder_checks list it once, the larger.
+  Json twice = with_ladder(s, none, none);
+  Json extra = twice["timing"][0];
+  int64_t measured = extra["peak_allocated_bytes"].i;
+  extra.set("peak_allocated_bytes", measured + 4096);
+  twice["timing"].push(extra);
+  Profile p = parse(twice.str());
+  ASSERT_TRUE(p);
+  mfp_plan_result *plan_raw = nullptr;
+  mfp_options opts = options_for(s, 1ull << 30);
+  ASSERT_EQ(mfp_plan(p.get(), &opts, &plan_raw), MFP_OK) << mfp_last_error();
+  Plan plan(plan_raw);
+  char *json = nullptr;
+  ASSERT_EQ(mfp_plan_to_json(plan.get(), &json), MFP_OK);
+  std::string text(json);
+  mfp_free(json);
+  size_t at = text.find("\"ladder_checks\"");
+  ASSERT_NE(at, std::string::npos);
+  text = text.substr(at, text.find(']', at) - at);
+  EXPECT_NE(text.find("\"measured\": " + std::to_string(measured + 4096)), std::string::npos) << text;
+  EXPECT_EQ(text.find("\"measured\": " + std::to_string(measured) + ","), std::string::npos);
+}
