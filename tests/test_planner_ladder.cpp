@@ -56,38 +56,6 @@ Json with_ladder(const Synth &s, const std::function<int64_t(int64_t)> &plain_er
 int64_t grows(int64_t b) { return b <= 4 ? 0 : (b - 4) * 512; }
 int64_t none(int64_t) { return 0; }
 
-mfp_options options_for(const Synth &s, uint64_t budget) {
-  mfp_options opts;
-  mfp_options_init(&opts);
-  opts.budget_bytes = budget;
-  opts.headroom = 0.0;
-  opts.precision_count = 1;
-  opts.precisions[0] = s.precisions[0].precision;
-  return opts;
-}
-
-struct Planned {
-  mfp_plan_summary sm;
-  bool keeps = false, checkpoints = false;
-};
-
-bool plan_at(const mfp_profile *p, const mfp_options &opts, Planned *out) {
-  mfp_plan_result *raw = nullptr;
-  mfp_status st = mfp_plan(p, &opts, &raw);
-  Plan plan(raw);
-  if (st == MFP_ERR_NO_FIT) return false;
-  EXPECT_EQ(st, MFP_OK) << mfp_last_error();
-  if (st != MFP_OK) return false;
-  mfp_plan_get_summary(plan.get(), &out->sm);
-  for (size_t i = 0; i < mfp_plan_layer_count(plan.get()); i++) {
-    mfp_plan_layer l;
-    mfp_plan_get_layer(plan.get(), i, &l);
-    out->keeps |= !l.decision.checkpoint;
-    out->checkpoints |= l.decision.checkpoint;
-  }
-  return true;
-}
-
 }  // namespace
 
 // Plain under-prediction only: a plan that keeps a layer is kept below it at
@@ -104,7 +72,7 @@ TEST(PlannerLadderCheck, PlansThatKeepLayersAreKeptBelowThePlainError) {
     uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + grows(at)) + kSynthReserveOverhead;
     for (double scale : {1.0, 0.97, 0.9, 0.6}) {
       Planned pl;
-      mfp_options opts = options_for(s, (uint64_t)(scale * (double)budget));
+      mfp_options opts = exact_options(s, (uint64_t)(scale * (double)budget), 1);
       opts.max_batch = at;
       if (!plan_at(p.get(), opts, &pl)) continue;
       if (pl.keeps) {
@@ -133,7 +101,7 @@ TEST(PlannerLadderCheck, NoLargerBatchFitsItsCorrectedLimit) {
     uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + model_peak(p.get(), s, at, true)) / 2 +
                       kSynthReserveOverhead;
     Planned pl;
-    ASSERT_TRUE(plan_at(p.get(), options_for(s, budget), &pl));
+    ASSERT_TRUE(plan_at(p.get(), exact_options(s, budget, 1), &pl));
     int64_t next = pl.sm.batch_size + 1, usable = (int64_t)pl.sm.usable_allocated_bytes;
     for (unsigned mask = 0; mask < (1u << n); mask++) {
       std::vector<mfp_decision> d(n);
@@ -170,7 +138,7 @@ TEST(PlannerLadderCheck, TheErrorIsInterpolatedAndExtendedAlongTheLastRise) {
       int64_t expected = kind == 0 ? grows(at) : kind == 1 ? (at <= 32 ? falls(at) : falls(32)) : 0;
       uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + std::max<int64_t>(expected, 0)) +
                         kSynthReserveOverhead;
-      mfp_options opts = options_for(s, budget);
+      mfp_options opts = exact_options(s, budget, 1);
       opts.max_batch = at;
       ASSERT_TRUE(plan_at(p.get(), opts, &pl));
       ASSERT_EQ(pl.sm.batch_size, at);
@@ -188,8 +156,8 @@ TEST(PlannerLadderCheck, WithoutPeaksNothingChanges) {
   ASSERT_TRUE(p && bare);
   uint64_t budget = (uint64_t)model_peak(bare.get(), s, 30, false);
   Planned a, b;
-  ASSERT_TRUE(plan_at(p.get(), options_for(s, budget), &a));
-  ASSERT_TRUE(plan_at(bare.get(), options_for(s, budget), &b));
+  ASSERT_TRUE(plan_at(p.get(), exact_options(s, budget, 1), &a));
+  ASSERT_TRUE(plan_at(bare.get(), exact_options(s, budget, 1), &b));
   EXPECT_EQ(a.sm.ladder_correction_bytes, 0);
   EXPECT_EQ(a.sm.batch_size, b.sm.batch_size);
   EXPECT_EQ(a.sm.predicted_peak_bytes, b.sm.predicted_peak_bytes);
@@ -216,7 +184,7 @@ TEST(PlannerLadderCheck, BadPeaksAreRefusedByNameAndRepeatsTakeTheLarger) {
   Profile p = parse(twice.str());
   ASSERT_TRUE(p);
   mfp_plan_result *plan_raw = nullptr;
-  mfp_options opts = options_for(s, 1ull << 30);
+  mfp_options opts = exact_options(s, 1ull << 30, 1);
   ASSERT_EQ(mfp_plan(p.get(), &opts, &plan_raw), MFP_OK) << mfp_last_error();
   Plan plan(plan_raw);
   char *json = nullptr;

@@ -103,17 +103,6 @@ uint64_t between_plain_and_checkpointed(const mfp_profile *p, const Synth &synth
   return (uint64_t)(plain.peak_bytes + all.peak_bytes) / 2 + kSynthReserveOverhead;
 }
 
-// Options for `budget` with no headroom, planning the first `precisions` of synth's.
-mfp_options exact_options(const Synth &synth, uint64_t budget, int precisions) {
-  mfp_options opts;
-  mfp_options_init(&opts);
-  opts.budget_bytes = budget;
-  opts.headroom = 0.0;
-  opts.precision_count = precisions;
-  for (int q = 0; q < precisions; q++) opts.precisions[q] = synth.precisions[q].precision;
-  return opts;
-}
-
 }  // namespace
 
 TEST(PlannerCheckpointCheck, PlansThatCheckpointAreKeptBelowTheMeasuredError) {
@@ -125,19 +114,10 @@ TEST(PlannerCheckpointCheck, PlansThatCheckpointAreKeptBelowTheMeasuredError) {
   for (int64_t at : {8, 32, 128}) {
     uint64_t budget = between_plain_and_checkpointed(p.get(), synth, at);
     mfp_options opts = exact_options(synth, budget, 1);
-    mfp_plan_result *raw = nullptr;
-    mfp_status st = mfp_plan(p.get(), &opts, &raw);
-    Plan plan(raw);
-    if (st == MFP_ERR_NO_FIT) continue;
-    ASSERT_EQ(st, MFP_OK) << mfp_last_error();
-    mfp_plan_summary sm;
-    mfp_plan_get_summary(plan.get(), &sm);
-    bool checkpoints = false;
-    for (size_t i = 0; i < mfp_plan_layer_count(plan.get()); i++) {
-      mfp_plan_layer l;
-      mfp_plan_get_layer(plan.get(), i, &l);
-      checkpoints |= l.decision.checkpoint;
-    }
+    Planned pl;
+    if (!plan_at(p.get(), opts, &pl)) continue;
+    const mfp_plan_summary &sm = pl.sm;
+    bool checkpoints = pl.checkpoints;
     EXPECT_GT(sm.model_error_checkpoint, 0);
     if (checkpoints) {
       checkpointing_plans++;
@@ -173,14 +153,9 @@ TEST(PlannerCheckpointCheck, EachPrecisionHasItsLineAndThePlanTakesTheLarger) {
   ASSERT_TRUE(p);
   int checkpointing_plans = 0;
   for (int64_t at : {8, 32, 128}) {
-    mfp_options opts = exact_options(synth, between_plain_and_checkpointed(p.get(), synth, at), 2);
-    mfp_plan_result *raw = nullptr;
-    mfp_status st = mfp_plan(p.get(), &opts, &raw);
-    Plan plan(raw);
-    if (st == MFP_ERR_NO_FIT) continue;
-    ASSERT_EQ(st, MFP_OK) << mfp_last_error();
-    mfp_plan_summary sm;
-    mfp_plan_get_summary(plan.get(), &sm);
+    Planned pl;
+    if (!plan_at(p.get(), exact_options(synth, between_plain_and_checkpointed(p.get(), synth, at), 2), &pl)) continue;
+    const mfp_plan_summary &sm = pl.sm;
     if (!sm.checkpoint_correction_bytes) continue;  // this plan checkpoints nothing
     checkpointing_plans++;
     EXPECT_EQ(sm.checkpoint_correction_bytes, std::max(error(0, sm.batch_size), error(1, sm.batch_size)))

@@ -424,6 +424,42 @@ inline Json with_checks(const Synth &synth, const std::function<int64_t(int64_t,
   return with_checks_in(synth, {0}, [&](size_t, int64_t b, int64_t peak) { return extra(b, peak); });
 }
 
+// Options for `budget` with no headroom, planning the first `precisions` of synth's.
+inline mfp_options exact_options(const Synth &synth, uint64_t budget, int precisions) {
+  mfp_options opts;
+  mfp_options_init(&opts);
+  opts.budget_bytes = budget;
+  opts.headroom = 0.0;
+  opts.precision_count = precisions;
+  for (int q = 0; q < precisions; q++) opts.precisions[q] = synth.precisions[q].precision;
+  return opts;
+}
+
+// A plan's summary and whether it keeps / checkpoints any layer.
+struct Planned {
+  mfp_plan_summary sm;
+  bool keeps = false, checkpoints = false;
+};
+
+// Plans into *out; false when nothing fits (MFP_ERR_NO_FIT) and, as a test
+// failure, on any other error.
+inline bool plan_at(const mfp_profile *p, const mfp_options &opts, Planned *out) {
+  mfp_plan_result *raw = nullptr;
+  mfp_status st = mfp_plan(p, &opts, &raw);
+  Plan plan(raw);
+  if (st == MFP_ERR_NO_FIT) return false;
+  EXPECT_EQ(st, MFP_OK) << mfp_last_error();
+  if (st != MFP_OK) return false;
+  mfp_plan_get_summary(plan.get(), &out->sm);
+  for (size_t i = 0; i < mfp_plan_layer_count(plan.get()); i++) {
+    mfp_plan_layer l;
+    mfp_plan_get_layer(plan.get(), i, &l);
+    out->keeps |= !l.decision.checkpoint;
+    out->checkpoints |= l.decision.checkpoint;
+  }
+  return true;
+}
+
 }  // namespace planner_test
 
 #endif  // MEMFIT_TEST_PLANNER_UTIL_H

@@ -636,8 +636,8 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
                         "others are measured against those)", mfp_precision_name(t[k].precision));
   }
   if ((s = _mfp_fit_time_shares(p)) != MFP_OK) return s;
-  mfp_decision *plain = calloc(p->n_layers ? p->n_layers : 1, sizeof *plain);
-  if (!plain) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
+  mfp_decision *every = calloc(p->n_layers ? p->n_layers : 1, sizeof *every);
+  if (!every) return _mfp_error(MFP_ERR_HOST_MEMORY, "out of host memory reading the profile");
   for (size_t k = 0; k < kept && s == MFP_OK; k++) {
     _mfp_model m;
     if ((s = _mfp_model_eval(p, t[k].batch, &m)) != MFP_OK) break;
@@ -645,14 +645,14 @@ static mfp_status parse_timing(mfp_profile *p, const json_t *root) {
     if (!m.in_range) t[k].measured_peak = -1; /* a term beyond 16 TiB there: nothing to compare */
     if (t[k].measured_peak >= 0) { /* the ladder check (ladder.c): every layer in the point's mode */
       for (size_t i = 0; i < p->n_layers; i++)
-        plain[i] = (mfp_decision){t[k].mode != MFP_MODE_KEEP, t[k].precision, t[k].mode == MFP_MODE_SELECTIVE};
+        every[i] = (mfp_decision){t[k].mode != MFP_MODE_KEEP, t[k].precision, t[k].mode == MFP_MODE_SELECTIVE};
       mfp_simulation sim;
-      _mfp_model_simulate(&m, plain, &sim);
+      _mfp_model_simulate(&m, every, &sim);
       t[k].model_peak = sim.peak_bytes;
     }
     _mfp_model_free(&m);
   }
-  free(plain);
+  free(every);
   if (s != MFP_OK) return s;
   p->timing_ready = true;
   return MFP_OK;

@@ -438,11 +438,13 @@ MFP_API mfp_status mfp_plan(const mfp_profile *profile, const mfp_options *opts,
   bool checkpoints = false;
   for (size_t i = 0; i < profile->n_layers; i++) checkpoints |= r->decisions[i].checkpoint;
   sm->checkpoint_correction_bytes = checkpoints ? _mfp_checkpoint_correction(profile, sm->batch_size) : 0;
+  bool used[MFP_MODE_COUNT] = {false};
+  for (size_t i = 0; i < profile->n_layers; i++)
+    used[!r->decisions[i].checkpoint ? MFP_MODE_KEEP : r->decisions[i].selective ? MFP_MODE_SELECTIVE
+                                                                                 : MFP_MODE_CHECKPOINT] = true;
   sm->ladder_correction_bytes = 0;
-  for (size_t i = 0; sm->batch_size && i < profile->n_layers; i++) {
-    const mfp_decision *d = &r->decisions[i];
-    int64_t c = ladder_correction(&sr, sm->batch_size, !d->checkpoint ? MFP_MODE_KEEP
-                                                       : d->selective ? MFP_MODE_SELECTIVE : MFP_MODE_CHECKPOINT);
+  for (int mode = 0; sm->batch_size && mode < MFP_MODE_COUNT; mode++) {
+    int64_t c = used[mode] ? ladder_correction(&sr, sm->batch_size, mode) : 0;
     if (c > sm->ladder_correction_bytes) sm->ladder_correction_bytes = c;
   }
   sm->predicted_reserved_bytes = reserved_for(
