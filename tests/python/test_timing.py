@@ -47,7 +47,7 @@ def test_the_checkpointed_step_is_also_timed_past_a_plain_ladder_that_ended_on_m
     assert timing.mode_extension([], planned, True, 4) == []
 
 
-def _run(batches, seconds, automatic=True, largest=4, capacity=0, peak=lambda b: 0, fail=None):
+def _run(batches, seconds, automatic=True, largest=4, capacity=0, peak=lambda b: 0, fail=None, line=None):
     said, released, timed = [], [], []
 
     def time_steps(b):
@@ -57,7 +57,7 @@ def _run(batches, seconds, automatic=True, largest=4, capacity=0, peak=lambda b:
         return {"step_seconds": seconds(b), "peak_bytes": peak(b)}
 
     out = timing.measure_ladder(batches, automatic, largest, capacity, time_steps, said.append,
-                                lambda: released.append(True), "fp32")
+                                lambda: released.append(True), "fp32", line=line)
     return out, timed, said, released
 
 
@@ -71,6 +71,27 @@ def test_the_automatic_ladder_stops_after_a_slow_step_beyond_the_profiled_sizes(
     # Explicit batches are all timed, however slow.
     out, timed, _, _ = _run([8, 16, 32], lambda b: 10.0, automatic=False)
     assert timed == [8, 16, 32]
+
+
+def test_a_slow_step_does_not_end_the_ladder_while_the_peak_still_outgrows_the_profiled_line():
+    slow = timing.LADDER_STEP_SECONDS
+    line = timing.profiled_line([(4, 1400), (2, 1200)])  # the profiled peaks: 1000 + 100 b
+    assert line(2) == 1200 and line(8) == 1800
+    assert timing.profiled_line([(4, 1400)]) is None
+    # A workspace that the small batches did not show: 0 up to 4, then a bump at 8 that shrinks after.
+    bump = {2: 0, 4: 0, 8: 400, 16: 300, 32: 200}
+    out, timed, _, _ = _run([2, 4, 8, 16, 32], lambda b: slow, peak=lambda b: 1000 + 100 * b + bump[b], line=line)
+    assert timed == [2, 4, 8, 16]  # 4: none past the profiled yet; 8 rose over 4; 16 fell: it ends there
+    # A term that keeps growing with the batch: the ladder runs to its end.
+    out, timed, _, _ = _run([2, 4, 8, 16, 32], lambda b: slow, peak=lambda b: 1000 + 100 * b + 50 * max(0, b - 4),
+                            line=line)
+    assert timed == [2, 4, 8, 16, 32]
+    # A rise below LADDER_ERROR_RISE of the peak is noise: the slow step ends it.
+    out, timed, _, _ = _run([2, 4, 8, 16], lambda b: slow, peak=lambda b: 10 ** 6 + 100 * b + (b > 4), line=line)
+    assert timed == [2, 4, 8]
+    # Without the line (one profiled batch), the first slow step ends it.
+    out, timed, _, _ = _run([2, 4, 8, 16], lambda b: slow, peak=lambda b: 1000 + 100 * b + bump[b])
+    assert timed == [2, 4]
 
 
 def test_the_automatic_ladder_stops_before_a_batch_that_would_need_half_the_memory():
@@ -165,10 +186,10 @@ def test_the_profile_times_the_checkpointed_step_past_a_plain_ladder_that_ended_
 
     original = timing.measure_ladder
 
-    def cut(batches, automatic, largest, capacity, time_steps, say, release, precision, mode="plain"):
+    def cut(batches, automatic, largest, capacity, time_steps, say, release, precision, mode="plain", line=None):
         if mode == "plain":
             batches = [b for b in batches if b <= 8]
-        return original(batches, automatic, largest, capacity, time_steps, say, release, precision, mode)
+        return original(batches, automatic, largest, capacity, time_steps, say, release, precision, mode, line)
 
     monkeypatch.setattr(timing, "measure_ladder", cut)
     prof = memfit.profile(tiny_mlp.make(), batch_sizes=(2, 4), steps=1, warmup_steps=1, selective=False,

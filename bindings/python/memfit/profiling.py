@@ -239,7 +239,8 @@ def profile(
     skips those runs (one traced run per setting fewer). timing_batches: the
     batch sizes whose untraced steps the planner calibrates its times to
     (memfit.timing; PROFILE.md, "timing"); None: the profiled sizes and
-    doublings of the largest until a step takes 0.25 s, the memory would
+    doublings of the largest until a step takes 0.25 s (and the peak's
+    excess over the profiled line has stopped rising: memfit.timing), the memory would
     exceed half the device's or 32x the largest, and at most
     timing_max_batch (the largest batch the job can make); () measures none."""
     say = progress or (lambda message: None)
@@ -307,9 +308,11 @@ def profile(
         for precision in precisions:
             def time_steps(b, prof=prof, precision=precision):
                 return _time_steps(prof, b, precision, steps, 1)
+            line = timing.profiled_line([(s["batch_size"], s["peak_allocated_bytes"])
+                                         for s in settings if s["precision"] == precision])
             with _applied(prof, precision, ()):
                 plain = timing.measure_ladder(timed, timing_batches is None, max(sizes), alloc.capacity(), time_steps,
-                                              say, alloc.empty_cache, precision)
+                                              say, alloc.empty_cache, precision, line=line)
             timed_steps += plain
             # Recomputation's share of the step changes with the batch (its fixed costs do not
             # grow): the every-layer-checkpointed (and selective) step at a few of those batches.

@@ -21,6 +21,8 @@ from ._lib import MemfitError, is_out_of_memory
 LADDER_FACTOR = 32          # the automatic ladder ends at 32x the largest profiled batch,
 LADDER_STEP_SECONDS = 0.25  # or after the first batch whose step takes this long (its cost then grows with the batch),
 LADDER_MEMORY_SHARE = 0.5   # or before a batch whose step would need more than this share of the device's memory
+LADDER_ERROR_RISE = 1e-3    # but a slow step does not end it while the peak's excess over the profiled line still
+                            # rises by more than this share of the peak (the ladder check's points: PLAN.md)
 
 
 def ladder(sizes: Sequence[int], requested: Optional[Sequence[int]], max_batch: Optional[int] = None) -> List[int]:
@@ -74,15 +76,46 @@ def mode_extension(plain: Sequence[Dict[str, object]], planned: Sequence[int], a
     return out
 
 
+def profiled_line(points: Sequence[Sequence[int]]) -> Optional[Callable[[int], float]]:
+    """The line through the measured peaks (batch, bytes) at the two largest
+    profiled batches, or None with fewer than two. The planner's model
+    reproduces those peaks and is convex in the batch (a maximum of sums of
+    lines), so beyond them it is at or above this line: a measured peak's
+    excess over the line bounds the model's under-prediction there."""
+    by_batch = dict(sorted((int(b), int(v)) for b, v in points))
+    if len(by_batch) < 2:
+        return None
+    (b0, v0), (b1, v1) = sorted(by_batch.items())[-2:]
+    slope = (v1 - v0) / (b1 - b0)
+    return lambda b: v1 + slope * (b - b1)
+
+
+def _still_rising(out: List[Dict[str, object]], line: Optional[Callable[[int], float]], largest: int) -> bool:
+    """Whether the ladder check (PLAN.md) still needs a larger batch: none past
+    the profiled ones yet, or the last step's peak exceeds the profiled line by
+    more than the step before it did, by more than LADDER_ERROR_RISE of the
+    peak (a term the small batches did not show is still growing). Never
+    without a line."""
+    if line is None:
+        return False
+    if int(out[-1]["batch_size"]) <= largest:  # type: ignore[arg-type]
+        return True
+    excess = [int(e["peak_allocated_bytes"]) - line(int(e["batch_size"])) for e in out[-2:]]  # type: ignore[arg-type]
+    return excess[1] - excess[0] > LADDER_ERROR_RISE * int(out[-1]["peak_allocated_bytes"])  # type: ignore[arg-type]
+
+
 def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: int, capacity: int,
                    time_steps: Callable[[int], Dict[str, float]], say: Callable[[str], None],
-                   release: Callable[[], None], precision: str, mode: str = "plain") -> List[Dict[str, object]]:
+                   release: Callable[[], None], precision: str, mode: str = "plain",
+                   line: Optional[Callable[[int], float]] = None) -> List[Dict[str, object]]:
     """Times each batch with time_steps(batch) -> {"step_seconds", "peak_bytes"}
     and returns the profile's timing entries. A batch that runs out of memory
     ends the ladder (release() gives the cache back first); so, on the
     automatic ladder beyond the profiled sizes, does a step of
-    LADDER_STEP_SECONDS or more, or a next batch whose step would need more than
-    LADDER_MEMORY_SHARE of `capacity` (twice this one's peak)."""
+    LADDER_STEP_SECONDS or more (unless it is the largest profiled batch or
+    its peak's excess over `line`, profiled_line's, still rises: _still_rising), or a next batch whose step
+    would need more than LADDER_MEMORY_SHARE of `capacity` (twice this one's
+    peak)."""
     out: List[Dict[str, object]] = []
     what = "" if mode == "plain" else f", every layer {'selectively ' if mode == 'selective' else ''}checkpointed"
     for b in batches:
@@ -104,7 +137,7 @@ def measure_ladder(batches: Sequence[int], automatic: bool, largest_profiled: in
         say(f"timing {precision}{what}: batch {b}: {seconds * 1e3:.1f} ms per step (untraced)")
         if not automatic or b < largest_profiled:
             continue
-        if seconds >= LADDER_STEP_SECONDS:
+        if seconds >= LADDER_STEP_SECONDS and not _still_rising(out, line, largest_profiled):
             break
         if capacity > 0 and 2 * measured["peak_bytes"] > LADDER_MEMORY_SHARE * capacity:
             break
