@@ -1,8 +1,8 @@
 """Jobs built from real architectures (HF GPT-2, Llama, BERT, T5 from config,
-no weights; and a plain-torch U-Net whose skips the parent holds), shrunk so a
-step at batch 4 runs well under a second on a CPU while activations still grow
-with the batch. For tests of profiling, planning and checkpointing on models
-people actually train."""
+no weights; a plain-torch U-Net whose skips the parent holds and a plain-torch
+ViT), shrunk so a step at batch 4 runs well under a second on a CPU while
+activations still grow with the batch. For tests of profiling, planning and
+checkpointing on models people actually train."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -141,5 +141,51 @@ def unet():
         g = torch.Generator().manual_seed(b)
         return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, 4, (b, 32, 32), generator=g)
     return memfit.Job(model=UNet(), make_batch=batch,
+                      loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
+                      optimizer=_adamw)
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm: nn.MultiheadAttention, then a GELU MLP, each with a residual."""
+    def __init__(self, d, heads):
+        super().__init__()
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        h = self.n1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.n2(x))
+
+
+class ViT(nn.Module):
+    """A vision transformer as a user writes one in plain torch: a patch conv, a
+    class token and learned positions (parameters of the root, in no unit), the
+    blocks in a ModuleList, a head on the class token. Tried as a new user would
+    (2026-12-03): planner/PLAN.md, "The ladder check"."""
+    def __init__(self, img=32, patch=4, d=96, depth=6, heads=4, classes=10):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.zeros(1, (img // patch) ** 2 + 1, d))
+        self.blocks = nn.ModuleList(ViTBlock(d, heads) for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def vit():
+    torch.manual_seed(0)
+
+    def batch(b):
+        g = torch.Generator().manual_seed(b)
+        return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, 10, (b,), generator=g)
+    return memfit.Job(model=ViT(), make_batch=batch,
                       loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
                       optimizer=_adamw)
