@@ -10,8 +10,10 @@ memfit's max-batch plan, verified by a real run under the budget; the true large
 batch of HF's gradient checkpointing and of sqrt(n) segments, each by bisection over
 real runs under the budget; then, at HF's largest batch, memfit's fastest plan that
 fits, and the step times of no checkpointing (no cap), HF's and memfit's there,
-interleaved over rounds (medians): the recompute each costs, as a ratio to the step
-without checkpointing measured in the same run. Every trial runs on CPU with memfit
+interleaved over rounds: the recompute each costs, as a ratio to the step without
+checkpointing measured in the same run (each policy's fastest round: on a shared CPU
+interference only ever slows a step, and medians of the same plan differed by tens of
+points from run to run). Every trial runs on CPU with memfit
 as PyTorch's CPU allocator and the budget as its capacity (compare.py's Runner)."""
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import argparse
 import datetime
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -91,11 +92,12 @@ def sqrt_segments(model: torch.nn.Module) -> None:
 
 
 def _steps(runner: compare.Runner, job: str, batch: int, policy, rounds: int) -> Dict[str, List[float]]:
-    """Median step time per policy at `batch`, no capacity, the policies interleaved per round."""
+    """Each round's median step time per policy at `batch`, no capacity, the policies
+    interleaved per round."""
     times: Dict[str, List[float]] = {name: [] for name in policy}
     for _ in range(rounds):
         for name, p in policy.items():
-            r = runner.trial(job, batch, None, p, warmup=1, steps=3)
+            r = runner.trial(job, batch, None, p, warmup=2, steps=4)
             if r["step_seconds"] is not None:
                 times[name].append(r["step_seconds"])
     return times
@@ -134,22 +136,31 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
             at = plan(prof, budget=budget, max_batch=equal_batch)
             policies = {"none": None, "hf": hf_gradient_checkpointing, "memfit": compare.memfit_plan_policy(at)}
             times = _steps(runner, job, equal_batch, policies, rounds)
-            medians = {k: statistics.median(v) if v else None for k, v in times.items()}
-            none = medians["none"]
+            best = {k: min(v) if v else None for k, v in times.items()}
+            none = best["none"]
+            decoder = [f"{prefix}.{i}" for prefix in ("transformer.h", "model.layers")
+                       for i in range(len(out["layers"])) if f"{prefix}.{i}" in out["layers"]]
             row["equal_batch"].append({
                 "batch": equal_batch,
                 "memfit_batch": at.batch_size,
                 "memfit_checkpointed": [layer["name"] for layer in at.layers if layer["checkpoint"]],
                 "memfit_selective": [layer["name"] for layer in at.layers if layer.get("selective")],
                 "memfit_predicted_recompute_seconds": at.data["predicted_recompute_seconds"],
-                "step_seconds": medians,
-                "recompute_overhead": {k: (medians[k] / none - 1) if none and medians[k] else None
+                "memfit_same_as_hf": (not any(layer.get("selective") for layer in at.layers)
+                                      and [layer["name"] for layer in at.layers if layer["checkpoint"]] == decoder),
+                "step_seconds": best,
+                "step_seconds_rounds": times,
+                "recompute_overhead": {k: (best[k] / none - 1) if none and best[k] else None
                                        for k in ("hf", "memfit")},
                 "rounds": rounds,
             })
         out["budgets"].append(row)
         print(json.dumps({"model": name, **row}), flush=True)
     return out
+
+
+def rounds_of(res: Dict[str, Any]) -> int:
+    return next((e["rounds"] for m in res["models"] for r in m["budgets"] for e in r.get("equal_batch") or []), 0)
 
 
 def write_markdown(path: Path, res: Dict[str, Any]) -> None:
@@ -176,8 +187,11 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
                          f"{' (bound)' if hf['bound_hit'] else ''} | {sq['batch']}"
                          f"{' (bound)' if sq['bound_hit'] else ''} | {ratio} | {peak} | {step} |")
     lines += ["", "At HF's largest batch and at three quarters of it: step time against no checkpointing at that "
-              "batch (no cap), medians of interleaved rounds in this run. HF checkpoints every decoder layer at "
-              "both; memfit's plan is its fastest that fits at that batch.", "",
+              f"batch (no cap), the fastest of {rounds_of(res)} interleaved rounds in this run (each round the median of 4 steps "
+              "after 2 warm-up steps). HF checkpoints every decoder layer at both; memfit's plan is its fastest "
+              "that fits at that batch (planned for memfit's own largest where that is smaller: it is run at the "
+              "row's batch). Where memfit checkpoints the same decoder layers as HF, the two columns measure the "
+              "same plan and differ only by noise.", "",
               "| model | budget | batch | HF gc recompute | memfit recompute | memfit checkpoints |",
               "|---|---|---|---|---|---|"]
     for m in res["models"]:
@@ -187,7 +201,8 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
                 fmt = lambda x: f"{100 * x:+.1f}%" if x is not None else "-"  # noqa: E731
                 lines.append(f"| {m['model']} | {r['budget_bytes'] // MiB} MiB | {e['batch']} | {fmt(o['hf'])} | "
                              f"{fmt(o['memfit'])} | {len(e['memfit_checkpointed'])} of {len(m['layers'])} units"
-                             f"{' (%d selectively)' % len(e['memfit_selective']) if e.get('memfit_selective') else ''} |")
+                             f"{' (%d selectively)' % len(e['memfit_selective']) if e.get('memfit_selective') else ''}"
+                             f"{', the same as HF' if e.get('memfit_same_as_hf') else ''} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -196,7 +211,7 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(HERE.parent / "results"))
     ap.add_argument("--date", default=datetime.date.today().isoformat())
     ap.add_argument("--budgets", default="16MiB,24MiB,40MiB")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     from memfit import _lib
     import transformers
