@@ -16,6 +16,7 @@ from ._lib import MemfitError, is_out_of_memory
 from .documents import (  # noqa: F401  (also importable from memfit.planning, as before)
     MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan, predicted_allocated)
 from .profiling import PRECISIONS, to_device
+from .recompute import context_fn as recompute_context_fn
 from .selective import context_fn as selective_context_fn
 
 # ------------------------------------------------------------------- apply
@@ -42,7 +43,8 @@ def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str, selective: 
     recomputed in backward, or with `selective` only what memfit.selective's
     policy does not keep."""
     original = module.forward
-    extra = {"context_fn": selective_context_fn()} if checkpoint and selective else {}
+    contexts = recompute_context_fn(module, selective_context_fn() if selective else None) if checkpoint else None
+    extra = {"context_fn": contexts} if contexts is not None else {}
     dtype = PRECISIONS[precision]
     device_type = _device_type(module)
 
