@@ -1,10 +1,10 @@
 """Models as people write them, from the transformers library (built from config,
-nothing downloaded), a U-Net and a plain-torch ViT: the units memfit finds in
-them, and plans that run. Each model is profiled, planned for a budget that
-needs checkpointing, verified at the planned batch (no OOM, peak within 5% of
-the prediction) and at 1.05x that batch with the same plan (out of memory: the
-plan is not loose), each command in its own process as a user runs them. The
-jobs are in jobs/real_models.py."""
+nothing downloaded), and a U-Net, a ViT and a ResNet in plain torch: the units
+memfit finds in them, and plans that run. Each model is profiled, planned for a
+budget that needs checkpointing, verified at the planned batch (no OOM, peak
+within 5% of the prediction) and at 1.05x that batch with the same plan (out of
+memory: the plan is not loose), each command in its own process as a user runs
+them. The jobs are in jobs/real_models.py."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def units(name: str, blocks=None):
     ("t5", [f"encoder.block.{i}" for i in range(3)] + [f"decoder.block.{i}" for i in range(3)]),
     ("unet", [f"down.{i}" for i in range(3)] + [f"up.{i}" for i in range(3)]),
     ("vit", [f"blocks.{i}" for i in range(6)]),
+    ("resnet", [f"layer{s}.{i}" for s in (1, 2, 3) for i in (0, 1)]),
 ])
 def test_repeated_blocks_are_units_wherever_they_sit(name: str, blocks) -> None:
     found = units(name)
@@ -91,6 +92,7 @@ CASES = [
     ("bert", "12MiB", "fp32,bf16"),
     ("unet", "12MiB", "fp32,bf16"),
     ("vit", "40MiB", "fp32,bf16"),
+    ("resnet", "40MiB", "fp32"),
 ]
 
 

@@ -1,6 +1,6 @@
 """Jobs built from real architectures (HF GPT-2, Llama, BERT, T5 from config,
-no weights; a plain-torch U-Net whose skips the parent holds and a plain-torch
-ViT), shrunk so a step at batch 4 runs well under a second on a CPU while
+no weights; plain-torch models: a U-Net whose skips the parent holds, a ViT and
+a ResNet with BatchNorm), shrunk so a step at batch 4 runs well under a second on a CPU while
 activations still grow with the batch. For tests of profiling, planning and
 checkpointing on models people actually train."""
 import torch
@@ -189,3 +189,45 @@ def vit():
     return memfit.Job(model=ViT(), make_batch=batch,
                       loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
                       optimizer=_adamw)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convolutions with BatchNorm, and a 1x1
+    projection shortcut where the shape changes."""
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.short = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(y)) + self.short(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet as a user writes one: a stem, three stages of two
+    blocks in nn.Sequential (the first of each later stage downsampling), a head."""
+    def __init__(self, w=16, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.layer1 = nn.Sequential(BasicBlock(w, w, 1), BasicBlock(w, w, 1))
+        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w, 1))
+        self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w, 1))
+        self.fc = nn.Linear(4 * w, classes)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def resnet():
+    torch.manual_seed(0)
+
+    def batch(b):
+        g = torch.Generator().manual_seed(b)
+        return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, 10, (b,), generator=g)
+    return memfit.Job(model=ResNet(), make_batch=batch,
+                      loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
+                      optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9))
