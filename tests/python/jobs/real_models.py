@@ -134,15 +134,22 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def unet():
+def _image_job(make_model, classes, per_pixel=False, optimizer=_adamw):
+    """A job on 3x32x32 images with a cross-entropy loss: one class per image, or
+    one per pixel (segmentation)."""
     torch.manual_seed(0)
 
     def batch(b):
         g = torch.Generator().manual_seed(b)
-        return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, 4, (b, 32, 32), generator=g)
-    return memfit.Job(model=UNet(), make_batch=batch,
+        target = (b, 32, 32) if per_pixel else (b,)
+        return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, classes, target, generator=g)
+    return memfit.Job(model=make_model(), make_batch=batch,
                       loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
-                      optimizer=_adamw)
+                      optimizer=optimizer)
+
+
+def unet():
+    return _image_job(UNet, classes=4, per_pixel=True)
 
 
 class ViTBlock(nn.Module):
@@ -181,14 +188,7 @@ class ViT(nn.Module):
 
 
 def vit():
-    torch.manual_seed(0)
-
-    def batch(b):
-        g = torch.Generator().manual_seed(b)
-        return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, 10, (b,), generator=g)
-    return memfit.Job(model=ViT(), make_batch=batch,
-                      loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
-                      optimizer=_adamw)
+    return _image_job(ViT, classes=10)
 
 
 class BasicBlock(nn.Module):
@@ -223,11 +223,4 @@ class ResNet(nn.Module):
 
 
 def resnet():
-    torch.manual_seed(0)
-
-    def batch(b):
-        g = torch.Generator().manual_seed(b)
-        return torch.randn(b, 3, 32, 32, generator=g), torch.randint(0, 10, (b,), generator=g)
-    return memfit.Job(model=ResNet(), make_batch=batch,
-                      loss_fn=lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]),
-                      optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    return _image_job(ResNet, classes=10, optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9))
