@@ -1,7 +1,8 @@
-"""A checkpointed layer's recomputation leaves BatchNorm's running statistics as
-one forward left them (memfit.recompute): after a plan is applied, training steps
-give the same buffers and the same gradients as the model without it, plainly and
-selectively checkpointed, in fp32 and bf16."""
+"""What a checkpointed layer's recomputation must not change (memfit.recompute):
+BatchNorm's running statistics stay as one forward left them (after a plan is
+applied, training steps give the same buffers and gradients as the model without
+it, plainly and selectively checkpointed, in fp32 and bf16), and a transformers
+key/value cache is not handed to a checkpointed layer."""
 
 from __future__ import annotations
 
@@ -75,3 +76,28 @@ def test_a_layer_without_running_statistics_keeps_checkpoints_default_contexts()
     assert context_fn(nn.BatchNorm1d(2, track_running_stats=False)) is None
     assert context_fn(nn.Sequential(nn.Linear(2, 2)), inner) is inner
     assert context_fn(nn.BatchNorm1d(2)) is not None
+
+
+@pytest.mark.parametrize("selective", [False, True])
+def test_a_checkpointed_transformers_layer_runs_without_the_key_value_cache(selective: bool) -> None:
+    """GPT-2 from config keeps use_cache=True: the model hands each block a cache
+    (positionally), which the recomputation would append to again; selectively
+    checkpointed, backward stopped with "not found in storage"."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32,
+                                  bos_token_id=63, eos_token_id=63)
+    assert cfg.use_cache
+    planned = transformers.GPT2LMHeadModel(cfg)
+    reference = copy.deepcopy(planned)
+    layers = [{"name": f"transformer.h.{i}", "checkpoint": True, "selective": selective, "precision": "fp32"}
+              for i in range(2)]
+    apply(planned, Plan({"batch_size": 2, "layers": layers}))
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="checkpointed GPT2Block was given a key/value cache"):
+        for model in (planned, reference):
+            torch.manual_seed(1)  # the same dropout masks
+            model.train()
+            model(input_ids=ids, labels=ids).loss.backward()
+    for (name, p), (_, q) in zip(planned.named_parameters(), reference.named_parameters()):
+        assert torch.equal(p.grad, q.grad), name

@@ -16,7 +16,7 @@ from ._lib import MemfitError, is_out_of_memory
 from .documents import (  # noqa: F401  (also importable from memfit.planning, as before)
     MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan, predicted_allocated)
 from .profiling import PRECISIONS, to_device
-from .recompute import context_fn as recompute_context_fn
+from .recompute import context_fn as recompute_context_fn, without_cache
 from .selective import context_fn as selective_context_fn
 
 # ------------------------------------------------------------------- apply
@@ -61,6 +61,7 @@ def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str, selective: 
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         if checkpoint and torch.is_grad_enabled():
+            args, kwargs = without_cache(module, args, kwargs)
             return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **extra, **kwargs)
         return run(*args, **kwargs)
 

@@ -1,18 +1,30 @@
 # recompute.py — what a checkpointed layer's recomputation must not change: the
-# running statistics of the normalisation layers inside it.
+# running statistics of the normalisation layers inside it, and a key/value cache.
 """torch.utils.checkpoint runs a checkpointed layer's forward a second time in
-backward. A BatchNorm (or an InstanceNorm tracking running statistics) inside it
-then updates its running mean and variance twice per step and counts the batch
-twice, so a plan would silently change what the model learns for evaluation
-(measured on a ResNet: `num_batches_tracked` 2 after one step, running variance
-0.86 against 0.93). The recomputation's context here snapshots those buffers and
-restores them when it ends; the normalisation in the recomputation still uses the
-batch's own statistics, as the first forward did, so the gradients do not change."""
+backward. Two kinds of state would see it twice:
+
+- A BatchNorm (or an InstanceNorm tracking running statistics) inside it updates
+  its running mean and variance twice per step and counts the batch twice, so a
+  plan would silently change what the model learns for evaluation (measured on a
+  ResNet: `num_batches_tracked` 2 after one step, running variance 0.86 against
+  0.93). The recomputation's context here snapshots those buffers and restores
+  them when it ends; the normalisation in the recomputation still uses the batch's
+  own statistics, as the first forward did, so the gradients do not change.
+- A transformers key/value cache (a model whose config keeps the default
+  `use_cache=True`, trained without HF's own checkpointing) is appended to again
+  by the recomputation, which then runs other operations than the forward did:
+  selective checkpointing of GPT-2 and Mixtral stopped in backward with PyTorch's
+  "encountered during backward but not found in storage" (the plain recomputation
+  happened to give the same gradients, attention slicing off the keys added twice).
+  A checkpointed layer therefore runs without the cache, as HF's gradient
+  checkpointing does (`without_cache`), unless its class declares it only reads it
+  (`_can_checkpoint_with_cache`)."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, List, Optional, Tuple
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.nn.modules.batchnorm import _NormBase
@@ -63,3 +75,30 @@ def context_fn(module: torch.nn.Module, inner: Optional[Callable[[], Any]] = Non
         forward, recompute = inner() if inner is not None else (contextlib.nullcontext(), contextlib.nullcontext())
         return forward, _both(_RunningStatsKept(norms), recompute)
     return contexts
+
+
+def _is_cache(value: Any) -> bool:
+    """A transformers Cache (DynamicCache, StaticCache, ...), known without importing transformers."""
+    return any(c.__name__ == "Cache" and c.__module__ == "transformers.cache_utils" for c in type(value).__mro__)
+
+
+def without_cache(module: torch.nn.Module, args: Tuple[Any, ...],
+                  kwargs: Dict[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """`args` and `kwargs` for a checkpointed call of `module`, with any key/value
+    cache replaced by None and `use_cache` false (a warning says so). The cache
+    then lacks the layer's keys: a model generating with gradients enabled should
+    not run a checkpointing plan."""
+    if getattr(module, "_can_checkpoint_with_cache", False):
+        return args, kwargs
+    changed = [f"argument {i}" for i, a in enumerate(args) if _is_cache(a)]
+    changed += [name for name, v in kwargs.items() if _is_cache(v)]
+    if changed or kwargs.get("use_cache"):
+        args = tuple(None if _is_cache(a) else a for a in args)
+        kwargs = {name: None if _is_cache(v) else v for name, v in kwargs.items()}
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        if changed:  # Python's warning filters show it once per layer class
+            warnings.warn(f"memfit.apply: a checkpointed {type(module).__name__} was given a key/value cache "
+                          f"({', '.join(changed)}); it runs without it, since its recomputation would append "
+                          "to it again (use_cache=False in the model's config says so once and for all)", stacklevel=2)
+    return args, kwargs
