@@ -34,6 +34,7 @@ def units(name: str, blocks=None):
 @pytest.mark.parametrize("name,blocks", [
     ("gpt2", [f"transformer.h.{i}" for i in range(4)]),
     ("llama", [f"model.layers.{i}" for i in range(4)]),
+    ("mixtral", [f"model.layers.{i}" for i in range(4)]),
     ("bert", [f"bert.encoder.layer.{i}" for i in range(4)]),
     ("t5", [f"encoder.block.{i}" for i in range(3)] + [f"decoder.block.{i}" for i in range(3)]),
     ("unet", [f"down.{i}" for i in range(3)] + [f"up.{i}" for i in range(3)]),
@@ -155,3 +156,16 @@ def test_a_module_run_twice_per_step_is_not_a_layer(tmp_path: Path) -> None:
     shown = run_memfit("report", str(out))
     assert shown.returncode == 0, shown.stderr
     assert "encoder.dropout (Dropout): its forward runs 2 times per step" in shown.stdout
+
+
+def test_a_mixture_of_experts_with_its_cache_left_on_profiles(tmp_path: Path) -> None:
+    """Mixtral's config keeps use_cache=True: the selectively checkpointed run
+    stopped in backward ("not found in storage") when its layers got the cache;
+    they run without it (memfit.recompute), and stderr says so."""
+    out = tmp_path / "mixtral.json"
+    done = run_memfit("profile", "--job", f"{JOBS}:mixtral", "--batch-sizes", "1,2", "--steps", "1",
+                      "--warmup-steps", "1", "--timing-batches", "none", "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "checkpointed MixtralDecoderLayer was given a key/value cache" in done.stderr
+    setting = json.loads(out.read_text())["settings"][-1]
+    assert "selective" in setting and "checkpointed" in setting

@@ -1,8 +1,8 @@
-"""Jobs built from real architectures (HF GPT-2, Llama, BERT, T5 from config,
-no weights; plain-torch models: a U-Net whose skips the parent holds, a ViT and
-a ResNet with BatchNorm), shrunk so a step at batch 4 runs well under a second on a CPU while
-activations still grow with the batch. For tests of profiling, planning and
-checkpointing on models people actually train."""
+"""Jobs built from real architectures (HF GPT-2, Llama, Mixtral, BERT, T5 from
+config, no weights; plain-torch models: a U-Net whose skips the parent holds, a
+ViT and a ResNet with BatchNorm), shrunk so a step at batch 4 runs well under a
+second on a CPU while activations still grow with the batch. For tests of
+profiling, planning and checkpointing on models people actually train."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,6 +32,19 @@ def gpt2():
     """GPT-2, loss computed inside forward (labels=)."""
     torch.manual_seed(0)
     return memfit.Job(model=_gpt2_model(), make_batch=lambda b: _ids(b),
+                      loss_fn=lambda m, ids: m(input_ids=ids, labels=ids).loss,
+                      optimizer=_adamw)
+
+
+def mixtral():
+    """A mixture of experts (4 experts, top-2) with its config's use_cache left at
+    the default (True): the model hands every decoder layer a key/value cache."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+    torch.manual_seed(0)
+    cfg = MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=VOCAB,
+                        max_position_embeddings=64, attn_implementation="sdpa")
+    return memfit.Job(model=MixtralForCausalLM(cfg), make_batch=lambda b: _ids(b),
                       loss_fn=lambda m, ids: m(input_ids=ids, labels=ids).loss,
                       optimizer=_adamw)
 
