@@ -94,6 +94,7 @@ CASES = [
     ("unet", "12MiB", "fp32,bf16"),
     ("vit", "40MiB", "fp32,bf16"),
     ("resnet", "40MiB", "fp32"),
+    ("mixtral", "40MiB", "fp32,bf16"),  # its config keeps use_cache on: memfit.recompute
 ]
 
 
@@ -126,6 +127,10 @@ def test_plan_runs_within_budget_and_is_tight(tmp_path: Path, name: str, budget:
     assert result["oom"] is False, result
     measured, predicted = result["measured_peak_bytes"], result["predicted_peak_bytes"]
     assert abs(measured - predicted) <= 0.05 * predicted, (measured, predicted)
+    # Above its prediction only by rounding: the headroom is not the model's margin. (Mixtral
+    # with the cache its config keeps on: +1.03%, the loss window freeing a cache that the
+    # checkpointed layers never filled: memfit.recompute.)
+    assert measured <= predicted * 1.002, (measured, predicted)
     assert result["measured_peak_reserved_bytes"] <= plan["budget_bytes"]
 
     # Tight: the same plan at 1.05x its batch does not fit. With bf16 the model
@@ -157,15 +162,3 @@ def test_a_module_run_twice_per_step_is_not_a_layer(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "encoder.dropout (Dropout): its forward runs 2 times per step" in shown.stdout
 
-
-def test_a_mixture_of_experts_with_its_cache_left_on_profiles(tmp_path: Path) -> None:
-    """Mixtral's config keeps use_cache=True: the selectively checkpointed run
-    stopped in backward ("not found in storage") when its layers got the cache;
-    they run without it (memfit.recompute), and stderr says so."""
-    out = tmp_path / "mixtral.json"
-    done = run_memfit("profile", "--job", f"{JOBS}:mixtral", "--batch-sizes", "1,2", "--steps", "1",
-                      "--warmup-steps", "1", "--timing-batches", "none", "--out", str(out), "--quiet")
-    assert done.returncode == 0, done.stderr
-    assert "checkpointed MixtralDecoderLayer was given a key/value cache" in done.stderr
-    setting = json.loads(out.read_text())["settings"][-1]
-    assert "selective" in setting and "checkpointed" in setting

@@ -2,7 +2,8 @@
 BatchNorm's running statistics stay as one forward left them (after a plan is
 applied, training steps give the same buffers and gradients as the model without
 it, plainly and selectively checkpointed, in fp32 and bf16), and a transformers
-key/value cache is not handed to a checkpointed layer."""
+key/value cache is neither kept by the model's config nor handed to a checkpointed
+layer."""
 
 from __future__ import annotations
 
@@ -80,9 +81,10 @@ def test_a_layer_without_running_statistics_keeps_checkpoints_default_contexts()
 
 @pytest.mark.parametrize("selective", [False, True])
 def test_a_checkpointed_transformers_layer_runs_without_the_key_value_cache(selective: bool) -> None:
-    """GPT-2 from config keeps use_cache=True: the model hands each block a cache
-    (positionally), which the recomputation would append to again; selectively
-    checkpointed, backward stopped with "not found in storage"."""
+    """GPT-2 from config keeps use_cache=True: apply turns it off, and a cache the
+    caller asks for anyway (handed to each block positionally), which the
+    recomputation would append to again, is not given to a checkpointed block;
+    selectively checkpointed, backward stopped with "not found in storage"."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32,
@@ -92,12 +94,37 @@ def test_a_checkpointed_transformers_layer_runs_without_the_key_value_cache(sele
     reference = copy.deepcopy(planned)
     layers = [{"name": f"transformer.h.{i}", "checkpoint": True, "selective": selective, "precision": "fp32"}
               for i in range(2)]
-    apply(planned, Plan({"batch_size": 2, "layers": layers}))
     ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="config.use_cache was on; it is now off"):
+        apply(planned, Plan({"batch_size": 2, "layers": layers}))
+    assert not planned.config.use_cache
+    # A caller may still ask for the cache: the checkpointed blocks run without it.
     with pytest.warns(UserWarning, match="checkpointed GPT2Block was given a key/value cache"):
         for model in (planned, reference):
             torch.manual_seed(1)  # the same dropout masks
             model.train()
-            model(input_ids=ids, labels=ids).loss.backward()
+            model(input_ids=ids, labels=ids, use_cache=True).loss.backward()
     for (name, p), (_, q) in zip(planned.named_parameters(), reference.named_parameters()):
         assert torch.equal(p.grad, q.grad), name
+
+
+def test_profile_measures_the_model_without_its_cache_and_gives_the_config_back(memfit_cpu) -> None:
+    """The kept layers would fill the cache and the loss window free it, a free the
+    model took for plans whose checkpointed layers never filled it (a Mixtral plan
+    ran out of memory): profile runs with use_cache off, as apply does."""
+    transformers = pytest.importorskip("transformers")
+    import memfit
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32,
+                                  bos_token_id=63, eos_token_id=63)
+    model = transformers.GPT2LMHeadModel(cfg)
+    seen = []
+    job = memfit.Job(model=model, make_batch=lambda b: torch.randint(0, 64, (b, 16)),
+                     loss_fn=lambda m, ids: seen.append(m.config.use_cache) or m(input_ids=ids, labels=ids).loss,
+                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    lines = []
+    memfit.profile(job, batch_sizes=(1, 2), steps=1, warmup_steps=1, timing_batches=(), progress=lines.append)
+    assert seen and not any(seen)
+    assert model.config.use_cache is True
+    assert any("use_cache is off while profiling" in line for line in lines)

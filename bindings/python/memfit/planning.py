@@ -5,6 +5,7 @@ capacity. The plan itself (memfit.plan, memfit.Plan) is in documents.py, without
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -16,7 +17,7 @@ from ._lib import MemfitError, is_out_of_memory
 from .documents import (  # noqa: F401  (also importable from memfit.planning, as before)
     MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan, predicted_allocated)
 from .profiling import PRECISIONS, to_device
-from .recompute import context_fn as recompute_context_fn, without_cache
+from .recompute import context_fn as recompute_context_fn, no_cache_config, without_cache
 from .selective import context_fn as selective_context_fn
 
 # ------------------------------------------------------------------- apply
@@ -73,9 +74,13 @@ def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.
     """Checkpoint and set the precision of each layer the plan names (in place;
     returns the model). A layer with "selective" true is checkpointed
     selectively (memfit.selective). Layers the plan keeps in fp32 without a
-    checkpoint are left alone unless a lower-precision layer runs before them."""
+    checkpoint are left alone unless a lower-precision layer runs before them.
+    A transformers model's config.use_cache is turned off (memfit.recompute)."""
     if not isinstance(the_plan, Plan):
         the_plan = Plan.load(the_plan)
+    if no_cache_config(model):
+        warnings.warn("memfit.apply: the model's config.use_cache was on; it is now off (in training a key/value "
+                      "cache only holds memory, and memfit profiles the model without it)", stacklevel=2)
     modules = dict(model.named_modules())
     mixed = any(layer["precision"] != "fp32" for layer in the_plan.layers)
     for layer in the_plan.layers:

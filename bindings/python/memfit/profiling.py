@@ -23,6 +23,7 @@ from .documents import FORMAT, VERSION, Profile  # noqa: F401  (also memfit.prof
 from .install import current, install
 from .job import Job, load_job
 from .loader import profile_loader
+from .recompute import no_cache_config
 from .tracking import Tracker, move_parameters_into_memfit, on_gradient_of_outputs, storage_ptr, tensors_in
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -278,6 +279,10 @@ def profile(
         done += 1
         say(f"[{done}/{runs}] {what}: {warmup_steps} warm-up + {steps} measured steps")
     settings, checks, timed_steps = [], [], []
+    cache_was_on = no_cache_config(job.model)  # as memfit.apply runs it (memfit.recompute)
+    if cache_was_on:
+        say("the model's config.use_cache is off while profiling, as memfit.apply turns it off: in training "
+            "a key/value cache only holds memory")
     try:
         for precision in precisions:
             for b in sizes:
@@ -335,6 +340,8 @@ def profile(
         del prof  # its hooks' closures form cycles: collect them so the model's memory goes now
         gc.collect()
         kept.restore()
+        if cache_was_on:
+            job.model.config.use_cache = True
     names = [[layer["name"] for layer in s["layers"]] for s in settings]
     if any(n != names[0] for n in names):
         raise MemfitError("memfit.profile: the layers ran in a different order in different settings; cannot profile")

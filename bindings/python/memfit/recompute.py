@@ -18,7 +18,12 @@ backward. Two kinds of state would see it twice:
   happened to give the same gradients, attention slicing off the keys added twice).
   A checkpointed layer therefore runs without the cache, as HF's gradient
   checkpointing does (`without_cache`), unless its class declares it only reads it
-  (`_can_checkpoint_with_cache`)."""
+  (`_can_checkpoint_with_cache`). And since the kept layers would still fill it
+  and the loss window free it (the model took that free from the run with no layer
+  checkpointed, so a Mixtral plan checkpointing its decoder layers was
+  under-predicted by 16 KiB a sample and ran out of memory), memfit.profile and
+  memfit.apply train the model with its config's `use_cache` off (`no_cache_config`):
+  in training the cache only holds memory."""
 
 from __future__ import annotations
 
@@ -102,3 +107,13 @@ def without_cache(module: torch.nn.Module, args: Tuple[Any, ...],
                           f"({', '.join(changed)}); it runs without it, since its recomputation would append "
                           "to it again (use_cache=False in the model's config says so once and for all)", stacklevel=2)
     return args, kwargs
+
+
+def no_cache_config(model: torch.nn.Module) -> bool:
+    """Turns off `model.config.use_cache` (a transformers model's) when it is on;
+    returns whether it was."""
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", None) is True:
+        config.use_cache = False
+        return True
+    return False
