@@ -7,7 +7,7 @@ tests/python/jobs/real_models.py and memfit.models)
 
 For each job and precision (fp32, bf16), one line: the largest bend, and the run,
 layer and term it is in with its values at 2, 4 and 16 (planner/PLAN.md, "The ladder
-check", the known gap). Prints only; about 2 minutes on 2 cores."""
+check"). Prints only; about 2 minutes on 2 cores."""
 
 from __future__ import annotations
 
