@@ -53,8 +53,11 @@ def hf_gradient_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+DECODER_PATHS = ("transformer.h", "model.layers")  # GPT-2's and Llama's decoder layers
+
+
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    for path in ("transformer.h", "model.layers"):
+    for path in DECODER_PATHS:
         try:
             return model.get_submodule(path)
         except AttributeError:
@@ -110,6 +113,7 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
     prof = profile(job, device="cpu", batch_sizes=(2, 4), steps=3, warmup_steps=2)
     out: Dict[str, Any] = {"model": name, "layers": [layer["name"] for layer in prof.settings[0]["layers"]],
                            "budgets": []}
+    decoder = [n for n in out["layers"] if n.rsplit(".", 1)[0] in DECODER_PATHS]  # what HF checkpoints
     for budget in budgets:
         the_plan = plan(prof, budget=budget)
         d = the_plan.data
@@ -138,8 +142,6 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
             times = _steps(runner, job, equal_batch, policies, rounds)
             best = {k: min(v) if v else None for k, v in times.items()}
             none = best["none"]
-            decoder = [f"{prefix}.{i}" for prefix in ("transformer.h", "model.layers")
-                       for i in range(len(out["layers"])) if f"{prefix}.{i}" in out["layers"]]
             row["equal_batch"].append({
                 "batch": equal_batch,
                 "memfit_batch": at.batch_size,
@@ -157,10 +159,6 @@ def run_model(runner: compare.Runner, name: str, budgets: List[int], rounds: int
         out["budgets"].append(row)
         print(json.dumps({"model": name, **row}), flush=True)
     return out
-
-
-def rounds_of(res: Dict[str, Any]) -> int:
-    return next((e["rounds"] for m in res["models"] for r in m["budgets"] for e in r.get("equal_batch") or []), 0)
 
 
 def write_markdown(path: Path, res: Dict[str, Any]) -> None:
@@ -187,8 +185,8 @@ def write_markdown(path: Path, res: Dict[str, Any]) -> None:
                          f"{' (bound)' if hf['bound_hit'] else ''} | {sq['batch']}"
                          f"{' (bound)' if sq['bound_hit'] else ''} | {ratio} | {peak} | {step} |")
     lines += ["", "At HF's largest batch and at three quarters of it: step time against no checkpointing at that "
-              f"batch (no cap), the fastest of {rounds_of(res)} interleaved rounds in this run (each round the median of 4 steps "
-              "after 2 warm-up steps). HF checkpoints every decoder layer at both; memfit's plan is its fastest "
+              f"batch (no cap), the fastest of {res['rounds']} interleaved rounds in this run (each round the "
+              "median of 4 steps after 2 warm-up steps). HF checkpoints every decoder layer at both; memfit's plan is its fastest "
               "that fits at that batch (planned for memfit's own largest where that is smaller: it is run at the "
               "row's batch). Where memfit checkpoints the same decoder layers as HF, the two columns measure the "
               "same plan and differ only by noise.", "",
@@ -219,7 +217,7 @@ def main() -> int:
     budgets = [_lib.parse_size(b, "--budgets") for b in args.budgets.split(",")]
     runner = compare.Runner(trial_cap_s=120)
     res = {"date": args.date, "machine": compare.machine_info(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "models": []}
+           "transformers": transformers.__version__, "rounds": args.rounds, "models": []}
     for name in MODELS:
         res["models"].append(run_model(runner, name, budgets, args.rounds))
     out = Path(args.out_dir)

@@ -1,8 +1,9 @@
 """Models as people write them, from the transformers library (built from config,
-nothing downloaded), and a U-Net, a ViT and a ResNet in plain torch: the units
-memfit finds in them, and plans that run. Each model is profiled, planned for a
-budget that needs checkpointing, verified at the planned batch (no OOM, peak
-within 5% of the prediction) and at 1.05x that batch with the same plan (out of
+nothing downloaded; Mixtral with its config's use_cache left on), and a U-Net, a
+ViT and a ResNet in plain torch: the units memfit finds in them, and plans that
+run. Each model is profiled, planned for a budget that needs checkpointing,
+verified at the planned batch (no OOM, peak within 5% of the prediction, and not
+above it beyond rounding) and at 1.05x that batch with the same plan (out of
 memory: the plan is not loose), each command in its own process as a user runs
 them. The jobs are in jobs/real_models.py."""
 

@@ -279,8 +279,7 @@ def profile(
         done += 1
         say(f"[{done}/{runs}] {what}: {warmup_steps} warm-up + {steps} measured steps")
     settings, checks, timed_steps = [], [], []
-    cache_was_on = no_cache_config(job.model)  # as memfit.apply runs it (memfit.recompute)
-    if cache_was_on:
+    if no_cache_config(job.model):  # as memfit.apply runs it (memfit.recompute); kept gives it back
         say("the model's config.use_cache is off while profiling, as memfit.apply turns it off: in training "
             "a key/value cache only holds memory")
     try:
@@ -340,8 +339,6 @@ def profile(
         del prof  # its hooks' closures form cycles: collect them so the model's memory goes now
         gc.collect()
         kept.restore()
-        if cache_was_on:
-            job.model.config.use_cache = True
     names = [[layer["name"] for layer in s["layers"]] for s in settings]
     if any(n != names[0] for n in names):
         raise MemfitError("memfit.profile: the layers ran in a different order in different settings; cannot profile")
@@ -372,15 +369,17 @@ def profile(
 
 
 class _ModelState:
-    """The values of a model's parameters and buffers and its training mode, kept
-    while profiling trains it (optimizer steps change the weights, training
-    steps the batch-norm statistics) and put back after. The copies are bytes
+    """The values of a model's parameters and buffers, its training mode and a
+    transformers config's use_cache, kept while profiling trains it (optimizer
+    steps change the weights, training steps the batch-norm statistics, the
+    profile turns the cache off) and put back after. The copies are bytes
     held by numpy, outside every torch allocator, so the profile's memory does
     not see them."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.training = model.training
+        self.use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         self.values = {name: self._bytes(t) for name, t in self._tensors(model)}
 
     @staticmethod
@@ -400,6 +399,8 @@ class _ModelState:
                 if saved is not None:
                     t.copy_(torch.from_numpy(saved).view(t.dtype).view(t.shape))
         self.model.train(self.training)
+        if self.use_cache is not None:
+            self.model.config.use_cache = self.use_cache
 
 
 def _units_not_planned(blocks, reused: Dict[int, int], layers: List[Dict[str, Any]]) -> List[Dict[str, str]]:

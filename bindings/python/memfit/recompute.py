@@ -95,17 +95,18 @@ def without_cache(module: torch.nn.Module, args: Tuple[Any, ...],
     not run a checkpointing plan."""
     if getattr(module, "_can_checkpoint_with_cache", False):
         return args, kwargs
-    changed = [f"argument {i}" for i, a in enumerate(args) if _is_cache(a)]
-    changed += [name for name, v in kwargs.items() if _is_cache(v)]
-    if changed or kwargs.get("use_cache"):
-        args = tuple(None if _is_cache(a) else a for a in args)
-        kwargs = {name: None if _is_cache(v) else v for name, v in kwargs.items()}
-        if "use_cache" in kwargs:
-            kwargs["use_cache"] = False
-        if changed:  # Python's warning filters show it once per layer class
-            warnings.warn(f"memfit.apply: a checkpointed {type(module).__name__} was given a key/value cache "
-                          f"({', '.join(changed)}); it runs without it, since its recomputation would append "
-                          "to it again (use_cache=False in the model's config says so once and for all)", stacklevel=2)
+    at = [i for i, a in enumerate(args) if _is_cache(a)]
+    named = [name for name, v in kwargs.items() if _is_cache(v)]
+    if at or named:
+        args = tuple(None if i in at else a for i, a in enumerate(args))
+        kwargs = dict(kwargs, **{name: None for name in named})
+        # Python's warning filters show it once per layer class.
+        warnings.warn(f"memfit.apply: a checkpointed {type(module).__name__} was given a key/value cache "
+                      f"({', '.join([f'argument {i}' for i in at] + named)}); it runs without it, since its "
+                      "recomputation would append to it again (use_cache=False in the model's config says so "
+                      "once and for all)", stacklevel=2)
+    if kwargs.get("use_cache"):
+        kwargs = dict(kwargs, use_cache=False)
     return args, kwargs
 
 
