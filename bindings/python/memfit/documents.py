@@ -164,7 +164,8 @@ class Plan:
         lines.extend(table_lines(d))
         lines.append(f"  {'layer':<24}{'checkpoint':<12}{'precision':<10}")
         for layer in self.layers:
-            how = "selective" if layer["checkpoint"] and layer.get("selective") else "yes" if layer["checkpoint"] else "-"
+            how = ("selective" if layer.get("selective") else f"segment {layer['segment']}"
+                   if layer.get("segment") is not None else "yes") if layer["checkpoint"] else "-"
             lines.append(f"  {layer['name'][:23]:<24}{how:<12}{layer['precision']:<10}")
         return "\n".join(lines)
 

@@ -4,6 +4,7 @@ capacity. The plan itself (memfit.plan, memfit.Plan) is in documents.py, without
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from .documents import (  # noqa: F401  (also importable from memfit.planning, a
     MFP_ERR_NO_FIT, PLAN_FORMAT, PLAN_VERSION, Plan, Profile, check_profile, plan, predicted_allocated)
 from .profiling import PRECISIONS, to_device
 from .recompute import context_fn as recompute_context_fn, no_cache_config, without_cache
+from .segments import Segment
 from .selective import context_fn as selective_context_fn
 
 # ------------------------------------------------------------------- apply
@@ -39,13 +41,10 @@ def _device_type(module: torch.nn.Module) -> str:
     return "cpu"
 
 
-def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str, selective: bool = False) -> None:
-    """Run `module` in `precision`, checkpointed when asked: its whole forward
-    recomputed in backward, or with `selective` only what memfit.selective's
-    policy does not keep."""
+def _runner(module: torch.nn.Module, checkpoint: bool, precision: str) -> Callable[..., Any]:
+    """`module`'s own forward run in `precision` (its autocast), as a checkpointed
+    layer's or an uncheckpointed one's."""
     original = module.forward
-    contexts = recompute_context_fn(module, selective_context_fn() if selective else None) if checkpoint else None
-    extra = {"context_fn": contexts} if contexts is not None else {}
     dtype = PRECISIONS[precision]
     device_type = _device_type(module)
 
@@ -59,15 +58,69 @@ def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str, selective: 
         # at the exit would depend on which layers are checkpointed.
         with torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=not checkpoint):
             return original(*args, **kwargs)
+    return run
+
+
+def _install(module: torch.nn.Module, forward: Callable[..., Any]) -> None:
+    module._memfit_forward = module.forward  # type: ignore[attr-defined]
+    module.forward = forward  # type: ignore[method-assign]
+
+
+def _wrap(module: torch.nn.Module, checkpoint: bool, precision: str, selective: bool = False) -> None:
+    """Run `module` in `precision`, checkpointed when asked: its whole forward
+    recomputed in backward, or with `selective` only what memfit.selective's
+    policy does not keep."""
+    contexts = recompute_context_fn(module, selective_context_fn() if selective else None) if checkpoint else None
+    extra = {"context_fn": contexts} if contexts is not None else {}
+    run = _runner(module, checkpoint, precision)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         if checkpoint and torch.is_grad_enabled():
             args, kwargs = without_cache(module, args, kwargs)
             return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **extra, **kwargs)
         return run(*args, **kwargs)
+    _install(module, forward)
 
-    module._memfit_forward = original  # type: ignore[attr-defined]
-    module.forward = forward  # type: ignore[method-assign]
+
+def _segments(layers: List[Dict[str, Any]]) -> Dict[Any, List[Dict[str, Any]]]:
+    """The plan's checkpoint segments (layers with the same "segment"), each a run of
+    consecutive checkpointed layers, checked."""
+    groups: Dict[Any, List[Dict[str, Any]]] = {}
+    previous = None
+    for layer in layers:
+        seg = layer.get("segment")
+        if seg is None:
+            previous = None
+            continue
+        name = layer["name"]
+        if isinstance(seg, bool) or not isinstance(seg, int):
+            raise MemfitError(f"memfit.apply: layer {name!r}: segment must be an integer, not {seg!r}")
+        if not layer["checkpoint"] or layer.get("selective", False):
+            raise MemfitError(f"memfit.apply: layer {name!r} is in segment {seg} but not checkpointed as a whole "
+                              "(a checkpoint segment's layers have checkpoint true and selective false)")
+        if seg in groups and previous != seg:
+            raise MemfitError(f"memfit.apply: segment {seg}'s layers are not consecutive in the plan "
+                              f"({groups[seg][-1]['name']!r}, then {name!r} after other layers)")
+        groups.setdefault(seg, []).append(layer)
+        previous = seg
+    for seg, members in groups.items():
+        if len(members) < 2:
+            raise MemfitError(f"memfit.apply: segment {seg} has one layer ({members[0]['name']!r}); a checkpoint "
+                              "segment needs two or more (checkpoint a single layer without \"segment\")")
+    return groups
+
+
+def _close_segments_hook(segments: List[Segment]) -> Callable[..., None]:
+    """After the model's forward (always_call: also when it raised): a segment still
+    open is closed, with a MemfitError unless the forward's own error is on its way."""
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        failing = sys.exc_info()[1] is not None
+        for segment in segments:
+            if failing:
+                segment.abandon()
+            else:
+                segment.check_closed()
+    return hook
 
 
 def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.Module:
@@ -83,6 +136,10 @@ def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.
                       "cache only holds memory, and memfit profiles the model without it)", stacklevel=2)
     modules = dict(model.named_modules())
     mixed = any(layer["precision"] != "fp32" for layer in the_plan.layers)
+    if hasattr(model, "_memfit_segments_hook"):
+        raise MemfitError("memfit.apply: the model already has a plan applied; call memfit.unapply first")
+    segments = _segments(the_plan.layers)
+    in_segment = {layer["name"] for members in segments.values() for layer in members}
     for layer in the_plan.layers:
         name = layer["name"]
         if name not in modules or name == "":
@@ -96,8 +153,21 @@ def apply(model: torch.nn.Module, the_plan: Union[Plan, str, Path]) -> torch.nn.
         if selective and not layer["checkpoint"]:
             raise MemfitError(f"memfit.apply: layer {name!r}: selective is true but checkpoint is false "
                               "(selective checkpointing is a kind of checkpointing)")
+        if name in in_segment:
+            continue
         if layer["checkpoint"] or layer["precision"] != "fp32" or mixed:
             _wrap(module, bool(layer["checkpoint"]), layer["precision"], selective)
+    built = []
+    for members in segments.values():
+        names = [layer["name"] for layer in members]
+        runs = [_runner(modules[layer["name"]], True, layer["precision"]) for layer in members]
+        segment = Segment(names, [modules[n] for n in names], runs)
+        for i, n in enumerate(names):
+            _install(modules[n], segment.forward_of(i))
+        built.append(segment)
+    if built:
+        model._memfit_segments_hook = model.register_forward_hook(  # type: ignore[attr-defined]
+            _close_segments_hook(built), always_call=True)
     return model
 
 
@@ -112,6 +182,10 @@ def needs_grad_scaler(the_plan: Union[Plan, str, Path]) -> bool:
 
 
 def unapply(model: torch.nn.Module) -> torch.nn.Module:
+    hook = getattr(model, "_memfit_segments_hook", None)
+    if hook is not None:
+        hook.remove()
+        del model._memfit_segments_hook
     for module in model.modules():
         if hasattr(module, "_memfit_forward"):
             del module.forward
