@@ -604,15 +604,15 @@ static int64_t pass_usable(const _mfp_solve_request *req, unsigned mask) {
   return u < 0 ? -1 : u;
 }
 
-/* The fastest plan that fits, each plan within the usable bytes less the
- * corrections of the modes it uses. A pass per set of modes searches, exactly,
- * plans of those modes within the set's limit (which no plan of fewer modes
- * exceeds); a set is searched only where its limit is above that of every set
- * that contains it (otherwise that set's pass already covers its plans), so
- * without corrections there is one pass. */
-mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
+/* The passes of one set of allowed precisions: the fastest plan that fits,
+ * each plan within the usable bytes less the corrections of the modes it uses.
+ * A pass per set of modes searches, exactly, plans of those modes within the
+ * set's limit (which no plan of fewer modes exceeds); a set is searched only
+ * where its limit is above that of every set that contains it (otherwise that
+ * set's pass already covers its plans), so without corrections there is one
+ * pass. */
+static mfp_status solve_modes(const _mfp_solve_request *req, _mfp_solve_result *res, bool *first) {
   unsigned all = 1u << MFP_MODE_KEEP | 1u << MFP_MODE_CHECKPOINT | (req->selective ? 1u << MFP_MODE_SELECTIVE : 0u);
-  bool first = true;
   mfp_status s = MFP_OK;
   for (unsigned mask = all; mask > 0 && s == MFP_OK; mask--) {
     if ((mask & all) != mask) continue;
@@ -624,9 +624,25 @@ mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
     _mfp_solve_request pass = *req;
     pass.modes = mask;
     pass.usable = limit;
-    if (first) s = solve_one(&pass, res);
+    if (*first) s = solve_one(&pass, res);
     else s = another_pass(req, &pass, res);
-    first = false;
+    *first = false;
+  }
+  return s;
+}
+
+/* The fastest plan that fits, every layer of it in one of the allowed
+ * precisions: a plan's layers are not mixed across precisions, whose casts at
+ * each boundary the model does not count (PLAN.md, "One precision per plan"),
+ * so the passes run once per allowed precision and the fastest plan is kept. */
+mfp_status _mfp_solve(const _mfp_solve_request *req, _mfp_solve_result *res) {
+  bool first = true;
+  mfp_status s = MFP_OK;
+  for (int k = 0; k < req->n_allowed && s == MFP_OK; k++) {
+    _mfp_solve_request one = *req;
+    one.allowed = &req->allowed[k];
+    one.n_allowed = 1;
+    s = solve_modes(&one, res, &first);
   }
   return s;
 }
