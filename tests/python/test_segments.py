@@ -100,13 +100,17 @@ def test_running_statistics_of_a_segment_are_updated_once() -> None:
     assert planned[0][1].num_batches_tracked.item() == 2
 
 
-class _Aux(nn.Module):
-    """Computes a term of its own from the first block's output between the two blocks' calls."""
+class _Two(nn.Module):
+    """Two Linear layers `a` and `b`; the subclasses' forwards call them in their own ways."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+
+class _Aux(_Two):
+    """Computes a term of its own from the first block's output between the two blocks' calls."""
 
     def forward(self, x):
         h = self.a(x)
@@ -148,20 +152,12 @@ def test_a_segment_keeps_only_its_first_layers_inputs(memfit_cpu) -> None:
     assert peaks["sqrt"] <= peaks["pairs"] - x_bytes, peaks
 
 
-class _Skip(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
-
+class _Skip(_Two):
     def forward(self, x):
         return self.b(self.a(x) + x)  # b is given a sum, not a's output
 
 
-class _Skipping(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
-
+class _Skipping(_Two):
     def forward(self, x):
         return self.a(x)  # never calls b
 
