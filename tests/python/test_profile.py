@@ -277,3 +277,33 @@ def test_the_callers_model_comes_back_as_it_was():
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not changed, f"profiling changed the caller's model: {changed[:5]}"
     assert prof.settings[0]["fixed_bytes"] > 0
+
+
+def test_a_unit_that_returns_its_input_keeps_the_backward_windows_in_order(memfit_cpu):
+    # Dropout(p=0) in training and nn.Identity return the tensor they were given
+    # (GPT-NeoX's emb_dropout does), so their output's gradient hooks fire
+    # together with the unit's before them, in forward order. The backward work
+    # belongs to the earlier unit and the windows must chain in reverse forward
+    # order; before, the planner rejected such a profile ("backward.start ... is
+    # not where the previous window ended").
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.Dropout(0.0), nn.Identity(), nn.ReLU(), nn.Linear(64, 8))
+    job = memfit.Job(model=model, make_batch=lambda b: torch.randn(b, 16),
+                     loss_fn=lambda m, x: m(x).square().mean(),
+                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1), blocks=["0", "1", "2", "3", "4"])
+    prof = memfit.profile(job, device="cpu", batch_sizes=(2, 4), steps=1, warmup_steps=1, timing_batches=())
+    for s in prof.settings:
+        layers = s["layers"]
+        assert [x["name"] for x in layers] == ["0", "1", "2", "3", "4"]
+        chain = [s["loss_backward"]] + [x["backward"] for x in reversed(layers)]
+        for a, b in zip(chain, chain[1:]):
+            assert a["end"] == b["start"], s["layers"]
+        for passthrough in layers[1:3]:
+            w = passthrough["backward"]
+            assert w["start"] == w["peak"] == w["end"], passthrough
+        # The first Linear's weight gradient is made in its own window.
+        first = layers[0]["backward"]
+        assert first["peak"] - first["start"] >= 16 * 64 * 4, first
+    assert memfit.plan(prof, "64MiB").batch_size >= 4

@@ -674,8 +674,7 @@ def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str,
         forward[m["id"] - FORWARD_MARK] = (fwd_bounds[j], fwd_bounds[j + 1])
     bwd_bounds = bwd + [by_id[BACKWARD_END]]
     backward = {}
-    for j, m in enumerate(bwd):
-        layer = m["id"] - BACKWARD_MARK
+    for j, layer in enumerate(_backward_layers(bwd, forward)):
         if layer not in backward:
             backward[layer] = (bwd_bounds[j], bwd_bounds[j + 1])
     loss_backward_end = bwd[0] if bwd else by_id[BACKWARD_END]
@@ -729,6 +728,27 @@ def _step_windows(marks: List[Dict[str, Any]], ctx: Dict[str, Any]) -> Dict[str,
         "loss_end_index": by_id[LOSS_END]["index"],
         "timeline": timeline,
     }
+
+
+def _backward_layers(bwd: List[Dict[str, Any]], forward: Dict[int, Tuple[Dict[str, Any], Dict[str, Any]]]) -> List[int]:
+    """The layer each backward mark opens, in the marks' order. Marks that follow
+    one another with no allocation or free between them fired on the same
+    gradient: a unit that returns its input (Dropout(p=0), as GPT-NeoX's
+    emb_dropout, or nn.Identity) shares its output with the unit before it, and
+    the tensor's hooks run in the order they were registered, the earlier unit's
+    first. Within such a run the windows are empty but the last, and the last
+    belongs to the earliest unit (its backward runs after the others'), so the
+    layers of the run are taken in reverse forward order."""
+    layers = [m["id"] - BACKWARD_MARK for m in bwd]
+    order = lambda layer: forward[layer][0]["pos"] if layer in forward else -1  # noqa: E731
+    j = 0
+    while j < len(bwd):
+        k = j + 1
+        while k < len(bwd) and bwd[k]["index"] == bwd[k - 1]["index"] + 1:
+            k += 1
+        layers[j:k] = sorted(layers[j:k], key=order, reverse=True)
+        j = k
+    return layers
 
 
 def _layer_fields(prof: _Profiler, analysis: Dict[str, Any], record: _StepRecord) -> List[Dict[str, Any]]:

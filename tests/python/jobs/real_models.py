@@ -1,4 +1,4 @@
-"""Jobs built from real architectures (HF GPT-2, Llama, Mixtral, BERT, T5 from
+"""Jobs built from real architectures (HF GPT-2, Llama, Mixtral, GPT-NeoX, BERT, T5 from
 config, no weights; plain-torch models: a U-Net whose skips the parent holds, a
 ViT and a ResNet with BatchNorm), shrunk so a step at batch 4 runs well under a
 second on a CPU while activations still grow with the batch. For tests of
@@ -68,6 +68,18 @@ def llama():
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
                       max_position_embeddings=64, use_cache=False, attn_implementation="sdpa")
     return memfit.Job(model=LlamaForCausalLM(cfg), make_batch=lambda b: _ids(b),
+                      loss_fn=lambda m, ids: m(input_ids=ids, labels=ids).loss,
+                      optimizer=_adamw)
+
+
+def neox():
+    """GPT-NeoX: its emb_dropout (Dropout(p=0)) returns the embedding's output
+    tensor itself, and its rotary embedding makes tensors no gradient reaches."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                        vocab_size=VOCAB, max_position_embeddings=64, use_cache=False, attn_implementation="sdpa")
+    return memfit.Job(model=GPTNeoXForCausalLM(cfg), make_batch=lambda b: _ids(b),
                       loss_fn=lambda m, ids: m(input_ids=ids, labels=ids).loss,
                       optimizer=_adamw)
 
