@@ -739,14 +739,13 @@ def _backward_layers(bwd: List[Dict[str, Any]], forward: Dict[int, Tuple[Dict[st
     first. Within such a run the windows are empty but the last, and the last
     belongs to the earliest unit (its backward runs after the others'), so the
     layers of the run are taken in reverse forward order."""
-    layers = [m["id"] - BACKWARD_MARK for m in bwd]
-    order = lambda layer: forward[layer][0]["pos"] if layer in forward else -1  # noqa: E731
+    layers = [m["id"] - BACKWARD_MARK for m in bwd]  # each marked in its forward, so each has a forward window
     j = 0
     while j < len(bwd):
         k = j + 1
         while k < len(bwd) and bwd[k]["index"] == bwd[k - 1]["index"] + 1:
             k += 1
-        layers[j:k] = sorted(layers[j:k], key=order, reverse=True)
+        layers[j:k] = sorted(layers[j:k], key=lambda layer: forward[layer][0]["pos"], reverse=True)
         j = k
     return layers
 
