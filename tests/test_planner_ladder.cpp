@@ -1,9 +1,11 @@
 // test_planner_ladder.cpp — the ladder check of PLAN.md, "The ladder check":
 // the timing ladder's measured peaks against the model's, per precision and
 // mode; a plan is kept below its limit by the under-prediction at its batch
-// (interpolated, extended along the last rise) of the modes it uses; without
+// (between points the larger relative error, past the last also the last
+// rise) of the modes it uses; without
 // peaks nothing changes; bad peaks are refused by name.
 #include <algorithm>
+#include <cmath>
 #include <functional>
 
 #include "test_planner_util.h"
@@ -51,8 +53,37 @@ Json with_ladder(const Synth &s, const std::function<int64_t(int64_t)> &plain_er
   return profile;
 }
 
+// The correction PLAN.md states for one mode at `batch`, from its points'
+// errors (measured - model) at kLadder's batches (plain) or 2, 16, 32
+// (checkpointed), computed here from the rule rather than from ladder.c.
+int64_t expected_correction(const mfp_profile *p, const Synth &s, bool checkpoint,
+                            const std::function<int64_t(int64_t)> &error, int64_t batch) {
+  std::vector<int64_t> at;
+  for (int64_t b : kLadder)
+    if (!checkpoint || b == 2 || b >= 16) at.push_back(b);
+  auto model = [&](int64_t b) { return (double)model_peak(p, s, b, checkpoint); };
+  auto rel = [&](int64_t b) { return (double)error(b) / model(b); };
+  double e;
+  if (batch <= at.front() || std::find(at.begin(), at.end(), batch) != at.end()) {
+    e = (double)error(batch <= at.front() ? at.front() : batch);
+  } else if (batch < at.back()) {
+    size_t hi = (size_t)(std::upper_bound(at.begin(), at.end(), batch) - at.begin());
+    int64_t b0 = at[hi - 1], b1 = at[hi];
+    double w = (double)(batch - b0) / (double)(b1 - b0);
+    e = std::max(rel(b0), rel(b1)) * (model(b0) + w * (model(b1) - model(b0)));
+  } else {
+    int64_t b0 = at[at.size() - 2], b1 = at.back();
+    double ahead = (double)(batch - b1), span = (double)(b1 - b0);
+    double rise = (double)(error(b1) - error(b0)) / span;
+    e = std::max(rel(b1) * (model(b1) + (model(b1) - model(b0)) / span * ahead),
+                 (double)error(b1) + (rise > 0 ? rise * ahead : 0));
+  }
+  e = std::ceil(e);
+  return e > 0 ? (int64_t)e : 0;
+}
+
 // An under-prediction that starts past the profiled batches and grows: the
-// points joined and extended give it back at every batch.
+// points give back at least it at every batch.
 int64_t grows(int64_t b) { return b <= 4 ? 0 : (b - 4) * 512; }
 int64_t none(int64_t) { return 0; }
 
@@ -69,7 +100,8 @@ TEST(PlannerLadderCheck, PlansThatKeepLayersAreKeptBelowThePlainError) {
   for (int64_t at : {6, 12, 24, 48, 96}) {
     // At most `at`: from the budget that fits every layer kept there, corrected,
     // down to budgets where only some layers, or none, can be kept.
-    uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + grows(at)) + kSynthReserveOverhead;
+    int64_t corrected = model_peak(p.get(), s, at, false) + expected_correction(p.get(), s, false, grows, at);
+    uint64_t budget = (uint64_t)corrected + kSynthReserveOverhead;
     for (double scale : {1.0, 0.97, 0.9, 0.6}) {
       Planned pl;
       mfp_options opts = exact_options(s, (uint64_t)(scale * (double)budget), 1);
@@ -77,7 +109,9 @@ TEST(PlannerLadderCheck, PlansThatKeepLayersAreKeptBelowThePlainError) {
       if (!plan_at(p.get(), opts, &pl)) continue;
       if (pl.keeps) {
         keeping++;
-        EXPECT_EQ(pl.sm.ladder_correction_bytes, grows(pl.sm.batch_size)) << "batch " << pl.sm.batch_size;
+        int64_t b = pl.sm.batch_size;
+        EXPECT_EQ(pl.sm.ladder_correction_bytes, expected_correction(p.get(), s, false, grows, b)) << "batch " << b;
+        EXPECT_GE(pl.sm.ladder_correction_bytes, grows(b)) << "batch " << b;
       } else {
         all_checkpointed++;
         EXPECT_EQ(pl.sm.ladder_correction_bytes, 0) << "batch " << pl.sm.batch_size;
@@ -94,7 +128,8 @@ TEST(PlannerLadderCheck, PlansThatKeepLayersAreKeptBelowThePlainError) {
 // limit. Brute force over every keep/checkpoint mix at the next batch.
 TEST(PlannerLadderCheck, NoLargerBatchFitsItsCorrectedLimit) {
   Synth s = ladder_synth(22);
-  Profile p = parse(with_ladder(s, grows, [](int64_t b) { return b * 256; }).str());
+  auto per_sample = [](int64_t b) { return b * 256; };
+  Profile p = parse(with_ladder(s, grows, per_sample).str());
   ASSERT_TRUE(p);
   size_t n = s.names.size();
   for (int64_t at : {12, 40}) {
@@ -113,29 +148,46 @@ TEST(PlannerLadderCheck, NoLargerBatchFitsItsCorrectedLimit) {
       }
       mfp_simulation sim;
       ASSERT_EQ(mfp_simulate(p.get(), next, d.data(), n, &sim), MFP_OK);
-      int64_t keep_free = std::max(keeps ? grows(next) : 0, checkpoints ? next * 256 : (int64_t)0);
+      int64_t keep_free = std::max(keeps ? expected_correction(p.get(), s, false, grows, next) : 0,
+                                   checkpoints ? expected_correction(p.get(), s, true, per_sample, next) : 0);
       EXPECT_GT(sim.peak_bytes + keep_free, usable) << "mask " << mask << " fits batch " << next;
     }
   }
 }
 
-// Between points the error is interpolated; past the last it follows the last
-// rise and is held where the last segment falls; an over-prediction corrects
-// nothing.
-TEST(PlannerLadderCheck, TheErrorIsInterpolatedAndExtendedAlongTheLastRise) {
+// At a point the error is its own; between points the larger relative error of
+// the two, scaled to the model's peak; past the last the larger of that scaled
+// and the last rise; an over-prediction corrects nothing. An error that falls
+// between two points (a temporary that changes shape) is not interpolated.
+TEST(PlannerLadderCheck, TheErrorIsHeldBetweenPointsAndExtendedAlongTheLastRise) {
   Synth s = ladder_synth(23);
   auto falls = [](int64_t b) { return b <= 16 ? b * 1000 : 16000 - (b - 16) * 100; };
   auto over = [](int64_t b) { return -b * 1000; };
   for (int kind = 0; kind < 3; kind++) {
-    Profile p = parse(with_ladder(s, kind == 0 ? std::function<int64_t(int64_t)>(grows)
-                                         : kind == 1 ? std::function<int64_t(int64_t)>(falls)
-                                                     : std::function<int64_t(int64_t)>(over),
-                                  grows).str());
+    const std::function<int64_t(int64_t)> error = kind == 0 ? std::function<int64_t(int64_t)>(grows)
+                                                 : kind == 1 ? std::function<int64_t(int64_t)>(falls)
+                                                             : std::function<int64_t(int64_t)>(over);
+    Profile p = parse(with_ladder(s, error, grows).str());
     ASSERT_TRUE(p);
-    for (int64_t at : {3, 12, 24, 64}) {
+    for (int64_t at : {3, 8, 12, 24, 64}) {
       // A budget that fits `at` and no more, every layer kept: the plain plan.
       Planned pl;
-      int64_t expected = kind == 0 ? grows(at) : kind == 1 ? (at <= 32 ? falls(at) : falls(32)) : 0;
+      int64_t expected = expected_correction(p.get(), s, false, error, at);
+      if (kind == 0) {
+        EXPECT_GE(expected, grows(at));
+      }
+      if (kind == 1 && at == 24) {
+        EXPECT_GT(expected, falls(16)) << "held at 16's relative error, not interpolated";
+      }
+      if (kind == 1 && at == 64) {
+        EXPECT_GE(expected, falls(32)) << "never shrinks past the last point";
+      }
+      if (kind == 0 && at == 8) {
+        EXPECT_EQ(expected, grows(8)) << "at a point, its own error";
+      }
+      if (kind == 2) {
+        EXPECT_EQ(expected, 0);
+      }
       uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + std::max<int64_t>(expected, 0)) +
                         kSynthReserveOverhead;
       mfp_options opts = exact_options(s, budget, 1);

@@ -25,8 +25,8 @@ def test_the_default_ladder_doubles_the_largest_profiled_batch():
     assert timing.ladder([2, 4], [16, 8, 16]) == [8, 16]  # as given: sorted, each once
     assert timing.ladder([2, 4], []) == []
     assert timing.ladder([2, 4], None, max_batch=20) == [2, 4, 8, 16]  # the largest batch the job can make
-    # The checkpointed step is timed at the smallest and the two largest of the plain ladder.
-    assert timing.mode_batches([{"batch_size": b} for b in (2, 4, 8, 16, 32)]) == [2, 16, 32]
+    # The checkpointed step is timed at every batch of the plain ladder.
+    assert timing.mode_batches([{"batch_size": b} for b in (8, 2, 4, 16, 32)]) == [2, 4, 8, 16, 32]
     assert timing.mode_batches([{"batch_size": 8}]) == [8] and timing.mode_batches([]) == []
     for bad in ([0], [2, -1], [1.5], [True]):
         with pytest.raises(MemfitError, match="timing_batches must be positive integers"):
