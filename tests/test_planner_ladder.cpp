@@ -24,6 +24,8 @@ Synth ladder_synth(uint64_t seed) {
 }
 
 const int64_t kLadder[] = {2, 4, 8, 16, 32};
+// The ladder batches with checkpointed points too.
+bool checkpointed_point(int64_t b) { return b == 2 || b >= 16; }
 
 // The model's peak at `batch` with every layer as it is or checkpointed.
 int64_t model_peak(const mfp_profile *p, const Synth &s, int64_t batch, bool checkpoint) {
@@ -44,7 +46,7 @@ Json with_ladder(const Synth &s, const std::function<int64_t(int64_t)> &plain_er
   for (int64_t b : kLadder) {
     list.push(Json::object().set("precision", prec).set("batch_size", b).set("step_seconds", 1e-3 * (double)b)
                   .set("peak_allocated_bytes", model_peak(bare.get(), s, b, false) + plain_error(b)));
-    if (b == 2 || b >= 16)
+    if (checkpointed_point(b))
       list.push(Json::object().set("precision", prec).set("mode", "checkpointed").set("batch_size", b)
                     .set("step_seconds", 1.3e-3 * (double)b)
                     .set("peak_allocated_bytes", model_peak(bare.get(), s, b, true) + checkpointed_error(b)));
@@ -54,13 +56,13 @@ Json with_ladder(const Synth &s, const std::function<int64_t(int64_t)> &plain_er
 }
 
 // The correction PLAN.md states for one mode at `batch`, from its points'
-// errors (measured - model) at kLadder's batches (plain) or 2, 16, 32
-// (checkpointed), computed here from the rule rather than from ladder.c.
+// errors (measured - model) at kLadder's batches (plain) or its checkpointed
+// points, computed here from the rule rather than from ladder.c.
 int64_t expected_correction(const mfp_profile *p, const Synth &s, bool checkpoint,
                             const std::function<int64_t(int64_t)> &error, int64_t batch) {
   std::vector<int64_t> at;
   for (int64_t b : kLadder)
-    if (!checkpoint || b == 2 || b >= 16) at.push_back(b);
+    if (!checkpoint || checkpointed_point(b)) at.push_back(b);
   auto model = [&](int64_t b) { return (double)model_peak(p, s, b, checkpoint); };
   auto rel = [&](int64_t b) { return (double)error(b) / model(b); };
   double e;
@@ -188,14 +190,13 @@ TEST(PlannerLadderCheck, TheErrorIsHeldBetweenPointsAndExtendedAlongTheLastRise)
       if (kind == 2) {
         EXPECT_EQ(expected, 0);
       }
-      uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + std::max<int64_t>(expected, 0)) +
-                        kSynthReserveOverhead;
+      uint64_t budget = (uint64_t)(model_peak(p.get(), s, at, false) + expected) + kSynthReserveOverhead;
       mfp_options opts = exact_options(s, budget, 1);
       opts.max_batch = at;
       ASSERT_TRUE(plan_at(p.get(), opts, &pl));
       ASSERT_EQ(pl.sm.batch_size, at);
       EXPECT_TRUE(pl.keeps);
-      EXPECT_EQ(pl.sm.ladder_correction_bytes, std::max<int64_t>(expected, 0)) << kind << " at " << at;
+      EXPECT_EQ(pl.sm.ladder_correction_bytes, expected) << kind << " at " << at;
     }
   }
 }

@@ -7,9 +7,11 @@
 
 #include "internal.h"
 
-/* A point's error relative to the model's peak there. */
+/* A point's error (measured - model), and relative to the model's peak there. */
+static double point_error(const _mfp_timing_point *t) { return (double)(t->measured_peak - t->model_peak); }
+
 static double relative_error(const _mfp_timing_point *t) {
-  return t->model_peak > 0 ? (double)(t->measured_peak - t->model_peak) / (double)t->model_peak : 0;
+  return t->model_peak > 0 ? point_error(t) / (double)t->model_peak : 0;
 }
 
 /* One precision's correction at `batch` from its points' errors (measured -
@@ -29,8 +31,7 @@ static double precision_correction(const mfp_profile *p, mfp_precision prec, _mf
     const _mfp_timing_point *t = &p->timing[k];
     if (t->precision != prec || t->mode != mode || t->measured_peak < 0) continue;
     *found = true;
-    double e = (double)(t->measured_peak - t->model_peak);
-    if (t->batch == batch || (t->batch > batch && !last)) return e; /* at a point, or below the first */
+    if (t->batch == batch || (t->batch > batch && !last)) return point_error(t); /* at a point, or below the first */
     if (t->batch > batch) {
       double w = (double)(batch - last->batch) / (double)(t->batch - last->batch);
       double model = (double)last->model_peak + w * (double)(t->model_peak - last->model_peak);
@@ -40,11 +41,11 @@ static double precision_correction(const mfp_profile *p, mfp_precision prec, _mf
     last = t;
   }
   if (!last) return 0;
-  double e_last = (double)(last->measured_peak - last->model_peak);
+  double e_last = point_error(last);
   if (!prev) return e_last;
   double span = (double)(last->batch - prev->batch), ahead = (double)(batch - last->batch);
   double model = (double)last->model_peak + (double)(last->model_peak - prev->model_peak) / span * ahead;
-  double rise = (e_last - (double)(prev->measured_peak - prev->model_peak)) / span;
+  double rise = (e_last - point_error(prev)) / span;
   return fmax(relative_error(last) * model, e_last + (rise > 0 ? rise * ahead : 0));
 }
 
