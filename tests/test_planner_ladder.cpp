@@ -89,6 +89,19 @@ int64_t expected_correction(const mfp_profile *p, const Synth &s, bool checkpoin
 int64_t grows(int64_t b) { return b <= 4 ? 0 : (b - 4) * 512; }
 int64_t none(int64_t) { return 0; }
 
+// The plan whose layer i is checkpointed when bit i of `mask` is set, in the
+// first precision; whether it keeps and whether it checkpoints any layer.
+std::vector<mfp_decision> mix(const Synth &s, unsigned mask, bool *keeps, bool *checkpoints) {
+  std::vector<mfp_decision> d(s.names.size());
+  *keeps = *checkpoints = false;
+  for (size_t i = 0; i < d.size(); i++) {
+    d[i] = mfp_decision{(mask >> i & 1u) != 0, s.precisions[0].precision, false};
+    *keeps |= !d[i].checkpoint;
+    *checkpoints |= d[i].checkpoint;
+  }
+  return d;
+}
+
 }  // namespace
 
 // Plain under-prediction only: a plan that keeps a layer is kept below it at
@@ -141,13 +154,8 @@ TEST(PlannerLadderCheck, NoLargerBatchFitsItsCorrectedLimit) {
     ASSERT_TRUE(plan_at(p.get(), exact_options(s, budget, 1), &pl));
     int64_t next = pl.sm.batch_size + 1, usable = (int64_t)pl.sm.usable_allocated_bytes;
     for (unsigned mask = 0; mask < (1u << n); mask++) {
-      std::vector<mfp_decision> d(n);
-      bool keeps = false, checkpoints = false;
-      for (size_t i = 0; i < n; i++) {
-        d[i] = mfp_decision{(mask >> i & 1u) != 0, s.precisions[0].precision, false};
-        keeps |= !d[i].checkpoint;
-        checkpoints |= d[i].checkpoint;
-      }
+      bool keeps, checkpoints;
+      std::vector<mfp_decision> d = mix(s, mask, &keeps, &checkpoints);
       mfp_simulation sim;
       ASSERT_EQ(mfp_simulate(p.get(), next, d.data(), n, &sim), MFP_OK);
       int64_t keep_free = std::max(keeps ? expected_correction(p.get(), s, false, grows, next) : 0,
@@ -249,4 +257,41 @@ TEST(PlannerLadderCheck, BadPeaksAreRefusedByNameAndRepeatsTakeTheLarger) {
   text = text.substr(at, text.find(']', at) - at);
   EXPECT_NE(text.find("\"measured\": " + std::to_string(measured + 4096)), std::string::npos) << text;
   EXPECT_EQ(text.find("\"measured\": " + std::to_string(measured) + ","), std::string::npos);
+}
+
+// A point where the model is exact between points where it is far off: the
+// correction drops at the point (its own error) below the held one around it,
+// so a point can fit where the batches just below it do not. The search still
+// finds the largest batch that fits, checked by brute force over every
+// keep/checkpoint mix at every batch up to its limit.
+TEST(PlannerLadderCheck, APointThatFitsAboveBatchesThatDoNotIsFound) {
+  Synth s = ladder_synth(26);
+  Profile bare = parse(synth_profile(s).str());
+  ASSERT_TRUE(bare);
+  const int64_t m16 = model_peak(bare.get(), s, 16, false);
+  // Plain: exact up to 4 and at 16; checkpointed (points 2, 16, 32): exact at 16 only.
+  auto off = [m16](int64_t b) { return b <= 4 || b == 16 ? (int64_t)0 : m16; };
+  auto off_checkpointed = [m16](int64_t b) { return b == 16 ? (int64_t)0 : m16; };
+  Profile p = parse(with_ladder(s, off, off_checkpointed).str());
+  ASSERT_TRUE(p);
+  const int64_t max_batch = 40;
+  mfp_options opts = exact_options(s, (uint64_t)m16 + kSynthReserveOverhead, 1);
+  opts.max_batch = max_batch;
+  Planned pl;
+  ASSERT_TRUE(plan_at(p.get(), opts, &pl));
+  size_t n = s.names.size();
+  int64_t largest = 0, usable = (int64_t)pl.sm.usable_allocated_bytes;
+  for (int64_t b = 1; b <= max_batch; b++) {
+    int64_t keep_free = expected_correction(p.get(), s, false, off, b);
+    int64_t checkpoint_free = expected_correction(p.get(), s, true, off_checkpointed, b);
+    for (unsigned mask = 0; mask < (1u << n) && largest < b; mask++) {
+      bool keeps, checkpoints;
+      std::vector<mfp_decision> d = mix(s, mask, &keeps, &checkpoints);
+      mfp_simulation sim;
+      ASSERT_EQ(mfp_simulate(p.get(), b, d.data(), n, &sim), MFP_OK);
+      if (sim.peak_bytes + std::max(keeps ? keep_free : 0, checkpoints ? checkpoint_free : 0) <= usable) largest = b;
+    }
+  }
+  EXPECT_GE(largest, 16) << "the plain plan fits at the point by construction";
+  EXPECT_EQ(pl.sm.batch_size, largest);
 }

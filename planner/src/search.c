@@ -67,14 +67,12 @@ static mfp_status fits(search *sr, int64_t batch, bool *ok) {
   return s;
 }
 
-/* The largest batch in [1, max_batch] that fits, by doubling then bisection;
- * 0 when batch 1 does not fit. */
-static mfp_status largest_batch(search *sr, int64_t *out) {
+/* From a batch `lo` that fits, the largest above it by doubling then bisection
+ * (the first batch that fails bounds the search). */
+static mfp_status grow(search *sr, int64_t lo, int64_t *out) {
   bool ok;
-  mfp_status s = fits(sr, 1, &ok);
-  *out = 0;
-  if (s != MFP_OK || !ok) return s;
-  int64_t lo = 1, hi = 0, limit = sr->opts->max_batch; /* lo fits; hi (when > 0) does not */
+  mfp_status s;
+  int64_t hi = 0, limit = sr->opts->max_batch; /* lo fits; hi (when > 0) does not */
   while (hi == 0 && lo < limit) {
     int64_t next = lo * 2 < limit ? lo * 2 : limit;
     if ((s = fits(sr, next, &ok)) != MFP_OK) return s;
@@ -87,6 +85,40 @@ static mfp_status largest_batch(search *sr, int64_t *out) {
     if ((s = fits(sr, mid, &ok)) != MFP_OK) return s;
     if (ok) lo = mid;
     else hi = mid;
+  }
+  *out = lo;
+  return MFP_OK;
+}
+
+/* The smallest batch of a measured ladder point above `batch`; 0 if none. */
+static int64_t next_ladder_batch(const mfp_profile *p, int64_t batch) {
+  int64_t next = 0;
+  for (size_t k = 0; k < p->n_timing; k++) {
+    const _mfp_timing_point *t = &p->timing[k];
+    if (t->measured_peak >= 0 && t->batch > batch && (next == 0 || t->batch < next)) next = t->batch;
+  }
+  return next;
+}
+
+/* The largest batch in [1, max_batch] that fits; 0 when batch 1 does not.
+ * Doubling then bisection, and then every ladder point above the result: the
+ * ladder check corrects a batch at a measured point by that point's error and
+ * between points by the larger relative error of the two (PLAN.md, "The ladder
+ * check"), so a point can fit where the batches just below it do not, and
+ * fitting is monotone only between points (even batch 1, below the first
+ * point, may fail where a point fits). */
+static mfp_status largest_batch(search *sr, int64_t *out) {
+  bool ok;
+  mfp_status s = fits(sr, 1, &ok);
+  int64_t lo = 0;
+  *out = 0;
+  if (s != MFP_OK) return s;
+  if (ok && (s = grow(sr, 1, &lo)) != MFP_OK) return s;
+  for (int64_t p = next_ladder_batch(sr->profile, lo); p > 0 && p <= sr->opts->max_batch;
+       p = next_ladder_batch(sr->profile, p)) {
+    if ((s = fits(sr, p, &ok)) != MFP_OK) return s;
+    if (ok && (s = grow(sr, p, &lo)) != MFP_OK) return s;
+    if (ok) p = lo;
   }
   *out = lo;
   return MFP_OK;
