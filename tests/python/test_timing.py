@@ -33,6 +33,18 @@ def test_the_default_ladder_doubles_the_largest_profiled_batch():
             timing.ladder([2, 4], bad)
 
 
+def test_a_point_is_added_between_neighbours_whose_errors_disagree():
+    # (batch, measured, model): +1% at 32 and -5% at 64 get 48; +1% at 16 and 32 get nothing
+    assert timing.refinements([(32, 101, 100), (16, 202, 200), (64, 95, 100)]) == [48]
+    assert timing.refinements([(16, 1010, 1000), (32, 1014, 1000)]) == []  # within REFINE_ERROR
+    # Neighbours at most 1/REFINE_SPACING of the smaller batch apart (or 1) are close enough.
+    assert timing.refinements([(32, 101, 100), (36, 95, 100)]) == []
+    assert timing.refinements([(32, 101, 100), (37, 95, 100)]) == [34]
+    assert timing.refinements([(2, 101, 100), (3, 95, 100)]) == []
+    assert timing.refinements([(8, 101, 0), (16, 95, 100)]) == []  # no model peak: no error to compare
+    assert timing.refinements([(8, 101, 100)]) == [] and timing.refinements([]) == []
+
+
 def test_the_checkpointed_step_is_also_timed_past_a_plain_ladder_that_ended_on_memory():
     planned = timing.ladder([2, 4], None)  # 2 .. 128
     ended = [{"batch_size": b, "step_seconds": 0.01} for b in (2, 4, 8, 16)]
@@ -192,6 +204,7 @@ def test_the_profile_times_the_checkpointed_step_past_a_plain_ladder_that_ended_
         return original(batches, automatic, largest, capacity, time_steps, say, release, precision, mode, line)
 
     monkeypatch.setattr(timing, "measure_ladder", cut)
+    monkeypatch.setattr(timing, "REFINE_POINTS", 0)  # the ladder's own points (refinements: the tests below)
     prof = memfit.profile(tiny_mlp.make(), batch_sizes=(2, 4), steps=1, warmup_steps=1, selective=False,
                           timing_max_batch=32)
     points = [(e.get("mode", "plain"), e["batch_size"]) for e in prof.data["timing"]]
@@ -199,3 +212,55 @@ def test_the_profile_times_the_checkpointed_step_past_a_plain_ladder_that_ended_
                       ("checkpointed", 2), ("checkpointed", 4), ("checkpointed", 8),
                       ("checkpointed", 16), ("checkpointed", 32)], points
     assert memfit.plan(prof, "64MiB").data["time_calibration"]["points"][-1]["batch_size"] == 32
+
+
+def _wide_job():
+    """An MLP whose memory model is exact on the ladder (the errors the test adds are its only ones)."""
+    import torch
+
+    import memfit
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                                torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    return memfit.Job(model=model, make_batch=lambda b: (torch.randn(b, 64), torch.randint(0, 8, (b,))),
+                      loss_fn=lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1]),
+                      optimizer=lambda params: torch.optim.SGD(params, lr=1e-3))
+
+
+def test_the_default_ladder_is_denser_where_the_error_changes_and_the_plan_holds_what_it_found(monkeypatch):
+    """Every measured peak is scaled by +1% up to batch 32, +3% from 33 to 56 and
+    -5% past it, a hump between the ladder's points 32 and 64 as an HF ViT's
+    bf16 step has (PLAN.md, "The ladder check"): the default ladder times batches
+    between 32 and 64 and the plan at 44 corrects by the hump's 3%; an explicit
+    ladder adds none, and holds 32's 1% there."""
+    import memfit
+    original = timing.measure_ladder
+
+    def hump(b):
+        return 0.01 if b <= 32 else 0.03 if b <= 56 else -0.05
+
+    def scaled(batches, automatic, largest, capacity, time_steps, say, release, precision, mode="plain", line=None):
+        got = original(batches, automatic, largest, capacity, time_steps, say, release, precision, mode, line)
+        for e in got:
+            e["peak_allocated_bytes"] = round(e["peak_allocated_bytes"] * (1 + hump(e["batch_size"])))
+        return got
+
+    monkeypatch.setattr(timing, "measure_ladder", scaled)
+    ladder = timing.ladder([8, 16], None, max_batch=128)
+    said = []
+    for batches in (None, ladder):
+        prof = memfit.profile(_wide_job(), batch_sizes=(8, 16), steps=1, warmup_steps=1, selective=False,
+                              timing_max_batch=128, timing_batches=batches, progress=said.append)
+        points = {(e.get("mode", "plain"), e["batch_size"]) for e in prof.data["timing"]}
+        plan = memfit.plan(prof, "64MiB", max_batch=44).data
+        assert plan["batch_size"] == 44
+        share = plan["ladder_correction_bytes"] / plan["predicted_peak_bytes"]  # that of the model's peak
+        if batches is None:
+            for mode in ("plain", "checkpointed"):
+                added = sorted(b for m, b in points if m == mode and b not in ladder)
+                assert added and all(32 < b < 64 for b in added), (mode, added)
+            assert share == pytest.approx(0.03, abs=0.003), plan["ladder_checks"]
+            assert any("the model's error changes between points; also at 48" in s for s in said), said
+        else:
+            assert points == {(m, b) for m in ("plain", "checkpointed") for b in ladder}
+            assert share == pytest.approx(0.01, abs=0.003), plan["ladder_checks"]

@@ -103,7 +103,8 @@ def _add_profile_args(p: argparse.ArgumentParser, default_sizes: str, job_requir
     p.add_argument("--timing-batches", type=_timing_batches, default=None, metavar="auto|none|B,B,...",
                    help="batch sizes timed without the tracer, which the plan's step times are calibrated to "
                         "(default auto: the profiled sizes, then doublings of the largest until a step takes "
-                        "0.25 s and its peak's excess over the profiled line stops rising; "
+                        "0.25 s and its peak's excess over the profiled line stops rising, and between points whose "
+                        "memory errors disagree; "
                         "none: no calibration and no ladder check)")
     p.add_argument("--blocks", metavar="REGEX",
                    help="the modules the plan decides on: a regular expression matched against whole module "

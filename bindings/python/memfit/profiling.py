@@ -243,7 +243,9 @@ def profile(
     doublings of the largest until a step takes 0.25 s (and the peak's
     excess over the profiled line has stopped rising: memfit.timing), the memory would
     exceed half the device's or 32x the largest, and at most
-    timing_max_batch (the largest batch the job can make); () measures none."""
+    timing_max_batch (the largest batch the job can make), then batches between
+    points whose errors against the model disagree (memfit.timing.refinements);
+    () measures none."""
     say = progress or (lambda message: None)
     if device not in ("cpu", "cuda"):
         raise MemfitError(f"memfit.profile: device must be 'cpu' or 'cuda', not {device!r}")
@@ -279,6 +281,27 @@ def profile(
         done += 1
         say(f"[{done}/{runs}] {what}: {warmup_steps} warm-up + {steps} measured steps")
     settings, checks, timed_steps = [], [], []
+
+    def document(timed: List[Dict[str, Any]], blocks, reused: Dict[int, int]) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "memfit_version": _lib.lib().mf_version().decode(),
+            "torch_version": torch.__version__,
+            "device": device,
+            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "job": job_name,
+            "optimizer": optimizer_name,
+            "rounding_bytes": 512,
+            "granule_bytes": alloc.granule(),
+            "warmup_steps": warmup_steps,
+            "steps": steps,
+            "settings": settings,
+            "checkpoint_checks": checks,
+            "timing": timed,
+            # Units the planner does not decide on, and why (PROFILE.md).
+            "units_not_planned": _units_not_planned(blocks, reused, settings[0]["layers"]),
+        }
     if no_cache_config(job.model):  # as memfit.apply runs it (memfit.recompute); kept gives it back
         say("the model's config.use_cache is off while profiling, as memfit.apply turns it off: in training "
             "a key/value cache only holds memory")
@@ -333,6 +356,9 @@ def profile(
                         points += timing.measure_ladder(past, True, past[0], alloc.capacity(), time_steps, say,
                                                         alloc.empty_cache, precision, mode)
                     timed_steps += points
+            if timing_batches is None:  # the default ladder: denser where the ladder check's error changes
+                timed_steps += _refine_ladder(prof, precision, names, selective, time_steps, say, alloc,
+                                              lambda added: document(timed_steps + added, prof.blocks, prof.reused))
     finally:
         prof_blocks, reused = prof.blocks, dict(prof.reused)
         prof.close()
@@ -342,25 +368,7 @@ def profile(
     names = [[layer["name"] for layer in s["layers"]] for s in settings]
     if any(n != names[0] for n in names):
         raise MemfitError("memfit.profile: the layers ran in a different order in different settings; cannot profile")
-    data = {
-        "format": FORMAT,
-        "version": VERSION,
-        "memfit_version": _lib.lib().mf_version().decode(),
-        "torch_version": torch.__version__,
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "job": job_name,
-        "optimizer": optimizer_name,
-        "rounding_bytes": 512,
-        "granule_bytes": alloc.granule(),
-        "warmup_steps": warmup_steps,
-        "steps": steps,
-        "settings": settings,
-        "checkpoint_checks": checks,
-        "timing": timed_steps,
-        # Units the planner does not decide on, and why (PROFILE.md).
-        "units_not_planned": _units_not_planned(prof_blocks, reused, settings[0]["layers"]),
-    }
+    data = document(timed_steps, prof_blocks, reused)
     if loader is not None:
         data["loader"] = loader
     for unit in data["units_not_planned"]:
@@ -413,6 +421,46 @@ def _units_not_planned(blocks, reused: Dict[int, int], layers: List[Dict[str, An
                   else "its forward never ran")
         out.append({"name": name, "type": type(module).__name__, "reason": reason})
     return out
+
+
+def _refine_ladder(prof: _Profiler, precision: str, names: Sequence[str], selective: bool,
+                   time_steps: Callable[[int], Dict[str, float]], say: Callable[[str], None], alloc: Allocator,
+                   document: Callable[[List[Dict[str, Any]]], Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """More timing entries of `precision` where the default ladder's points so far
+    leave the ladder check's rule unsupported (memfit.timing.refinements): each
+    round plans the profile as it stands (`document(added)`: with the entries
+    added so far) for the model's peak at every point, then times the batches
+    between disagreeing neighbours in that mode, until none are left or each
+    mode has REFINE_POINTS more (an out-of-memory ends a mode's). The added
+    entries; none when the planner cannot read the profile yet (said)."""
+    from .documents import plan
+    modes = ("plain", "checkpointed", "selective") if selective else ("plain", "checkpointed")
+    left = dict.fromkeys(modes, timing.REFINE_POINTS)
+    added: List[Dict[str, Any]] = []
+    while True:
+        try:  # the largest budget the planner takes, and batch 1: only the points' model peaks are read
+            points = plan(document(added), budget="16TiB", max_batch=1).data["ladder_checks"]
+        except MemfitError as e:
+            say(f"timing {precision}: no points added between the ladder's ({e})")
+            return added
+        todo = {}
+        for mode in modes:
+            mine = [(c["batch_size"], c["measured"], c["predicted"]) for c in points
+                    if c["precision"] == precision and c.get("mode", "plain") == mode]
+            batches = timing.refinements(mine)[:left[mode]]
+            if batches:
+                todo[mode] = batches
+        if not todo:
+            return added
+        for mode, batches in todo.items():
+            say(f"timing {precision}, {mode}: the model's error changes between points; also at "
+                f"{', '.join(map(str, batches))}")
+            with _applied(prof, precision, names if mode == "checkpointed" else (),
+                          names if mode == "selective" else ()):
+                got = timing.measure_ladder(batches, False, 0, alloc.capacity(), time_steps, say,
+                                            alloc.empty_cache, precision, mode)
+            added += got
+            left[mode] = left[mode] - len(batches) if len(got) == len(batches) else 0
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 # timing.py — the profile's "timing" ladder: step times measured without the
 # tracer, every layer as it is, at the profiled batch sizes and at doublings of
-# the largest, which the planner calibrates its per-layer times to (PROFILE.md,
-# "timing"; PLAN.md, "Step times").
+# the largest (and between points whose memory errors disagree), which the planner
+# calibrates its per-layer times to and checks its memory model on (PROFILE.md,
+# "timing"; PLAN.md, "Step times", "The ladder check").
 """Untraced step times for the planner's time model.
 
 The traced runs time every layer, but the tracer costs time of its own, and two
@@ -10,6 +11,9 @@ mostly fixed cost, and a line through them was 3.3x the measured step at batch
 97 (benchmarks/results/hf-2026-12-02.md). So the profile also times whole steps
 untraced on a ladder of batch sizes that reaches where the step's cost grows
 with the batch, and the planner scales its per-layer times to those steps.
+The same steps' peaks are the planner's ladder check (PLAN.md), so where two
+points' errors against the memory model disagree the default ladder also
+measures between them (refinements).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ LADDER_STEP_SECONDS = 0.25  # or after the first batch whose step takes this lon
 LADDER_MEMORY_SHARE = 0.5   # or before a batch whose step would need more than this share of the device's memory
 LADDER_ERROR_RISE = 1e-3    # but a slow step does not end it while the peak's excess over the profiled line still
                             # rises by more than this share of the peak (the ladder check's points: PLAN.md)
+REFINE_ERROR = 5e-3         # two neighbouring points whose errors (relative to the model's peak) differ by more
+REFINE_SPACING = 8          # than this get a point between them, unless they are 1/8 of the smaller batch apart
+REFINE_POINTS = 8           # or less; at most this many such points per precision and mode (refinements)
 
 
 def ladder(sizes: Sequence[int], requested: Optional[Sequence[int]], max_batch: Optional[int] = None) -> List[int]:
@@ -76,6 +83,27 @@ def mode_extension(plain: Sequence[Dict[str, object]], planned: Sequence[int], a
     while b <= largest_profiled * LADDER_FACTOR and (max_batch is None or b <= max_batch):
         out.append(b)
         b *= 2
+    return out
+
+
+def refinements(points: Sequence[Sequence[int]]) -> List[int]:
+    """Where the default ladder also measures one precision and mode, from its
+    points so far as (batch, measured peak, model peak): the batch halfway
+    between two neighbouring points whose errors relative to the model's peak
+    (measured - model) differ by more than REFINE_ERROR, unless they are at
+    most max(1, 1/REFINE_SPACING of the smaller batch) apart. The ladder check
+    holds the larger of two neighbours' relative errors between them, which
+    assumes the error does not rise above both; where it changes between two
+    points a kernel's temporary changed shape, and there it did: an HF ViT's
+    every-layer-checkpointed bf16 step was +0.64% at 32, -3.78% at 64 and
+    +1.85% at 40 (PLAN.md, "The ladder check")."""
+    pts = sorted((int(b), int(m), int(p)) for b, m, p in points)
+    out = []
+    for (b0, m0, p0), (b1, m1, p1) in zip(pts, pts[1:]):
+        if b1 - b0 <= max(1, b0 // REFINE_SPACING) or p0 <= 0 or p1 <= 0:
+            continue
+        if abs((m1 - p1) / p1 - (m0 - p0) / p0) > REFINE_ERROR:
+            out.append((b0 + b1) // 2)
     return out
 
 
